@@ -1,0 +1,54 @@
+# nightly-etl. `make` lists the targets; `make test` and `make demo` set everything up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ROWS   ?= 100000
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit test-integration test-e2e lint format demo clean up down
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: install ## Run the whole suite (unit, integration, e2e) on the local services
+	$(BIN)/pytest
+
+test-unit: install ## Only the unit tests (no services needed)
+	$(BIN)/pytest tests/unit
+
+test-integration: install ## Only the integration tests (PostgreSQL, RabbitMQ, Redis, moto)
+	$(BIN)/pytest tests/integration
+
+test-e2e: install ## Only the end-to-end tests (worker subprocesses, API, CLI)
+	$(BIN)/pytest tests/e2e
+
+lint: install ## ruff (lint and format check) and mypy on the product code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy etl api beat
+
+format: install ## Format and auto-fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install ## Seed $(ROWS) orders, run orders_daily once, print a summary
+	$(BIN)/etl demo --rows $(ROWS)
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+up: ## Build the image and start the whole stack with docker compose (needs .env)
+	@test -f .env || { echo "make up: no .env; copy .env.example to .env and fill in the secrets" >&2; exit 2; }
+	docker compose up -d --build --wait
+
+down: ## Stop the stack (volumes are kept; `docker compose down -v` deletes them)
+	docker compose down

@@ -1,0 +1,65 @@
+"""The Flask app factory: ``create_app(settings)``; gunicorn loads ``api:create_app()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, request
+
+from api import dead_letters, health, runs
+from api.auth import configured_tokens, require_bearer_token
+from api.errors import register_error_handlers
+from etl.bootstrap import build_services
+from etl.celery_app import make_celery
+from etl.config import Settings, SettingsError, load_settings
+from etl.dead_letters import DeadLetterService
+from etl.ledger import Ledger
+from etl.runs import RunService, celery_enqueue
+
+PUBLIC_BLUEPRINTS = frozenset({health.bp.name})
+
+
+@dataclass
+class ApiServices:
+    """What the API's views use: the ledger to read, the run service to start runs."""
+
+    ledger: Ledger
+    run_service: RunService
+    dead_letters: DeadLetterService
+
+
+def build_api_services(settings: Settings) -> ApiServices:
+    """Ledger (migrated) and a run service that publishes through Celery."""
+    services = build_services(settings)
+    run_service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
+    return ApiServices(
+        ledger=services.ledger,
+        run_service=run_service,
+        dead_letters=DeadLetterService(services.ledger, settings.broker_url, run_service.retry_run),
+    )
+
+
+def create_app(settings: Settings | None = None, services: ApiServices | None = None) -> Flask:
+    """Build the API. Refuses to start without ``ETL_API_TOKEN``."""
+    settings = settings or load_settings()
+    tokens = configured_tokens(settings.api_token.get_secret_value())
+    if not tokens:
+        raise SettingsError(
+            "ETL_API_TOKEN is not set: the API refuses to run without authentication"
+        )
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["etl"] = services or build_api_services(settings)
+
+    @app.before_request
+    def _authenticate() -> None:
+        # Deny by default: a route is public only if its blueprint says so.
+        if request.blueprint not in PUBLIC_BLUEPRINTS:
+            require_bearer_token(tokens)
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(runs.bp)
+    app.register_blueprint(dead_letters.bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,1 @@
+"""Celery Beat: the nightly schedule (data, from the pipeline registry) and its entry point."""

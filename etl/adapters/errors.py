@@ -1,0 +1,32 @@
+"""Which failures are worth retrying: decided here, and only here."""
+
+from __future__ import annotations
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+_RETRYABLE_S3_CODES = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+     "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+)  # fmt: skip
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that a later attempt may not meet: lost connections, timeouts,
+    S3 5xx and throttling. Bad data and bugs are permanent: retrying cannot fix them."""
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
+        return True
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return code in _RETRYABLE_S3_CODES or status.startswith("5")
+    return isinstance(exc, ConnectionError | TimeoutError)

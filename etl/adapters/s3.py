@@ -1,0 +1,157 @@
+"""S3: writing parts, the manifest and the success marker; reading them back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import IO, TYPE_CHECKING, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from etl.domain.outputs import StoredObject
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# Parts above 64 MiB go up as a multipart upload, streamed from the spooled file.
+_TRANSFER = TransferConfig(
+    multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024
+)
+# DeleteObjects takes at most 1,000 keys a request.
+_DELETE_BATCH = 1000
+
+
+def make_s3_client(endpoint_url: str, region: str) -> S3Client:
+    """A boto3 S3 client; an empty endpoint means real AWS."""
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=60,
+        s3={"addressing_style": "path"} if endpoint_url else None,
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+
+
+class S3PartWriter:
+    """Puts a run's objects into one bucket, each under a deterministic key."""
+
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it is missing (local stand-ins; real buckets are provisioned)."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def put_part(
+        self, key: str, body: IO[bytes], *, content_type: str, sha256: str, rows: int
+    ) -> None:
+        """Upload a part; its sha256 and row count ride along as object metadata."""
+        body.seek(0)
+        self.client.upload_fileobj(
+            body,
+            self.bucket,
+            key,
+            ExtraArgs={
+                "ContentType": content_type,
+                "Metadata": {"sha256": sha256, "rows": str(rows)},
+            },
+            Config=_TRANSFER,
+        )
+
+    def put_json(self, key: str, document: dict[str, Any]) -> None:
+        """Upload a small JSON document."""
+        body = json.dumps(document, indent=2, sort_keys=False).encode("utf-8")
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"
+        )
+
+    def put_marker(self, key: str) -> None:
+        """Upload an empty marker object."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+
+    def part_metadata(self, key: str) -> dict[str, Any] | None:
+        """The size and our metadata of an object, or None if it does not exist."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        return {"bytes": head["ContentLength"], **head.get("Metadata", {})}
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object."""
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``."""
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object under ``prefix``, with its size and when it was written."""
+        found: list[StoredObject] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            found.extend(
+                StoredObject(item["Key"], item["Size"], item["LastModified"])
+                for item in page.get("Contents", [])
+            )
+        return found
+
+    def download(self, key: str, target: IO[bytes]) -> bool:
+        """Write the object into ``target`` (streamed); False if it does not exist."""
+        try:
+            self.client.download_fileobj(self.bucket, key, target, Config=_TRANSFER)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise
+        return True
+
+    def delete_keys(self, keys: list[str]) -> None:
+        """Delete objects, 1,000 a request (unordered within one); raises if S3 refuses any."""
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            response = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True},
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise RuntimeError(
+                    f"S3 refused to delete {len(errors)} objects, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
+
+
+class LocalS3:
+    """An S3 stand-in (moto's server) on a free loopback port, for the demo and tests."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.endpoint_url = ""
+
+    def __enter__(self) -> LocalS3:
+        # werkzeug logs every request moto serves; keep the demo's output readable.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.stop()

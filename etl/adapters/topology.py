@@ -1,0 +1,103 @@
+"""RabbitMQ topology: work queues, each with a dead-letter exchange and its own DLQ, and
+an alternate exchange that keeps unroutable messages instead of dropping them.
+
+The same Queue objects are given to Celery (``task_queues``) and declared here, so the
+arguments are identical everywhere; RabbitMQ refuses a redeclaration with different
+arguments (PRECONDITION_FAILED), which makes a mismatch fail loudly at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Connection, Exchange, Queue
+
+PLAN_QUEUE = "etl.plan"
+TRANSFORM_QUEUE = "etl.transform"
+COMMIT_QUEUE = "etl.commit"
+WORK_QUEUES = (PLAN_QUEUE, TRANSFORM_QUEUE, COMMIT_QUEUE)
+UNROUTABLE_QUEUE = "etl.unroutable"
+
+# A message published to "etl" with a routing key no queue is bound to goes to the
+# alternate exchange and waits in etl.unroutable, rather than vanishing.
+UNROUTABLE_EXCHANGE = Exchange(UNROUTABLE_QUEUE, type="fanout", durable=True)
+WORK_EXCHANGE = Exchange(
+    "etl", type="direct", durable=True, arguments={"alternate-exchange": UNROUTABLE_QUEUE}
+)
+DEAD_LETTER_EXCHANGE = Exchange("etl.dlx", type="direct", durable=True)
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """``etl.transform`` -> ``etl.transform.dlq``."""
+    return f"{queue}.dlq"
+
+
+def _type_arguments(queue_type: str, delivery_limit: int) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"x-queue-type": queue_type}
+    if queue_type == "quorum":
+        arguments["x-delivery-limit"] = delivery_limit
+    return arguments
+
+
+def work_queues(queue_type: str = "classic", delivery_limit: int = 10) -> list[Queue]:
+    """The queues workers consume, each dead-lettering into its own DLQ."""
+    return [
+        Queue(
+            name,
+            WORK_EXCHANGE,
+            routing_key=name,
+            durable=True,
+            queue_arguments={
+                **_type_arguments(queue_type, delivery_limit),
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name,
+                "x-dead-letter-routing-key": name,
+            },
+        )
+        for name in WORK_QUEUES
+    ]
+
+
+def dead_letter_queues(queue_type: str = "classic") -> list[Queue]:
+    """Where rejected messages are parked, visible and replayable."""
+    return [
+        Queue(
+            dead_letter_queue_name(name),
+            DEAD_LETTER_EXCHANGE,
+            routing_key=name,
+            durable=True,
+            queue_arguments={"x-queue-type": queue_type},
+        )
+        for name in WORK_QUEUES
+    ]
+
+
+def unroutable_queue(queue_type: str = "classic") -> Queue:
+    """Where messages nobody could route wait to be looked at."""
+    return Queue(
+        UNROUTABLE_QUEUE,
+        UNROUTABLE_EXCHANGE,
+        durable=True,
+        queue_arguments={"x-queue-type": queue_type},
+    )
+
+
+def all_queues(queue_type: str = "classic", delivery_limit: int = 10) -> list[Queue]:
+    """Every queue of the topology, in declaration order."""
+    return [
+        unroutable_queue(queue_type),
+        *dead_letter_queues(queue_type),
+        *work_queues(queue_type, delivery_limit),
+    ]
+
+
+def declare_topology(
+    broker_url: str, queue_type: str = "classic", delivery_limit: int = 10
+) -> None:
+    """Declare exchanges and queues; raises if any exists with other arguments."""
+    with Connection(broker_url, connect_timeout=10) as connection:
+        channel = connection.channel()
+        try:
+            for queue in all_queues(queue_type, delivery_limit):
+                queue.bind(channel).declare()
+        finally:
+            channel.close()

@@ -1,0 +1,253 @@
+"""``etl run``, ``etl status``, ``etl runs``, ``etl pipelines``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from etl.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    as_document,
+    describe_params_error,
+    logical_date,
+    open_services,
+    param,
+    positive,
+)
+from etl.config import Settings
+from etl.domain.runs import Chunk, ChunkState, Run, RunState
+
+
+def register(sub: Any) -> None:
+    """Add this group's subcommands."""
+    run = sub.add_parser("run", help="start a run of a pipeline")
+    run.add_argument("pipeline")
+    run.add_argument(
+        "--date", type=logical_date, help="logical date YYYY-MM-DD (default: yesterday)"
+    )
+    run.add_argument("--param", type=param, action="append", default=[], metavar="K=V")
+    run.add_argument("--idempotency-key", help="repeat-safe key: the same key returns the same run")
+    run.add_argument(
+        "--wait", action="store_true", help="wait for the run to end; exit 0 only if it succeeded"
+    )
+    run.add_argument(
+        "--timeout", type=positive, default=3600, help="seconds to wait (default 3600)"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    status = sub.add_parser("status", help="show one run and its chunks")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("--pipeline")
+    runs.add_argument("--state", choices=[state.value for state in RunState])
+    runs.add_argument("--limit", type=positive, default=20)
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=cmd_runs)
+
+    pipelines = sub.add_parser("pipelines", help="list the registered pipelines")
+    pipelines.set_defaults(handler=cmd_pipelines)
+
+    retry = sub.add_parser("retry", help="re-run a failed run's unfinished chunks and commit it")
+    retry.add_argument("run_id")
+    retry.set_defaults(handler=cmd_retry)
+
+    cancel = sub.add_parser("cancel", help="stop a run: pending chunks skipped, nothing committed")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    reconcile = sub.add_parser(
+        "reconcile", help="finish runs whose commit was lost, fail runs past their deadline"
+    )
+    reconcile.set_defaults(handler=cmd_reconcile)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.celery_app import make_celery
+    from etl.ledger import IdempotencyConflict
+    from etl.pipelines import UnknownPipeline
+    from etl.runs import EnqueueFailed, RunService, celery_enqueue, wait_for_run
+
+    services = open_services(settings)
+    service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
+    try:
+        run, created = service.start_run(
+            args.pipeline,
+            logical_date=args.date,
+            params=dict(args.param),
+            idempotency_key=args.idempotency_key,
+        )
+    except UnknownPipeline as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ValidationError as exc:
+        raise CliError(describe_params_error(exc), EXIT_USAGE) from None
+    except (IdempotencyConflict, EnqueueFailed) as exc:
+        raise CliError(str(exc)) from None
+    verb = "started" if created else "already exists:"
+    print(f"run {run.id} {verb} {run.pipeline} for {run.logical_date} ({run.state})")
+    if not args.wait:
+        return EXIT_OK
+    try:
+        final = wait_for_run(
+            services.ledger, run.id, timeout_s=args.timeout, on_progress=print_progress
+        )
+    except TimeoutError as exc:
+        raise CliError(str(exc)) from None
+    print_run(final, services.ledger.get_chunks(final.id))
+    return EXIT_OK if final.state is RunState.SUCCEEDED else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.ledger import RunNotFound
+
+    services = open_services(settings)
+    try:
+        run = services.ledger.get_run(args.run_id)
+    except RunNotFound as exc:
+        raise CliError(str(exc)) from None
+    chunks = services.ledger.get_chunks(run.id)
+    if args.json:
+        document = {**as_document(run), "chunks": [as_document(c) for c in chunks]}
+        print(json.dumps(document, indent=2))
+    else:
+        print_run(run, chunks, with_chunks=True)
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    services = open_services(settings)
+    state = RunState(args.state) if args.state else None
+    runs = services.ledger.list_runs(pipeline=args.pipeline, state=state, limit=args.limit)
+    if args.json:
+        print(json.dumps([as_document(run) for run in runs], indent=2))
+        return EXIT_OK
+    print(f"{'RUN ID':36}  {'PIPELINE':16}  {'DATE':10}  {'STATE':10}  {'ROWS':>10}  CREATED")
+    for run in runs:
+        rows = "" if run.rows_written is None else str(run.rows_written)
+        created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{run.id:36}  {run.pipeline:16}  {run.logical_date}  {run.state:10}  "
+            f"{rows:>10}  {created}"
+        )
+    return EXIT_OK
+
+
+def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.pipelines import PIPELINES, load_pipeline_modules
+
+    try:
+        load_pipeline_modules(settings.pipeline_modules)
+    except (ImportError, ValueError) as exc:
+        raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
+
+    for pipeline in PIPELINES.values():
+        schedule = pipeline.schedule
+        when = f"{schedule.cron} {schedule.timezone}" if schedule else "manual"
+        print(f"{pipeline.name:20} {when:18} {pipeline.output_format:9} {pipeline.description}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.ledger import RunNotFound
+    from etl.runs import EnqueueFailed, RunNotRetryable
+
+    service = _run_service(settings)
+    try:
+        run = service.retry_run(args.run_id)
+    except (RunNotFound, RunNotRetryable, EnqueueFailed) as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run.id} retrying ({run.state})")
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.ledger import RunNotFound
+    from etl.runs import RunNotCancellable
+
+    service = _run_service(settings)
+    try:
+        run = service.cancel_run(args.run_id)
+    except (RunNotFound, RunNotCancellable) as exc:
+        raise CliError(str(exc)) from None
+    print(f"run {run.id} {run.state}")
+    return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.celery_app import make_celery
+    from etl.dead_letters import DeadLetterService
+    from etl.ledger import now
+    from etl.reconcile import reconcile
+    from etl.runs import RunService, celery_enqueue
+
+    services = open_services(settings)
+    enqueue = celery_enqueue(make_celery(settings))
+    retry = RunService(services.ledger, enqueue).retry_run
+    recorded = DeadLetterService(services.ledger, settings.broker_url, retry).sync()
+    actions = reconcile(
+        services.ledger,
+        enqueue,
+        now=now(),
+        stale_after_s=settings.reconcile_stale_s,
+        deadline_s=settings.run_deadline_s,
+    )
+    print(f"{recorded} dead letters recorded; {len(actions)} runs acted on")
+    for action in actions:
+        print(f"  {action}")
+    return EXIT_OK
+
+
+def _run_service(settings: Settings) -> Any:
+    from etl.celery_app import make_celery
+    from etl.runs import RunService, celery_enqueue
+
+    return RunService(open_services(settings).ledger, celery_enqueue(make_celery(settings)))
+
+
+def print_progress(run: Run, counts: dict[ChunkState, int]) -> None:
+    """One line per change while waiting for a run."""
+    total = run.chunk_count
+    done = counts[ChunkState.DONE]
+    of = f"{done}/{total} chunks done" if total is not None else "planning"
+    failed = f", {counts[ChunkState.FAILED]} failed" if counts[ChunkState.FAILED] else ""
+    print(f"  {run.state}: {of}{failed}", flush=True)
+
+
+def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:
+    """A run as a few labelled lines, and optionally a table of its chunks."""
+    print(f"run       {run.id}")
+    print(f"pipeline  {run.pipeline}  dt={run.logical_date}  trigger={run.trigger}")
+    print(f"state     {run.state}" + (f"  ({run.reason})" if run.reason else ""))
+    if run.params:
+        print(f"params    {json.dumps(run.params)}")
+    if run.chunk_count is not None:
+        done = sum(1 for chunk in chunks if chunk.state is ChunkState.DONE)
+        print(f"chunks    {done}/{run.chunk_count} done")
+    if run.rows_written is not None:
+        print(f"rows      {run.rows_written} written, {run.rows_rejected} rejected")
+    if run.manifest_key:
+        print(f"manifest  {run.manifest_key}")
+    if with_chunks and chunks:
+        print(
+            f"\n{'CHUNK':>5}  {'KEYS':>23}  {'STATE':8}  {'ROWS':>8}  {'REJECTED':>8}  "
+            f"{'SECONDS':>7}  {'TRIES':>5}  ERROR"
+        )
+        for chunk in chunks:
+            keys = f"{chunk.key_lo}..{chunk.key_hi - 1}"
+            rows = "" if chunk.rows is None else str(chunk.rows)
+            rejected = "" if chunk.rows_rejected is None else str(chunk.rows_rejected)
+            seconds = ""
+            if chunk.state is ChunkState.DONE and chunk.started_at and chunk.finished_at:
+                seconds = f"{(chunk.finished_at - chunk.started_at).total_seconds():.2f}"
+            print(
+                f"{chunk.index:>5}  {keys:>23}  {chunk.state:8}  {rows:>8}  {rejected:>8}  "
+                f"{seconds:>7}  {chunk.attempts:>5}  {chunk.error or ''}"
+            )

@@ -1,0 +1,182 @@
+"""``etl demo``: seed a sample table, run ``orders_daily`` once, print what happened.
+
+With RabbitMQ, PostgreSQL and Redis reachable at the configured URLs, the demo uses them
+and starts its own worker process. Otherwise it says so and runs embedded: SQLite, an
+in-process broker and worker, and moto in-process for S3.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from etl.adapters.db import redact_url, replace_table
+from etl.adapters.s3 import LocalS3
+from etl.bootstrap import Services, build_services
+from etl.celery_app import EMBEDDED_BROKER_URL, EMBEDDED_RESULT_BACKEND, EtlCelery, make_celery
+from etl.config import Settings, settings_env
+from etl.domain.runs import Run
+from etl.pipelines.orders import ORDERS_TABLE, sample_orders
+from etl.probe import broker_problem, database_problem, result_backend_problem
+from etl.runs import RunService, celery_enqueue, wait_for_run
+
+DEMO_PIPELINE = "orders_daily"
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What the demo did, for the summary."""
+
+    mode: str
+    run: Run
+    parts: int
+    part_bytes: int
+    seed_rows: int
+    wall_s: float
+    manifest_uri: str
+
+
+def seed_orders(engine: Engine, rows: int) -> int:
+    """Create and fill the sample ``orders`` table with ``rows`` deterministic orders."""
+    return replace_table(engine, ORDERS_TABLE, sample_orders(rows))
+
+
+def unreachable_services(settings: Settings) -> dict[str, str]:
+    """The configured services that do not answer, with the reason."""
+    checks = {
+        f"RabbitMQ at {redact_url(settings.broker_url)}": broker_problem(settings.broker_url),
+        f"PostgreSQL at {redact_url(settings.database_url)}": database_problem(
+            settings.database_url
+        ),
+        f"Redis at {redact_url(settings.result_backend)}": result_backend_problem(
+            settings.result_backend
+        ),
+    }
+    return {name: problem for name, problem in checks.items() if problem}
+
+
+def run_demo(
+    settings: Settings,
+    rows: int,
+    *,
+    embedded: bool | None = None,
+    say: Callable[[str], None] = print,
+) -> DemoOutcome:
+    """Run the demo; ``embedded=None`` chooses by whether the services are reachable."""
+    if embedded is None:
+        down = unreachable_services(settings)
+        embedded = bool(down)
+        if down:
+            name, problem = next(iter(down.items()))
+            say(
+                f"{name} is unreachable ({problem}); running embedded: "
+                "SQLite, in-process broker and worker, moto."
+            )
+    # moto accepts any credentials, but boto3 refuses to sign a request with none.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    with ExitStack() as stack:
+        if embedded:
+            settings = stack.enter_context(_embedded(settings))
+            mode = "embedded (SQLite, in-process broker and worker, moto)"
+        else:
+            if not settings.s3_endpoint_url:
+                local_s3 = stack.enter_context(LocalS3())
+                settings = settings.model_copy(update={"s3_endpoint_url": local_s3.endpoint_url})
+            mode = (
+                "services (RabbitMQ, PostgreSQL, Redis; S3 at "
+                + (settings.s3_endpoint_url or "AWS")
+                + ")"
+            )
+        services = build_services(settings)
+        stack.callback(services.close)
+        services.parts.ensure_bucket()
+        say(f"seeding {rows:,} orders ...")
+        seeded = seed_orders(services.source_engine, rows)
+        app = make_celery(settings)
+        still_working = stack.enter_context(_worker(app, settings, embedded))
+        say(f"running {DEMO_PIPELINE} ({mode}) ...")
+        started = time.monotonic()
+        run, _ = RunService(services.ledger, celery_enqueue(app)).start_run(DEMO_PIPELINE)
+        final = wait_for_run(services.ledger, run.id, timeout_s=600, still_working=still_working)
+        wall = time.monotonic() - started
+        return _outcome(services, final, mode, seeded, wall)
+
+
+def _outcome(services: Services, run: Run, mode: str, seeded: int, wall: float) -> DemoOutcome:
+    chunks = services.ledger.get_chunks(run.id)
+    uri = f"s3://{services.parts.bucket}/{run.manifest_key}" if run.manifest_key else "(none)"
+    return DemoOutcome(
+        mode=mode,
+        run=run,
+        parts=sum(1 for chunk in chunks if chunk.s3_key),
+        part_bytes=sum(chunk.bytes or 0 for chunk in chunks),
+        seed_rows=seeded,
+        wall_s=wall,
+        manifest_uri=uri,
+    )
+
+
+@contextmanager
+def _embedded(settings: Settings) -> Iterator[Settings]:
+    from moto import mock_aws
+
+    with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp, mock_aws():
+        yield settings.model_copy(
+            update={
+                "broker_url": EMBEDDED_BROKER_URL,
+                "result_backend": EMBEDDED_RESULT_BACKEND,
+                "database_url": f"sqlite:///{tmp}/etl.db",
+                "source_database_url": "",
+                "s3_endpoint_url": "",
+            }
+        )
+
+
+@contextmanager
+def _worker(
+    app: EtlCelery, settings: Settings, embedded: bool
+) -> Iterator[Callable[[], str | None]]:
+    """A worker for the demo's run; yields a check that it is still alive."""
+    if embedded:
+        from celery.contrib.testing.worker import start_worker
+
+        with start_worker(
+            app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
+        ) as worker:
+            if worker.hub is not None:
+                # An event loop sleeps up to 10 s between timers and sees a shutdown
+                # request only when it wakes; a 0.2 s no-op timer makes it stop promptly.
+                worker.hub.call_repeatedly(0.2, lambda: None)
+            yield lambda: None
+        return
+    log = tempfile.NamedTemporaryFile(prefix="etl-demo-worker-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "etl", "worker", "--concurrency", "2"],
+        env={**os.environ, **settings_env(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def still_working() -> str | None:
+        if process.poll() is None:
+            return None
+        return f"the worker exited with status {process.returncode}; its log is {log.name}"
+
+    try:
+        yield still_working
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()

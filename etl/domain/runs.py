@@ -1,0 +1,133 @@
+"""Runs and chunks: their states and the moves allowed between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    """Where a run is. Terminal states never change again."""
+
+    QUEUED = "queued"
+    PLANNING = "planning"
+    RUNNING = "running"
+    COMMITTING = "committing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+
+# State moves forward only: each state lists the states it may be entered from. A task
+# that is delivered twice finds its move already made and does nothing.
+RUN_STATE_ENTERED_FROM: dict[RunState, frozenset[RunState]] = {
+    RunState.QUEUED: frozenset(),
+    RunState.PLANNING: frozenset({RunState.QUEUED}),
+    RunState.RUNNING: frozenset({RunState.PLANNING}),
+    RunState.COMMITTING: frozenset({RunState.RUNNING}),
+    RunState.SUCCEEDED: frozenset({RunState.COMMITTING}),
+    RunState.FAILED: frozenset(
+        {RunState.QUEUED, RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING}
+    ),
+    RunState.CANCELLED: frozenset({RunState.QUEUED, RunState.PLANNING, RunState.RUNNING}),
+}
+
+
+class ChunkState(StrEnum):
+    """Where a chunk is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Trigger(StrEnum):
+    """Who asked for a run; scheduled runs are unique per pipeline and logical date."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a pipeline for one logical date, as the ledger has it."""
+
+    id: str
+    pipeline: str
+    logical_date: date
+    trigger: Trigger
+    state: RunState
+    params: dict[str, Any]
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+    chunk_count: int | None = None
+    window: dict[str, Any] | None = None
+    rows_written: int | None = None
+    rows_rejected: int | None = None
+    manifest_key: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run can no longer change."""
+        return self.state in TERMINAL_RUN_STATES
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a run: a fixed key range and, once done, its part."""
+
+    run_id: str
+    index: int
+    key_lo: int
+    key_hi: int
+    state: ChunkState
+    attempts: int = 0
+    s3_key: str | None = None
+    rows: int | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    rows_rejected: int | None = None
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def chunk_result(chunk: Chunk) -> dict[str, Any]:
+    """The small payload a chunk task returns: S3 key, counts and checksum only."""
+    return {"key": chunk.s3_key, "rows": chunk.rows, "bytes": chunk.bytes, "sha256": chunk.sha256}
+
+
+def commit_problems(chunk_count: int | None, chunks: list[Chunk]) -> list[str]:
+    """Why a run's chunks cannot be committed; empty when every chunk is done exactly once."""
+    problems = []
+    if chunk_count is None:
+        return ["the run was never planned"]
+    indexes = sorted(chunk.index for chunk in chunks)
+    if indexes != list(range(chunk_count)):
+        missing = sorted(set(range(chunk_count)) - set(indexes))
+        problems.append(
+            f"expected chunks 0..{chunk_count - 1}, ledger has {len(indexes)}"
+            + (f"; missing: {_list_indexes(missing)}" if missing else "")
+        )
+    not_done = [chunk.index for chunk in chunks if chunk.state is not ChunkState.DONE]
+    if not_done:
+        problems.append(f"chunks not done: {_list_indexes(not_done)}")
+    keys = [chunk.s3_key for chunk in chunks if chunk.state is ChunkState.DONE]
+    if len(set(keys)) != len(keys):
+        problems.append("two chunks share a part key")
+    return problems
+
+
+def _list_indexes(indexes: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in indexes[:limit])
+    return shown + (f" and {len(indexes) - limit} more" if len(indexes) > limit else "")

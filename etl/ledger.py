@@ -1,0 +1,723 @@
+"""The run ledger: runs and chunks in the database, the source of truth for run state.
+
+Every write is a conditional move (``UPDATE ... WHERE state IN (allowed predecessors)``)
+or an insert that ignores conflicts, so a task delivered twice finds its work recorded
+and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import RowMapping
+
+from etl.domain.chunks import ChunkRange
+from etl.domain.dead_letters import DeadLetter, DeadLetterState
+from etl.domain.encoding import PartStats
+from etl.domain.runs import (
+    RUN_STATE_ENTERED_FROM,
+    TERMINAL_RUN_STATES,
+    Chunk,
+    ChunkState,
+    Run,
+    RunState,
+    Trigger,
+)
+
+SCHEMA_VERSION = 2
+# Any constant works; it only has to be the same in every process that migrates.
+_MIGRATION_LOCK_ID = 0x6E657463
+
+_json = JSON().with_variant(JSONB(), "postgresql")
+metadata = MetaData()
+
+runs_table = Table(
+    "etl_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("pipeline", String(63), nullable=False),
+    Column("logical_date", Date, nullable=False),
+    Column("trigger", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("params", _json, nullable=False),
+    Column("idempotency_key", String(200), nullable=True, unique=True),
+    Column("request_fingerprint", String(64), nullable=False),
+    Column("reason", Text),
+    Column("chunk_count", Integer),
+    Column("key_window", _json),
+    Column("rows_written", BigInteger),
+    Column("rows_rejected", BigInteger),
+    Column("manifest_key", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+)
+# A scheduled run is unique per pipeline and logical date, so a duplicate dispatch (two
+# Beats, a redelivered trigger) finds the existing run instead of starting another.
+Index(
+    "uq_etl_runs_scheduled_date",
+    runs_table.c.pipeline,
+    runs_table.c.logical_date,
+    unique=True,
+    postgresql_where=runs_table.c.trigger == Trigger.SCHEDULE.value,
+    sqlite_where=runs_table.c.trigger == Trigger.SCHEDULE.value,
+)
+Index("ix_etl_runs_created_at", runs_table.c.created_at)
+Index("ix_etl_runs_pipeline_state", runs_table.c.pipeline, runs_table.c.state)
+
+chunks_table = Table(
+    "etl_chunks",
+    metadata,
+    Column("run_id", String(36), ForeignKey("etl_runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("key_lo", BigInteger, nullable=False),
+    Column("key_hi", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("s3_key", Text),
+    Column("rows", BigInteger),
+    Column("bytes", BigInteger),
+    Column("sha256", String(64)),
+    Column("rows_rejected", BigInteger),
+    Column("rejected_by_reason", _json),
+    Column("error", Text),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+dead_letters_table = Table(
+    "etl_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # The task id when the message has one: a message dead-lettered again after a
+    # replay updates its record instead of adding another.
+    Column("fingerprint", String(200), nullable=False, unique=True),
+    Column("queue", String(200), nullable=False),
+    Column("task", String(200)),
+    Column("task_id", String(200)),
+    Column("run_id", String(36)),
+    Column("chunk_index", Integer),
+    Column("reason", Text, nullable=False),
+    Column("death_reason", String(64)),
+    Column("death_count", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("replay_count", Integer, nullable=False, default=0),
+    Column("replayed_at", DateTime(timezone=True)),
+    Column("content_type", String(200)),
+    Column("content_encoding", String(64)),
+    Column("headers", _json, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)
+Index("ix_etl_dead_letters_run", dead_letters_table.c.run_id)
+
+schema_version_table = Table(
+    "etl_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+# Later schema changes go here as (version, callable(conn)); a fresh database is created
+# from the current metadata and stamped with SCHEMA_VERSION directly.
+MIGRATIONS: list[tuple[int, Any]] = [
+    (2, lambda conn: dead_letters_table.create(conn, checkfirst=True)),
+]
+
+
+class RunNotFound(LookupError):
+    """No run has that id."""
+
+    def __str__(self) -> str:
+        return f"no run with id {self.args[0]!r}"
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before for a different request."""
+
+
+def now() -> datetime:
+    """The current time in UTC (one place, so the ledger's clock is easy to find)."""
+    return datetime.now(UTC)
+
+
+def request_fingerprint(pipeline: str, logical_date: date, params: Mapping[str, Any]) -> str:
+    """A stable hash of what a run was asked to do, to tell a retried request from a new one."""
+    canonical = json.dumps(
+        {"pipeline": pipeline, "logical_date": logical_date.isoformat(), "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def upgrade(engine: Engine) -> int:
+    """Create or migrate the ledger's tables; safe to run from many processes at once."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+        if not inspect(conn).has_table(schema_version_table.name):
+            metadata.create_all(conn)
+            conn.execute(
+                schema_version_table.insert().values(version=SCHEMA_VERSION, applied_at=now())
+            )
+            return SCHEMA_VERSION
+        current = conn.execute(select(func.max(schema_version_table.c.version))).scalar() or 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the ledger is at schema version {current}, "
+                f"newer than this code ({SCHEMA_VERSION})"
+            )
+        for version, migrate in MIGRATIONS:
+            if version > current:
+                migrate(conn)
+                conn.execute(
+                    schema_version_table.insert().values(version=version, applied_at=now())
+                )
+        return SCHEMA_VERSION
+
+
+class Ledger:
+    """Run and chunk bookkeeping on one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        pipeline: str,
+        logical_date: date,
+        trigger: Trigger,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> tuple[Run, bool]:
+        """Record a new queued run, or find the one this request duplicates.
+
+        Returns the run and whether it was created. A scheduled run is unique per
+        pipeline and logical date; a request with an idempotency key already used for a
+        different request raises IdempotencyConflict.
+        """
+        fingerprint = request_fingerprint(pipeline, logical_date, params)
+        moment = now()
+        run_id = str(uuid.uuid4())
+        values = {
+            "id": run_id,
+            "pipeline": pipeline,
+            "logical_date": logical_date,
+            "trigger": trigger.value,
+            "state": RunState.QUEUED.value,
+            "params": params,
+            "idempotency_key": idempotency_key,
+            "request_fingerprint": fingerprint,
+            "created_at": moment,
+            "updated_at": moment,
+        }
+        with self.engine.begin() as conn:
+            inserted = conn.execute(_insert_ignoring_conflicts(conn, runs_table, values)).rowcount
+            if inserted == 1:
+                return self._get_run(conn, run_id), True
+            if idempotency_key is not None:
+                row = (
+                    conn.execute(
+                        select(runs_table).where(runs_table.c.idempotency_key == idempotency_key)
+                    )
+                    .mappings()
+                    .one_or_none()
+                )
+            else:
+                row = (
+                    conn.execute(
+                        select(runs_table).where(
+                            runs_table.c.pipeline == pipeline,
+                            runs_table.c.logical_date == logical_date,
+                            runs_table.c.trigger == Trigger.SCHEDULE.value,
+                        )
+                    )
+                    .mappings()
+                    .one_or_none()
+                )
+        if row is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+            raise RuntimeError("run insert conflicted, but no conflicting run was found")
+        if idempotency_key is not None and row["request_fingerprint"] != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was already used for a different request "
+                f"(run {row['id']})"
+            )
+        return _run_from_row(row), False
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with that id; raises RunNotFound."""
+        with self.engine.connect() as conn:
+            return self._get_run(conn, run_id)
+
+    def list_runs(
+        self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50
+    ) -> list[Run]:
+        """The most recent runs first, optionally filtered."""
+        query = select(runs_table).order_by(runs_table.c.created_at.desc()).limit(limit)
+        if pipeline is not None:
+            query = query.where(runs_table.c.pipeline == pipeline)
+        if state is not None:
+            query = query.where(runs_table.c.state == state.value)
+        with self.engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query).mappings()]
+
+    def move_run(self, run_id: str, to: RunState, **fields: Any) -> bool:
+        """Move a run to ``to`` if its current state allows it; False if it did not move."""
+        moment = now()
+        values: dict[str, Any] = {"state": to.value, "updated_at": moment, **fields}
+        if to is RunState.PLANNING:
+            values["started_at"] = moment
+        if to in TERMINAL_RUN_STATES:
+            values["finished_at"] = moment
+        allowed = [state.value for state in RUN_STATE_ENTERED_FROM[to]]
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.state.in_(allowed))
+                .values(values)
+            ).rowcount
+        return moved == 1
+
+    def fail_run(self, run_id: str, reason: str) -> bool:
+        """Mark a run failed with a reason, unless it already ended."""
+        return self.move_run(run_id, RunState.FAILED, reason=reason[:2000])
+
+    def reopen_run(self, run_id: str) -> Run | None:
+        """Take a failed run back for a retry: to queued if it was never planned, else to
+        running with its unfinished chunks pending again (attempts start over).
+        Returns the reopened run, or None if the run is not failed."""
+        moment = now()
+        with self.engine.begin() as conn:
+            run = self._get_run(conn, run_id)
+            if run.state is not RunState.FAILED:
+                return None
+            to = RunState.QUEUED if run.chunk_count is None else RunState.RUNNING
+            moved = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.state == RunState.FAILED.value)
+                # started_at restarts: the retried run gets a whole deadline of its own.
+                .values(
+                    state=to.value,
+                    reason=None,
+                    started_at=moment,
+                    finished_at=None,
+                    updated_at=moment,
+                )
+            ).rowcount
+            if moved != 1:
+                return None
+            conn.execute(
+                update(chunks_table)
+                .where(
+                    chunks_table.c.run_id == run_id,
+                    chunks_table.c.state != ChunkState.DONE.value,
+                )
+                .values(state=ChunkState.PENDING.value, attempts=0, error=None, updated_at=moment)
+            )
+            return self._get_run(conn, run_id)
+
+    def active_runs(self) -> list[Run]:
+        """Every run that has not ended, oldest first."""
+        active = [state.value for state in RunState if state not in TERMINAL_RUN_STATES]
+        query = (
+            select(runs_table)
+            .where(runs_table.c.state.in_(active))
+            .order_by(runs_table.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query).mappings()]
+
+    def last_activity(self, run_id: str) -> datetime:
+        """When the run or any of its chunks last changed."""
+        with self.engine.connect() as conn:
+            run_updated = conn.execute(
+                select(runs_table.c.updated_at).where(runs_table.c.id == run_id)
+            ).scalar_one()
+            chunk_updated = conn.execute(
+                select(func.max(chunks_table.c.updated_at)).where(chunks_table.c.run_id == run_id)
+            ).scalar()
+        moments = [m for m in (_aware(run_updated), _aware(chunk_updated)) if m is not None]
+        return max(moments)
+
+    # -- chunks -------------------------------------------------------------------------
+
+    def record_plan(
+        self, run_id: str, planned: Sequence[ChunkRange], window: dict[str, Any]
+    ) -> list[Chunk]:
+        """Store a run's chunks and window once; a second call returns the first plan.
+
+        The run row is locked while planning so two deliveries of ``plan_run`` cannot
+        record two different plans.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(select(runs_table.c.id).where(runs_table.c.id == run_id).with_for_update())
+            existing = self._get_chunks(conn, run_id)
+            run = self._get_run(conn, run_id)
+            if run.chunk_count is not None:
+                return existing
+            moment = now()
+            if planned:
+                conn.execute(
+                    chunks_table.insert(),
+                    [
+                        {
+                            "run_id": run_id,
+                            "idx": chunk.index,
+                            "key_lo": chunk.key_lo,
+                            "key_hi": chunk.key_hi,
+                            "state": ChunkState.PENDING.value,
+                            "attempts": 0,
+                            "updated_at": moment,
+                        }
+                        for chunk in planned
+                    ],
+                )
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(chunk_count=len(planned), key_window=window, updated_at=moment)
+            )
+            return self._get_chunks(conn, run_id)
+
+    def get_chunks(self, run_id: str) -> list[Chunk]:
+        """A run's chunks in index order."""
+        with self.engine.connect() as conn:
+            return self._get_chunks(conn, run_id)
+
+    def get_chunk(self, run_id: str, index: int) -> Chunk:
+        """One chunk; raises LookupError if the run has no such chunk."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(chunks_table).where(
+                        chunks_table.c.run_id == run_id, chunks_table.c.idx == index
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            raise LookupError(f"run {run_id} has no chunk {index}")
+        return _chunk_from_row(row)
+
+    def start_chunk(self, run_id: str, index: int) -> Chunk:
+        """Count an attempt at a chunk that is not done yet; returns the chunk as it is now."""
+        moment = now()
+        self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state != ChunkState.DONE.value,
+            state=ChunkState.RUNNING.value,
+            attempts=chunks_table.c.attempts + 1,
+            moment=moment,
+            started_at=moment,
+            error=None,
+        )
+        return self.get_chunk(run_id, index)
+
+    def finish_chunk(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        s3_key: str,
+        stats: PartStats,
+        rejected_by_reason: dict[str, int],
+    ) -> bool:
+        """Record a chunk's part once; False if another delivery recorded it first."""
+        moment = now()
+        return self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state != ChunkState.DONE.value,
+            state=ChunkState.DONE.value,
+            s3_key=s3_key,
+            rows=stats.rows,
+            bytes=stats.bytes,
+            sha256=stats.sha256,
+            rows_rejected=sum(rejected_by_reason.values()),
+            rejected_by_reason=rejected_by_reason,
+            error=None,
+            moment=moment,
+            finished_at=moment,
+        )
+
+    def fail_chunk(self, run_id: str, index: int, error: str) -> None:
+        """Mark a chunk failed with its error, unless it is already done."""
+        moment = now()
+        self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state != ChunkState.DONE.value,
+            moment=moment,
+            state=ChunkState.FAILED.value,
+            error=error[:2000],
+            finished_at=moment,
+        )
+
+    def invalidate_chunk(self, run_id: str, index: int, error: str) -> bool:
+        """Mark a done chunk failed because its part is not as recorded, so a retry of its
+        (failed) run transforms it again; False if the chunk was not done."""
+        return self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state == ChunkState.DONE.value,
+            state=ChunkState.FAILED.value,
+            error=error[:2000],
+        )
+
+    def _update_chunk(
+        self, run_id: str, index: int, only_if: Any, moment: datetime | None = None, **values: Any
+    ) -> bool:
+        """Change one chunk if ``only_if`` holds for it, stamped ``moment``; True if it changed."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(chunks_table)
+                .where(chunks_table.c.run_id == run_id, chunks_table.c.idx == index, only_if)
+                .values(updated_at=moment or now(), **values)
+            ).rowcount
+        return changed == 1
+
+    def chunk_counts(self, run_id: str) -> dict[ChunkState, int]:
+        """How many of a run's chunks are in each state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(chunks_table.c.state, func.count())
+                .where(chunks_table.c.run_id == run_id)
+                .group_by(chunks_table.c.state)
+            ).all()
+        counts = {state: 0 for state in ChunkState}
+        counts.update({ChunkState(state): int(count) for state, count in rows})
+        return counts
+
+    # -- dead letters -------------------------------------------------------------------
+
+    def record_dead_letter(self, values: dict[str, Any]) -> tuple[int, bool]:
+        """Record a parked message, or update the record of the same message seen before
+        (it is dead again, e.g. after a replay). Returns (id, created)."""
+        moment = now()
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(dead_letters_table.c.id, dead_letters_table.c.death_count).where(
+                    dead_letters_table.c.fingerprint == values["fingerprint"]
+                )
+            ).one_or_none()
+            if existing is None:
+                row = {
+                    **values,
+                    "state": DeadLetterState.DEAD.value,
+                    "first_seen_at": moment,
+                    "last_seen_at": moment,
+                    "replay_count": 0,
+                }
+                conn.execute(_insert_ignoring_conflicts(conn, dead_letters_table, row))
+                new_id = conn.execute(
+                    select(dead_letters_table.c.id).where(
+                        dead_letters_table.c.fingerprint == values["fingerprint"]
+                    )
+                ).scalar_one()
+                return int(new_id), True
+            conn.execute(
+                update(dead_letters_table)
+                .where(dead_letters_table.c.id == existing.id)
+                .values(
+                    reason=values["reason"],
+                    death_reason=values["death_reason"],
+                    death_count=max(int(existing.death_count), int(values["death_count"])),
+                    state=DeadLetterState.DEAD.value,
+                    last_seen_at=moment,
+                    headers=values["headers"],
+                    body=values["body"],
+                )
+            )
+            return int(existing.id), False
+
+    def list_dead_letters(
+        self,
+        *,
+        state: DeadLetterState | None = DeadLetterState.DEAD,
+        run_id: str | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Dead letters, newest first; by default only those still dead."""
+        query = (
+            select(dead_letters_table)
+            .order_by(dead_letters_table.c.last_seen_at.desc())
+            .limit(limit)
+        )
+        if state is not None:
+            query = query.where(dead_letters_table.c.state == state.value)
+        if run_id is not None:
+            query = query.where(dead_letters_table.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [_dead_letter_from_row(row) for row in conn.execute(query).mappings()]
+
+    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter:
+        """One dead letter; raises LookupError."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(dead_letters_table).where(dead_letters_table.c.id == dead_letter_id)
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            raise LookupError(f"no dead letter with id {dead_letter_id}")
+        return _dead_letter_from_row(row)
+
+    def mark_dead_letter(
+        self, dead_letter_id: int, to: DeadLetterState, *, replayed: bool = False
+    ) -> bool:
+        """Move a dead letter out of ``dead``; False if it was not dead (already handled)."""
+        values: dict[str, Any] = {"state": to.value}
+        if replayed:
+            values["replayed_at"] = now()
+            values["replay_count"] = dead_letters_table.c.replay_count + 1
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(dead_letters_table)
+                .where(
+                    dead_letters_table.c.id == dead_letter_id,
+                    dead_letters_table.c.state == DeadLetterState.DEAD.value,
+                )
+                .values(values)
+            ).rowcount
+        return moved == 1
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _get_run(conn: Connection, run_id: str) -> Run:
+        row = (
+            conn.execute(select(runs_table).where(runs_table.c.id == run_id))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise RunNotFound(run_id)
+        return _run_from_row(row)
+
+    @staticmethod
+    def _get_chunks(conn: Connection, run_id: str) -> list[Chunk]:
+        rows = conn.execute(
+            select(chunks_table).where(chunks_table.c.run_id == run_id).order_by(chunks_table.c.idx)
+        ).mappings()
+        return [_chunk_from_row(row) for row in rows]
+
+
+def _insert_ignoring_conflicts(conn: Connection, table: Table, values: dict[str, Any]) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).values(values).on_conflict_do_nothing()
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table).values(values).on_conflict_do_nothing()
+    raise RuntimeError(f"the ledger supports PostgreSQL and SQLite, not {conn.dialect.name}")
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything the ledger writes is UTC.
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _run_from_row(row: RowMapping) -> Run:
+    return Run(
+        id=row["id"],
+        pipeline=row["pipeline"],
+        logical_date=row["logical_date"],
+        trigger=Trigger(row["trigger"]),
+        state=RunState(row["state"]),
+        params=dict(row["params"] or {}),
+        idempotency_key=row["idempotency_key"],
+        created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=_aware(row["updated_at"]),  # type: ignore[arg-type]
+        started_at=_aware(row["started_at"]),
+        finished_at=_aware(row["finished_at"]),
+        reason=row["reason"],
+        chunk_count=row["chunk_count"],
+        window=row["key_window"],
+        rows_written=row["rows_written"],
+        rows_rejected=row["rows_rejected"],
+        manifest_key=row["manifest_key"],
+    )
+
+
+def _chunk_from_row(row: RowMapping) -> Chunk:
+    return Chunk(
+        run_id=row["run_id"],
+        index=row["idx"],
+        key_lo=row["key_lo"],
+        key_hi=row["key_hi"],
+        state=ChunkState(row["state"]),
+        attempts=row["attempts"],
+        s3_key=row["s3_key"],
+        rows=row["rows"],
+        bytes=row["bytes"],
+        sha256=row["sha256"],
+        rows_rejected=row["rows_rejected"],
+        rejected_by_reason=dict(row["rejected_by_reason"] or {}),
+        error=row["error"],
+        started_at=_aware(row["started_at"]),
+        finished_at=_aware(row["finished_at"]),
+    )
+
+
+def _dead_letter_from_row(row: RowMapping) -> DeadLetter:
+    return DeadLetter(
+        id=row["id"],
+        fingerprint=row["fingerprint"],
+        queue=row["queue"],
+        task=row["task"],
+        task_id=row["task_id"],
+        run_id=row["run_id"],
+        chunk_index=row["chunk_index"],
+        reason=row["reason"],
+        death_reason=row["death_reason"],
+        death_count=row["death_count"],
+        state=DeadLetterState(row["state"]),
+        first_seen_at=_aware(row["first_seen_at"]),  # type: ignore[arg-type]
+        last_seen_at=_aware(row["last_seen_at"]),  # type: ignore[arg-type]
+        replay_count=row["replay_count"],
+        replayed_at=_aware(row["replayed_at"]),
+        content_type=row["content_type"],
+        content_encoding=row["content_encoding"],
+        headers=dict(row["headers"] or {}),
+        body=bytes(row["body"]),
+    )

@@ -1,0 +1,178 @@
+"""``orders_daily``: a nightly snapshot of the ``orders`` table, cleaned for analytics.
+
+Also defines the ``orders`` source table and the sample rows ``etl seed`` loads into it,
+with the kinds of mess real order tables have (case and spacing, synonyms, bad values).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, Numeric, Table, Text
+
+from etl.domain.transform import BatchResult, Record, Row, RowRejected, map_rows
+from etl.pipelines.base import Pipeline, Schedule, Source
+
+ORDERS_COLUMNS = (
+    "id",
+    "customer_email",
+    "amount",
+    "currency",
+    "status",
+    "created_at",
+    "updated_at",
+)
+
+orders_metadata = MetaData()
+ORDERS_TABLE = Table(
+    "orders",
+    orders_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("customer_email", Text),
+    Column("amount", Numeric(14, 3)),
+    Column("currency", Text),
+    Column("status", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+CURRENCIES = frozenset({"USD", "EUR", "GBP", "CHF", "CAD", "AUD"})
+STATUSES = {
+    "pending": "pending",
+    "paid": "paid",
+    "shipped": "shipped",
+    "delivered": "delivered",
+    "refunded": "refunded",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+}
+
+
+def to_cents(value: Any) -> int:
+    """An amount in major units (Decimal, float or text) as integer cents."""
+    if value is None:
+        raise RowRejected("missing_amount")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise RowRejected("invalid_amount") from None
+    if not amount.is_finite():
+        raise RowRejected("invalid_amount")
+    if amount < 0:
+        raise RowRejected("negative_amount")
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise RowRejected("invalid_amount")  # more precision than a cent
+    return int(cents)
+
+
+def normalise_currency(value: Any) -> str:
+    """ISO 4217 code, upper case; unknown codes are rejected."""
+    code = str(value or "").strip().upper()
+    if code not in CURRENCIES:
+        raise RowRejected("unknown_currency")
+    return code
+
+
+def normalise_status(value: Any) -> str:
+    """Lower case, with synonyms folded ('canceled' -> 'cancelled')."""
+    status = STATUSES.get(str(value or "").strip().lower())
+    if status is None:
+        raise RowRejected("unknown_status")
+    return status
+
+
+def mask_email(value: Any) -> str:
+    """Keep the first character of the local part and the domain: ``j***@example.com``."""
+    email = str(value or "").strip()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or "@" in domain or " " in email:
+        raise RowRejected("invalid_email")
+    return f"{local[0]}***@{domain.lower()}"
+
+
+def to_utc_iso(value: Any) -> str:
+    """A timestamp (datetime or ISO text; naive means UTC) as ISO 8601 in UTC with 'Z'."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise RowRejected("invalid_timestamp") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def transform_order(row: Row) -> Record:
+    """One source order as one clean output record, or RowRejected with the reason."""
+    return {
+        "order_id": int(row["id"]),
+        "customer_email": mask_email(row["customer_email"]),
+        "amount_cents": to_cents(row["amount"]),
+        "currency": normalise_currency(row["currency"]),
+        "status": normalise_status(row["status"]),
+        "created_at": to_utc_iso(row["created_at"]),
+        "updated_at": to_utc_iso(row["updated_at"]),
+    }
+
+
+def transform_orders(rows: Sequence[Row]) -> BatchResult:
+    """The orders_daily transform over one batch of source rows."""
+    return map_rows(rows, "id", transform_order)
+
+
+def sample_orders(count: int, seed: int = 20261123) -> Iterator[tuple[Any, ...]]:
+    """``count`` deterministic orders with ids 1..count, about 2% of them invalid."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    currencies = ["USD", "usd", " USD", "EUR", "eur ", "Gbp", "GBP", "CHF", "CAD", "AUD"]
+    statuses = ["paid", "PAID", "Paid ", "shipped", "pending", "delivered", "refunded",
+                "cancelled", "canceled"]  # fmt: skip
+    for order_id in range(1, count + 1):
+        cents = rng.randint(50, 250_000)
+        amount: str | None = f"{cents // 100}.{cents % 100:02d}"
+        email = f"customer{rng.randint(1, 50_000)}@Example.com"
+        currency = rng.choice(currencies)
+        status = rng.choice(statuses)
+        roll = rng.random()
+        if roll < 0.005:
+            amount = None
+        elif roll < 0.008:
+            amount = f"-{amount}"
+        elif roll < 0.010:
+            amount = f"{amount}5"  # a tenth of a cent
+        elif roll < 0.013:
+            currency = "XXX"
+        elif roll < 0.015:
+            status = "lost in space"
+        elif roll < 0.020:
+            email = "not-an-email"
+        created = start + timedelta(seconds=order_id * 7 + rng.randint(0, 6))
+        updated = created + timedelta(minutes=rng.randint(0, 600))
+        yield (order_id, email, amount, currency, status, created, updated)
+
+
+ORDERS_DAILY = Pipeline(
+    name="orders_daily",
+    description="Nightly snapshot of orders: amounts in cents, codes normalised, emails masked.",
+    source=Source(table="orders", key_column="id", columns=ORDERS_COLUMNS),
+    transform=transform_orders,
+    schema=(
+        ("order_id", "integer"),
+        ("customer_email", "string"),
+        ("amount_cents", "integer"),
+        ("currency", "string"),
+        ("status", "string"),
+        ("created_at", "timestamp"),
+        ("updated_at", "timestamp"),
+    ),
+    chunk_size=50_000,
+    output_format="jsonl.gz",
+    schedule=Schedule(cron="0 2 * * *", timezone="UTC"),
+)

@@ -1,0 +1,43 @@
+"""Is a service reachable? One short attempt each, for the demo and readiness checks."""
+
+from __future__ import annotations
+
+from kombu import Connection
+from sqlalchemy import create_engine, text
+
+
+def broker_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None if the broker accepts a connection, else why not."""
+    try:
+        with Connection(url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def database_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None if the database answers ``SELECT 1``, else why not."""
+    args = {} if url.startswith("sqlite") else {"connect_timeout": int(timeout)}
+    engine = create_engine(url, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def result_backend_problem(url: str, timeout: float = 3.0) -> str | None:
+    """None if a Redis result backend answers PING (other backends are not probed)."""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

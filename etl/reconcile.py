@@ -1,0 +1,56 @@
+"""The reconciler: finishes runs whose messages were lost and fails runs past their
+deadline, from the ledger alone (losing the result backend never loses a run)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from etl.celery_app import TASK_COMMIT_RUN, TASK_PLAN_RUN
+from etl.domain.runs import ChunkState, RunState
+from etl.ledger import Ledger
+from etl.runs import Enqueue
+
+
+def reconcile(
+    ledger: Ledger, enqueue: Enqueue, *, now: datetime, stale_after_s: int, deadline_s: int
+) -> list[str]:
+    """Look at every unfinished run once; returns what was done, one line each.
+
+    - past its deadline: failed, with the number of chunks that did not finish (a run
+      already committing is not failed: its commit may be writing _SUCCESS; it is sent
+      its commit again instead, below);
+    - every chunk done but no commit for ``stale_after_s`` (the chord callback was lost,
+      or the result backend restarted): commit_run is sent again;
+    - committing for that long (the commit crashed): commit_run is sent again;
+    - queued or planning for that long (the plan message was lost): plan_run again.
+    Sending again is safe: every step skips what the ledger shows as done.
+    """
+    actions = []
+    stale = timedelta(seconds=stale_after_s)
+    for run in ledger.active_runs():
+        idle = now - ledger.last_activity(run.id)
+        # A retried run counts from its retry (reopen_run restarts started_at).
+        overdue = now - (run.started_at or run.created_at) > timedelta(seconds=deadline_s)
+        if overdue and run.state is not RunState.COMMITTING:
+            counts = ledger.chunk_counts(run.id)
+            unfinished = sum(n for state, n in counts.items() if state is not ChunkState.DONE)
+            reason = f"deadline exceeded: still {run.state} after {deadline_s} s" + (
+                f" with {unfinished} chunks unfinished" if run.chunk_count else ""
+            )
+            if ledger.fail_run(run.id, reason):
+                actions.append(f"failed run {run.id}: {reason}")
+            continue
+        if idle < stale:
+            continue
+        if run.state is RunState.RUNNING:
+            counts = ledger.chunk_counts(run.id)
+            if counts[ChunkState.DONE] == run.chunk_count:
+                enqueue(TASK_COMMIT_RUN, [run.id])
+                actions.append(f"sent commit for run {run.id}: all chunks done, no commit")
+        elif run.state is RunState.COMMITTING:
+            enqueue(TASK_COMMIT_RUN, [run.id])
+            actions.append(f"sent commit for run {run.id}: stuck committing")
+        elif run.state in {RunState.QUEUED, RunState.PLANNING}:
+            enqueue(TASK_PLAN_RUN, [run.id])
+            actions.append(f"sent plan for run {run.id}: stuck {run.state}")
+    return actions

@@ -1,0 +1,165 @@
+"""The three steps of a run (plan, transform a chunk, commit), free of Celery.
+
+Each step is safe to run twice: it reads the ledger first and skips what is recorded.
+The tasks in ``etl.tasks`` wrap these with Celery's retries and routing.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import Counter
+from typing import Any
+
+from etl.bootstrap import Services
+from etl.domain.chunks import plan_chunks
+from etl.domain.encoding import FORMATS, JsonLinesGzipWriter
+from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
+from etl.domain.manifest import build_manifest
+from etl.domain.runs import Chunk, ChunkState, Run, RunState, chunk_result, commit_problems
+from etl.ledger import now
+from etl.pipelines import get_pipeline
+
+logger = logging.getLogger(__name__)
+
+# Rows fetched and transformed at a time: memory stays at one batch per worker process.
+READ_BATCH_ROWS = 5000
+# A chunk started this many times is given up: a message that kills its worker (out of
+# memory, the hard time limit) is redelivered each time and would loop for ever.
+MAX_CHUNK_ATTEMPTS = 10
+# A part is spooled in memory up to this size, then on disk, before it is uploaded.
+SPOOL_MAX_BYTES = 32 * 1024 * 1024
+
+
+class ChunkAttemptsExhausted(RuntimeError):
+    """A chunk keeps being started and never finishes; a permanent error."""
+
+
+def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
+    """Plan a queued run: fix its key window, record its chunks, move it to running.
+
+    Returns the chunks that still need a transform task, or None when the run has
+    nothing to dispatch (it ended, or was cancelled). A run already running is returned
+    its unfinished chunks again: re-dispatching them is harmless, losing them is not.
+    """
+    ledger = services.ledger
+    ledger.move_run(run_id, RunState.PLANNING)
+    run = ledger.get_run(run_id)
+    if run.state is RunState.PLANNING:
+        pipeline = get_pipeline(run.pipeline)
+        key_min, key_max = services.source_for(pipeline).key_bounds()
+        planned = plan_chunks(key_min, key_max, pipeline.chunk_size_for(run.params))
+        window = {"key_column": pipeline.source.key_column, "key_min": key_min, "key_max": key_max}
+        chunks = ledger.record_plan(run_id, planned, window)
+        ledger.move_run(run_id, RunState.RUNNING)
+        logger.info(
+            "planned run %s: %d chunks over keys %s..%s", run_id, len(chunks), key_min, key_max
+        )
+    elif run.state is RunState.RUNNING:
+        chunks = ledger.get_chunks(run_id)
+    else:
+        return None
+    return [chunk for chunk in chunks if chunk.state is not ChunkState.DONE]
+
+
+def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, Any] | None:
+    """Read a chunk's key range, transform it and write its part; returns the part's
+    key, rows, bytes and sha256. A chunk already done returns its recorded part."""
+    ledger = services.ledger
+    run = ledger.get_run(run_id)
+    if run.state is RunState.CANCELLED:
+        return None
+    chunk = ledger.get_chunk(run_id, index)
+    if chunk.state is ChunkState.DONE:
+        return chunk_result(chunk)
+    started = ledger.start_chunk(run_id, index)
+    if started.attempts > MAX_CHUNK_ATTEMPTS:
+        raise ChunkAttemptsExhausted(
+            f"chunk {index} was started {started.attempts} times without finishing "
+            "(its worker died or hit the hard time limit each time)"
+        )
+
+    pipeline = get_pipeline(run.pipeline)
+    source = services.source_for(pipeline)
+    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
+    key = part_key(prefix, index, pipeline.output_format)
+    rejected: Counter[str] = Counter()
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
+        writer = JsonLinesGzipWriter(spool)
+        for batch in source.read_range(chunk.key_lo, chunk.key_hi, READ_BATCH_ROWS):
+            result = pipeline.transform(batch)
+            writer.write_records(result.records)
+            rejected.update(result.rejected_by_reason())
+        stats = writer.close()
+        services.parts.put_part(
+            key,
+            spool,
+            content_type=FORMATS[pipeline.output_format],
+            sha256=stats.sha256,
+            rows=stats.rows,
+        )
+    ledger.finish_chunk(run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected))
+    # Whichever delivery recorded the chunk first wins; both wrote the same bytes.
+    return chunk_result(ledger.get_chunk(run_id, index))
+
+
+def commit_run(services: Services, run_id: str) -> Run:
+    """Check every chunk is done exactly once and its part is in S3 as recorded, then
+    write the manifest and ``_SUCCESS`` and mark the run succeeded. Otherwise the run is
+    failed with the reason; a run that already ended is returned as it is."""
+    ledger = services.ledger
+    ledger.move_run(run_id, RunState.COMMITTING)
+    run = ledger.get_run(run_id)
+    if run.state is not RunState.COMMITTING:
+        return run
+    chunks = ledger.get_chunks(run_id)
+    problems = commit_problems(run.chunk_count, chunks)
+    if not problems:
+        bad_parts = _part_problems(services, chunks)
+        problems = list(bad_parts.values())
+        # Done, but its part is not as recorded: a retry must transform it again.
+        for index, problem in bad_parts.items():
+            ledger.invalidate_chunk(run_id, index, problem)
+    if problems:
+        ledger.fail_run(run_id, "commit refused: " + "; ".join(problems))
+        return ledger.get_run(run_id)
+
+    pipeline = get_pipeline(run.pipeline)
+    manifest = build_manifest(
+        run,
+        chunks,
+        output_format=pipeline.output_format,
+        schema=pipeline.schema_document(),
+        created_at=now(),
+    )
+    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
+    # The manifest goes first and _SUCCESS last: a reader that sees _SUCCESS can trust
+    # the manifest, and one that sees neither knows the run is not complete.
+    services.parts.put_json(manifest_key(prefix), manifest)
+    services.parts.put_marker(success_key(prefix))
+    ledger.move_run(
+        run_id,
+        RunState.SUCCEEDED,
+        manifest_key=manifest_key(prefix),
+        rows_written=manifest["total_rows"],
+        rows_rejected=manifest["rejected_rows"],
+    )
+    logger.info(
+        "committed run %s: %d rows in %d parts", run_id, manifest["total_rows"], len(chunks)
+    )
+    return ledger.get_run(run_id)
+
+
+def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:
+    """Parts that are missing from S3 or differ from what the ledger recorded, by chunk."""
+    problems = {}
+    for chunk in chunks:
+        assert chunk.s3_key is not None
+        found = services.parts.part_metadata(chunk.s3_key)
+        if found is None:
+            problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"
+        elif found.get("sha256") != chunk.sha256 or found["bytes"] != chunk.bytes:
+            problems[chunk.index] = (
+                f"part of chunk {chunk.index} differs from the ledger: {chunk.s3_key}"
+            )
+    return problems

@@ -1,0 +1,185 @@
+"""Celery tasks: check the arguments, call a step, decide retry or dead-letter.
+
+Task bodies stay thin; the work is in ``etl.steps``. Each task gets its adapters from a
+per-process ``Services``, built lazily in the pool process (after fork) so no database
+connection or S3 client is ever shared between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, NoReturn
+
+from celery import Task, chord, shared_task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from etl import steps
+from etl.adapters.errors import is_transient
+from etl.bootstrap import Services, build_services
+from etl.celery_app import (
+    TASK_COMMIT_RUN,
+    TASK_PLAN_RUN,
+    TASK_RECONCILE,
+    TASK_START_SCHEDULED_RUN,
+    TASK_TRANSFORM_CHUNK,
+    EtlCelery,
+)
+from etl.config import MAX_RETRY_BACKOFF_S
+from etl.dead_letters import DeadLetterService
+from etl.domain.retry import backoff_seconds
+from etl.domain.runs import Trigger
+from etl.ledger import RunNotFound, now
+from etl.reconcile import reconcile
+from etl.runs import RunService, celery_enqueue
+
+logger = logging.getLogger(__name__)
+
+# Keyed by (process id, app): a forked pool process builds its own, and an in-process
+# test worker for one app never sees another app's settings.
+_services: dict[tuple[int, int], Services] = {}
+
+
+def services(task: Task) -> Services:
+    """This process's Services for the task's app, built on first use from its Settings."""
+    app: EtlCelery = task.app
+    key = (os.getpid(), id(app))
+    if key not in _services:
+        _services[key] = build_services(app.settings, migrate=False)
+    return _services[key]
+
+
+@worker_process_init.connect
+def _forget_parent_services(**_: Any) -> None:
+    # A forked pool process must not reuse the parent's pooled connections.
+    _services.clear()
+
+
+def _require(name: str, value: Any, kind: type) -> None:
+    # JSON carries whatever a publisher put in it; a wrong type is a permanent error.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Reject(
+            f"argument {name} must be {kind.__name__}, got {type(value).__name__}", requeue=False
+        )
+
+
+def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoReturn:
+    """Retry transient errors with backoff; otherwise record the failure and send the
+    message to the dead-letter exchange (never acknowledge it silently)."""
+    description = f"{type(exc).__name__}: {exc}"
+    settings = task.app.settings
+    transient = is_transient(exc) or isinstance(exc, SoftTimeLimitExceeded)
+    if transient and task.request.retries < settings.max_retries:
+        countdown = backoff_seconds(
+            task.request.retries, base=settings.retry_backoff_base_s, cap=MAX_RETRY_BACKOFF_S
+        )
+        logger.warning(
+            "transient error, retry %d in %.1fs: %s",
+            task.request.retries + 1,
+            countdown,
+            description,
+        )
+        raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
+    if transient:
+        description = f"retries exhausted ({settings.max_retries}): {description}"
+    on_give_up(description)
+    logger.error("giving up, dead-lettering: %s", description)
+    raise Reject(description, requeue=False) from exc
+
+
+@shared_task(name=TASK_PLAN_RUN, bind=True)
+def plan_run(self: Task, run_id: str) -> dict[str, Any]:
+    """Plan a run and dispatch its chunks as a chord whose callback commits the run."""
+    _require("run_id", run_id, str)
+    svc = services(self)
+    try:
+        pending = steps.plan_run(svc, run_id)
+    except RunNotFound as exc:
+        raise Reject(str(exc), requeue=False) from exc
+    except Exception as exc:
+        _retry_or_reject(
+            self, exc, lambda why: svc.ledger.fail_run(run_id, f"planning failed: {why}")
+        )
+    if pending is None:
+        return {"run_id": run_id, "dispatched": 0}
+    commit = self.app.signature(TASK_COMMIT_RUN, args=[run_id], immutable=True)
+    if pending:
+        header = [
+            self.app.signature(TASK_TRANSFORM_CHUNK, args=[run_id, c.index], immutable=True)
+            for c in pending
+        ]
+        chord(header)(commit)
+    else:
+        commit.apply_async()
+    return {"run_id": run_id, "dispatched": len(pending)}
+
+
+@shared_task(name=TASK_TRANSFORM_CHUNK, bind=True)
+def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any] | None:
+    """Transform one chunk into one part; returns only its key, rows, bytes and sha256."""
+    _require("run_id", run_id, str)
+    _require("chunk_index", chunk_index, int)
+    svc = services(self)
+    try:
+        return steps.transform_chunk(svc, run_id, chunk_index)
+    except (RunNotFound, LookupError) as exc:
+        raise Reject(str(exc), requeue=False) from exc
+    except Exception as exc:
+
+        def give_up(why: str) -> None:
+            svc.ledger.fail_chunk(run_id, chunk_index, why)
+            svc.ledger.fail_run(run_id, f"chunk {chunk_index} failed: {why}")
+
+        _retry_or_reject(self, exc, give_up)
+
+
+@shared_task(name=TASK_COMMIT_RUN, bind=True, ignore_result=True)
+def commit_run(self: Task, run_id: str) -> dict[str, Any]:
+    """Commit a run whose chunks are all done: manifest, then _SUCCESS."""
+    _require("run_id", run_id, str)
+    svc = services(self)
+    try:
+        run = steps.commit_run(svc, run_id)
+    except RunNotFound as exc:
+        raise Reject(str(exc), requeue=False) from exc
+    except Exception as exc:
+        _retry_or_reject(
+            self, exc, lambda why: svc.ledger.fail_run(run_id, f"commit failed: {why}")
+        )
+    return {"run_id": run_id, "state": run.state.value, "manifest_key": run.manifest_key}
+
+
+@shared_task(name=TASK_START_SCHEDULED_RUN, bind=True, ignore_result=True)
+def start_scheduled_run(self: Task, pipeline: str) -> dict[str, Any]:
+    """Beat's entry: start the scheduled run of a pipeline (a duplicate finds the existing run)."""
+    _require("pipeline", pipeline, str)
+    svc = services(self)
+
+    def enqueue(name: str, args: list[Any]) -> None:
+        self.app.send_task(name, args=args)
+
+    try:
+        run, created = RunService(svc.ledger, enqueue).start_run(pipeline, trigger=Trigger.SCHEDULE)
+    except Exception as exc:
+        _retry_or_reject(self, exc, lambda why: None)
+    return {"run_id": run.id, "created": created}
+
+
+@shared_task(name=TASK_RECONCILE, bind=True, ignore_result=True)
+def reconcile_runs(self: Task) -> dict[str, Any]:
+    """Periodic (Beat, every minute): record dead letters, finish or fail stuck runs."""
+    svc = services(self)
+    settings = self.app.settings
+    run_service = RunService(svc.ledger, celery_enqueue(self.app))
+    recorded = DeadLetterService(svc.ledger, settings.broker_url, run_service.retry_run).sync()
+    actions = reconcile(
+        svc.ledger,
+        celery_enqueue(self.app),
+        now=now(),
+        stale_after_s=settings.reconcile_stale_s,
+        deadline_s=settings.run_deadline_s,
+    )
+    for action in actions:
+        logger.warning("reconciler: %s", action)
+    return {"dead_letters_recorded": recorded, "actions": actions}

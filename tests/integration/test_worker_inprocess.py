@@ -1,0 +1,138 @@
+"""Runs on an in-process worker (Celery's pytest fixtures) over the real broker,
+PostgreSQL, Redis and moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import date
+from typing import Any
+
+import pytest
+import redis
+
+from etl.bootstrap import Services
+from etl.celery_app import TASK_START_SCHEDULED_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
+from etl.config import Settings
+from etl.demo import seed_orders
+from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.runs import RunService, celery_enqueue, wait_for_run
+from etl.steps import plan_run
+
+from support import assert_run_output_matches_source, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def celery_app(service_settings: Settings, services: Services) -> Iterator[EtlCelery]:
+    from etl.adapters.topology import declare_topology
+
+    declare_topology(service_settings.broker_url)
+    yield make_celery(service_settings)
+
+
+@pytest.fixture
+def celery_worker_pool() -> str:
+    return "threads"
+
+
+@pytest.fixture
+def celery_worker_parameters() -> dict[str, Any]:
+    # Our app has no celery.ping task; the ledger, not a ping, tells us work was done.
+    return {"perform_ping_check": False, "concurrency": 2}
+
+
+@pytest.fixture
+def worker(celery_worker: Any) -> Any:
+    """Celery's in-process worker, quick to stop.
+
+    Its event loop sleeps up to 10 s between timers and notices a shutdown request only
+    when it wakes; a 0.2 s no-op timer keeps teardown well under a second.
+    """
+    celery_worker.hub.call_repeatedly(0.2, lambda: None)
+    return celery_worker
+
+
+def test_a_run_completes_with_every_row_once(
+    celery_app: EtlCelery, worker: Any, services: Services
+) -> None:
+    seed_orders(services.source_engine, 3_000)
+    run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
+        "orders_daily", logical_date=date(2026, 11, 1), params={"chunk_size": 700}
+    )
+    final = wait_for_run(services.ledger, run.id, timeout_s=60)
+    assert final.state is RunState.SUCCEEDED, final.reason
+    assert final.chunk_count == 5
+    manifest = assert_run_output_matches_source(services, final)
+    assert [part["key"].rsplit("/", 1)[1] for part in manifest["parts"]] == [
+        f"part-{i:05d}.jsonl.gz" for i in range(5)
+    ]
+
+
+def test_a_chunk_result_on_the_result_backend_is_under_1kb(
+    celery_app: EtlCelery, worker: Any, services: Services, redis_url: str
+) -> None:
+    seed_orders(services.source_engine, 20_000)
+    run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
+        "orders_daily", logical_date=date(2026, 11, 2), params={"chunk_size": 1_000_000}
+    )
+    final = wait_for_run(services.ledger, run.id, timeout_s=60)
+    assert final.state is RunState.SUCCEEDED and final.chunk_count == 1
+
+    # Re-sending the done chunk returns its recorded result: read it raw from Redis.
+    result = celery_app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
+    payload = result.get(timeout=30)
+    assert set(payload) == {"key", "rows", "bytes", "sha256"} and payload["rows"] > 19_000
+    raw = redis.Redis.from_url(redis_url).get(f"celery-task-meta-{result.id}")
+    assert raw is not None and len(raw) < 1024, f"{len(raw or b'')} bytes on the result backend"
+    assert json.loads(raw)["result"] == payload
+
+
+def test_a_pickle_message_is_refused_and_the_worker_keeps_serving(
+    celery_app: EtlCelery, worker: Any, services: Services
+) -> None:
+    seed_orders(services.source_engine, 1_000)
+    target, _ = services.ledger.create_run(
+        pipeline="orders_daily",
+        logical_date=date(2026, 11, 3),
+        trigger=Trigger.MANUAL,
+        params={"chunk_size": 500},
+    )
+    plan_run(services, target.id)  # chunks recorded, nothing dispatched
+
+    celery_app.send_task(TASK_TRANSFORM_CHUNK, args=[target.id, 0], serializer="pickle")
+    # A legitimate run queued behind the pickle message completes: the worker went on.
+    run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
+        "orders_daily", logical_date=date(2026, 11, 4)
+    )
+    assert wait_for_run(services.ledger, run.id, timeout_s=60).state is RunState.SUCCEEDED
+    chunk = services.ledger.get_chunk(target.id, 0)
+    assert chunk.state is ChunkState.PENDING and chunk.attempts == 0
+
+
+def test_a_repeated_scheduled_dispatch_starts_one_run(
+    celery_app: EtlCelery, worker: Any, services: Services
+) -> None:
+    seed_orders(services.source_engine, 500)
+    first = celery_app.send_task(TASK_START_SCHEDULED_RUN, args=["orders_daily"])
+    second = celery_app.send_task(TASK_START_SCHEDULED_RUN, args=["orders_daily"])
+    # The task ignores its result; the ledger shows what happened.
+    scheduled = wait_until(
+        lambda: [
+            r
+            for r in services.ledger.list_runs(pipeline="orders_daily")
+            if r.trigger is Trigger.SCHEDULE
+        ],
+        timeout_s=30,
+        what="the scheduled run",
+    )
+    run = wait_for_run(services.ledger, scheduled[0].id, timeout_s=60)
+    assert run.state is RunState.SUCCEEDED, run.reason
+    assert first.id != second.id
+    all_scheduled = [
+        r
+        for r in services.ledger.list_runs(pipeline="orders_daily", limit=500)
+        if r.trigger is Trigger.SCHEDULE
+    ]
+    assert [r.id for r in all_scheduled] == [run.id]

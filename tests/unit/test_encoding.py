@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+from typing import Any
+
+import pytest
+
+from etl.domain.encoding import JsonLinesGzipWriter, PartStats, read_json_lines_gzip
+from etl.domain.runs import Chunk, ChunkState, chunk_result
+
+RECORDS = [
+    {"order_id": i, "customer_email": "j***@example.com", "amount_cents": i * 7, "note": "é ✓"}
+    for i in range(1, 2001)
+]
+
+
+def encode(records: list[dict[str, Any]]) -> tuple[bytes, PartStats]:
+    buffer = io.BytesIO()
+    writer = JsonLinesGzipWriter(buffer)
+    writer.write_records(records)
+    stats = writer.close()
+    return buffer.getvalue(), stats
+
+
+def test_the_same_records_encode_to_identical_bytes_and_sha256() -> None:
+    first, first_stats = encode(RECORDS)
+    second, second_stats = encode(RECORDS)
+    assert first == second
+    assert first_stats == second_stats
+
+
+def test_stats_match_the_bytes_actually_written() -> None:
+    data, stats = encode(RECORDS)
+    assert stats.rows == len(RECORDS)
+    assert stats.bytes == len(data)
+    assert stats.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_output_is_gzip_with_no_timestamp_or_file_name_in_the_header() -> None:
+    data, _ = encode(RECORDS[:3])
+    assert data[:2] == b"\x1f\x8b"
+    assert data[4:8] == b"\x00\x00\x00\x00"  # mtime 0
+    assert data[3] & 0x08 == 0  # no FNAME flag
+
+
+def test_records_round_trip_through_read_json_lines_gzip() -> None:
+    data, _ = encode(RECORDS)
+    assert read_json_lines_gzip(data) == RECORDS
+
+
+def test_records_written_in_several_calls_are_all_counted_and_kept_in_order() -> None:
+    buffer = io.BytesIO()
+    writer = JsonLinesGzipWriter(buffer)
+    writer.write_records(RECORDS[:700])
+    writer.write_records([])
+    writer.write_records(RECORDS[700:])
+    stats = writer.close()
+    assert stats.rows == len(RECORDS)
+    assert read_json_lines_gzip(buffer.getvalue()) == RECORDS
+
+
+def test_one_json_object_per_line_with_compact_separators_and_utf8() -> None:
+    data, _ = encode([{"a": 1, "b": "é"}, {"a": 2, "b": None}])
+    assert gzip.decompress(data) == '{"a":1,"b":"é"}\n{"a":2,"b":null}\n'.encode()
+
+
+def test_zero_records_still_give_a_valid_empty_gzip() -> None:
+    data, stats = encode([])
+    assert stats.rows == 0
+    assert stats.bytes == len(data) > 0
+    assert stats.sha256 == hashlib.sha256(data).hexdigest()
+    assert gzip.decompress(data) == b""
+    assert read_json_lines_gzip(data) == []
+
+
+@pytest.mark.parametrize("rows", [10, 10_000_000])
+def test_the_chunk_result_payload_stays_under_one_kilobyte(rows: int) -> None:
+    chunk = Chunk(
+        run_id="0b9f5c1e-5d8e-4a53-9c57-0c6f6b1f3c2d",
+        index=99_999,
+        key_lo=1,
+        key_hi=rows + 1,
+        state=ChunkState.DONE,
+        s3_key=(
+            "warehouse/exports/nightly-etl/production/orders_daily/dt=2026-11-01/"
+            "run=0b9f5c1e-5d8e-4a53-9c57-0c6f6b1f3c2d/part-99999.jsonl.gz"
+        ),
+        rows=rows,
+        bytes=rows * 180,
+        sha256=hashlib.sha256(b"part").hexdigest(),
+    )
+    payload = chunk_result(chunk)
+    assert set(payload) == {"key", "rows", "bytes", "sha256"}
+    assert payload["rows"] == rows
+    assert len(json.dumps(payload).encode()) < 1024

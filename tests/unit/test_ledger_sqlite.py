@@ -1,0 +1,325 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from etl.domain.chunks import ChunkRange, plan_chunks
+from etl.domain.encoding import PartStats
+from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.ledger import SCHEMA_VERSION, IdempotencyConflict, Ledger, RunNotFound, upgrade
+
+DAY = date(2026, 11, 1)
+STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
+
+
+def new_run(ledger: Ledger, **changes: object) -> str:
+    values: dict[str, object] = {
+        "pipeline": "orders_daily",
+        "logical_date": DAY,
+        "trigger": Trigger.MANUAL,
+        "params": {},
+    }
+    values.update(changes)
+    run, created = ledger.create_run(**values)  # type: ignore[arg-type]
+    assert created
+    return run.id
+
+
+def planned_run(ledger: Ledger, chunks: int = 3) -> str:
+    run_id = new_run(ledger)
+    ledger.move_run(run_id, RunState.PLANNING)
+    ledger.record_plan(run_id, plan_chunks(1, chunks * 100, 100), {"key_min": 1})
+    ledger.move_run(run_id, RunState.RUNNING)
+    return run_id
+
+
+def test_upgrade_twice_is_harmless_and_reports_the_schema_version(sqlite_engine: Engine) -> None:
+    assert upgrade(sqlite_engine) == SCHEMA_VERSION
+    assert upgrade(sqlite_engine) == SCHEMA_VERSION
+
+
+def test_a_new_run_is_queued_with_what_was_asked(ledger: Ledger) -> None:
+    run, created = ledger.create_run(
+        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={"chunk_size": 10}
+    )
+    assert created
+    stored = ledger.get_run(run.id)
+    assert stored == run
+    assert stored.state is RunState.QUEUED
+    assert stored.params == {"chunk_size": 10}
+    assert stored.logical_date == DAY
+    assert stored.created_at.tzinfo is not None
+    assert stored.chunk_count is None and stored.started_at is None
+
+
+def test_a_scheduled_run_is_unique_per_pipeline_and_date(ledger: Ledger) -> None:
+    first, first_created = ledger.create_run(
+        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.SCHEDULE, params={}
+    )
+    second, second_created = ledger.create_run(
+        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.SCHEDULE, params={}
+    )
+    assert first_created and not second_created
+    assert second.id == first.id
+    assert len(ledger.list_runs()) == 1
+
+
+def test_scheduled_runs_of_other_dates_or_pipelines_are_separate(ledger: Ledger) -> None:
+    ids = {
+        new_run(ledger, trigger=Trigger.SCHEDULE),
+        new_run(ledger, trigger=Trigger.SCHEDULE, logical_date=date(2026, 11, 2)),
+        new_run(ledger, trigger=Trigger.SCHEDULE, pipeline="other_pipeline"),
+    }
+    assert len(ids) == 3
+
+
+def test_a_manual_run_without_a_key_is_always_new(ledger: Ledger) -> None:
+    scheduled = new_run(ledger, trigger=Trigger.SCHEDULE)
+    first = new_run(ledger)
+    second = new_run(ledger)
+    assert len({scheduled, first, second}) == 3
+
+
+def test_the_same_idempotency_key_and_request_finds_the_same_run(ledger: Ledger) -> None:
+    request = {
+        "pipeline": "orders_daily",
+        "logical_date": DAY,
+        "trigger": Trigger.MANUAL,
+        "params": {"chunk_size": 500},
+        "idempotency_key": "req-1",
+    }
+    first, first_created = ledger.create_run(**request)  # type: ignore[arg-type]
+    again, again_created = ledger.create_run(**request)  # type: ignore[arg-type]
+    assert (first_created, again_created) == (True, False)
+    assert again.id == first.id
+    assert len(ledger.list_runs()) == 1
+
+
+@pytest.mark.parametrize(
+    "different",
+    [{"params": {"chunk_size": 501}}, {"logical_date": date(2026, 11, 2)}, {"pipeline": "other"}],
+)
+def test_the_same_idempotency_key_for_a_different_request_conflicts(
+    ledger: Ledger, different: dict[str, object]
+) -> None:
+    run_id = new_run(ledger, params={"chunk_size": 500}, idempotency_key="req-1")
+    with pytest.raises(IdempotencyConflict, match="req-1") as caught:
+        new_run(ledger, **{"params": {"chunk_size": 500}, "idempotency_key": "req-1", **different})
+    assert run_id in str(caught.value)
+    assert [run.id for run in ledger.list_runs()] == [run_id]
+
+
+def test_a_run_moves_forward_through_its_states(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    for state in (RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING, RunState.SUCCEEDED):
+        assert ledger.move_run(run_id, state), state
+        assert ledger.get_run(run_id).state is state
+    run = ledger.get_run(run_id)
+    assert run.started_at is not None and run.finished_at is not None
+    assert run.is_terminal
+
+
+def test_a_move_already_made_does_not_happen_twice(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    assert ledger.move_run(run_id, RunState.PLANNING)
+    assert not ledger.move_run(run_id, RunState.PLANNING)
+
+
+def test_a_run_never_moves_back_to_queued(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    ledger.move_run(run_id, RunState.PLANNING)
+    assert not ledger.move_run(run_id, RunState.QUEUED)
+    assert ledger.get_run(run_id).state is RunState.PLANNING
+
+
+def test_a_run_cannot_skip_states(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    assert not ledger.move_run(run_id, RunState.RUNNING)
+    assert not ledger.move_run(run_id, RunState.SUCCEEDED)
+    assert ledger.get_run(run_id).state is RunState.QUEUED
+
+
+def test_a_succeeded_run_cannot_be_failed(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    for state in (RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING, RunState.SUCCEEDED):
+        ledger.move_run(run_id, state)
+    assert not ledger.fail_run(run_id, "too late")
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.SUCCEEDED
+    assert run.reason is None
+
+
+def test_a_failed_run_cannot_be_cancelled_and_keeps_its_reason(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    assert ledger.fail_run(run_id, "broker refused")
+    assert not ledger.move_run(run_id, RunState.CANCELLED)
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason == "broker refused"
+
+
+def test_a_committing_run_cannot_be_cancelled(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.move_run(run_id, RunState.COMMITTING)
+    assert not ledger.move_run(run_id, RunState.CANCELLED)
+
+
+def test_record_plan_stores_pending_chunks_and_the_window(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    planned = [ChunkRange(0, 1, 101), ChunkRange(1, 101, 151)]
+    chunks = ledger.record_plan(run_id, planned, {"key_column": "id", "key_min": 1, "key_max": 150})
+    assert [(c.index, c.key_lo, c.key_hi, c.state, c.attempts) for c in chunks] == [
+        (0, 1, 101, ChunkState.PENDING, 0),
+        (1, 101, 151, ChunkState.PENDING, 0),
+    ]
+    run = ledger.get_run(run_id)
+    assert run.chunk_count == 2
+    assert run.window == {"key_column": "id", "key_min": 1, "key_max": 150}
+
+
+def test_record_plan_twice_keeps_the_first_plan(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    first = ledger.record_plan(run_id, plan_chunks(1, 300, 100), {"key_max": 300})
+    second = ledger.record_plan(run_id, plan_chunks(1, 1000, 50), {"key_max": 1000})
+    assert second == first
+    assert ledger.get_chunks(run_id) == first
+    assert ledger.get_run(run_id).chunk_count == 3
+    assert ledger.get_run(run_id).window == {"key_max": 300}
+
+
+def test_an_empty_plan_is_recorded_once_as_zero_chunks(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    assert ledger.record_plan(run_id, [], {"key_min": None, "key_max": None}) == []
+    assert ledger.record_plan(run_id, plan_chunks(1, 10, 5), {}) == []
+    assert ledger.get_run(run_id).chunk_count == 0
+
+
+def test_starting_a_chunk_counts_an_attempt(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    assert ledger.start_chunk(run_id, 1).attempts == 1
+    chunk = ledger.start_chunk(run_id, 1)
+    assert chunk.attempts == 2
+    assert chunk.state is ChunkState.RUNNING
+
+
+def test_finish_chunk_records_the_part_once(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.start_chunk(run_id, 0)
+    assert ledger.finish_chunk(
+        run_id, 0, s3_key="k/part-00000", stats=STATS, rejected_by_reason={"invalid_email": 2}
+    )
+    other = PartStats(rows=1, bytes=1, sha256="b" * 64)
+    assert not ledger.finish_chunk(
+        run_id, 0, s3_key="k/elsewhere", stats=other, rejected_by_reason={}
+    )
+    chunk = ledger.get_chunk(run_id, 0)
+    assert chunk.state is ChunkState.DONE
+    assert (chunk.s3_key, chunk.rows, chunk.bytes, chunk.sha256) == (
+        "k/part-00000",
+        98,
+        2048,
+        "a" * 64,
+    )
+    assert chunk.rejected_by_reason == {"invalid_email": 2}
+    assert chunk.rows_rejected == 2
+
+
+def test_a_done_chunk_is_not_restarted(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.start_chunk(run_id, 0)
+    ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    chunk = ledger.start_chunk(run_id, 0)
+    assert chunk.state is ChunkState.DONE
+    assert chunk.attempts == 1
+
+
+def test_fail_chunk_does_not_undo_a_done_chunk(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.finish_chunk(run_id, 2, s3_key="k", stats=STATS, rejected_by_reason={})
+    ledger.fail_chunk(run_id, 2, "late failure from a duplicate delivery")
+    chunk = ledger.get_chunk(run_id, 2)
+    assert chunk.state is ChunkState.DONE
+    assert chunk.error is None
+
+
+def test_fail_chunk_records_the_error_on_an_unfinished_chunk(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.start_chunk(run_id, 1)
+    ledger.fail_chunk(run_id, 1, "ValueError: poison")
+    chunk = ledger.get_chunk(run_id, 1)
+    assert chunk.state is ChunkState.FAILED
+    assert chunk.error == "ValueError: poison"
+
+
+def test_chunk_counts_count_every_state(ledger: Ledger) -> None:
+    run_id = planned_run(ledger, chunks=5)
+    ledger.start_chunk(run_id, 0)
+    ledger.finish_chunk(run_id, 1, s3_key="k1", stats=STATS, rejected_by_reason={})
+    ledger.finish_chunk(run_id, 2, s3_key="k2", stats=STATS, rejected_by_reason={})
+    ledger.fail_chunk(run_id, 3, "boom")
+    assert ledger.chunk_counts(run_id) == {
+        ChunkState.PENDING: 1,
+        ChunkState.RUNNING: 1,
+        ChunkState.DONE: 2,
+        ChunkState.FAILED: 1,
+    }
+
+
+def test_chunk_counts_of_an_unplanned_run_are_all_zero(ledger: Ledger) -> None:
+    assert set(ledger.chunk_counts(new_run(ledger)).values()) == {0}
+
+
+def test_get_chunk_of_an_unknown_index_raises_lookup_error(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    with pytest.raises(LookupError, match="no chunk 7"):
+        ledger.get_chunk(run_id, 7)
+
+
+def test_list_runs_is_newest_first_and_filters(ledger: Ledger) -> None:
+    oldest = new_run(ledger)
+    other = new_run(ledger, pipeline="other_pipeline")
+    newest = new_run(ledger)
+    ledger.move_run(newest, RunState.PLANNING)
+
+    assert [run.id for run in ledger.list_runs()] == [newest, other, oldest]
+    assert [run.id for run in ledger.list_runs(pipeline="orders_daily")] == [newest, oldest]
+    assert [run.id for run in ledger.list_runs(state=RunState.PLANNING)] == [newest]
+    assert [
+        run.id for run in ledger.list_runs(pipeline="other_pipeline", state=RunState.QUEUED)
+    ] == [other]
+    assert [run.id for run in ledger.list_runs(limit=2)] == [newest, other]
+    assert ledger.list_runs(pipeline="nothing") == []
+
+
+def test_get_run_of_an_unknown_id_raises_run_not_found(ledger: Ledger) -> None:
+    with pytest.raises(RunNotFound, match="no run with id 'no-such-run'"):
+        ledger.get_run("no-such-run")
+
+
+def test_moving_an_unknown_run_moves_nothing(ledger: Ledger) -> None:
+    assert not ledger.move_run("no-such-run", RunState.PLANNING)
+    assert not ledger.fail_run("no-such-run", "why")
+
+
+def test_a_version_1_ledger_is_migrated_to_the_current_schema(tmp_path: Path) -> None:
+    from sqlalchemy import insert, inspect
+
+    from etl.adapters.db import make_engine
+    from etl.ledger import chunks_table, runs_table, schema_version_table
+
+    engine = make_engine("sqlite:///" + str(tmp_path / "v1.db"))
+    with engine.begin() as conn:  # the ledger as version 1 created it
+        for table in (runs_table, chunks_table, schema_version_table):
+            table.create(conn)
+        conn.execute(insert(schema_version_table).values(version=1, applied_at=datetime.now(UTC)))
+    assert "etl_dead_letters" not in inspect(engine).get_table_names()
+
+    assert upgrade(engine) == SCHEMA_VERSION
+    assert "etl_dead_letters" in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        versions = sorted(conn.execute(schema_version_table.select()).scalars())
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    engine.dispose()

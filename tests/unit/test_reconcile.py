@@ -1,0 +1,283 @@
+"""The reconciler on a SQLite ledger with a recording enqueue port. Time is never waited
+for: each test passes a ``now`` chosen relative to what the ledger recorded."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine, update
+
+from etl.domain.chunks import plan_chunks
+from etl.domain.encoding import PartStats
+from etl.domain.runs import RunState, Trigger
+from etl.ledger import Ledger, runs_table
+from etl.reconcile import reconcile
+from etl.runs import RunService
+
+from support import RecordingEnqueue
+
+STALE_S = 300
+DEADLINE_S = 6 * 3600
+STATS = PartStats(rows=10, bytes=100, sha256="c" * 64)
+
+
+def run_reconcile(ledger: Ledger, enqueue: RecordingEnqueue, now: datetime) -> list[str]:
+    return reconcile(ledger, enqueue, now=now, stale_after_s=STALE_S, deadline_s=DEADLINE_S)
+
+
+def new_run(ledger: Ledger, day: int = 1) -> str:
+    run, _ = ledger.create_run(
+        pipeline="orders_daily",
+        logical_date=date(2026, 11, day),
+        trigger=Trigger.MANUAL,
+        params={},
+    )
+    return run.id
+
+
+def running_run(ledger: Ledger, *, chunks: int = 3, done: int = 0) -> str:
+    run_id = new_run(ledger)
+    assert ledger.move_run(run_id, RunState.PLANNING)
+    planned = plan_chunks(1, chunks * 100, 100) if chunks else []
+    ledger.record_plan(run_id, planned, {"key_min": 1 if chunks else None})
+    assert ledger.move_run(run_id, RunState.RUNNING)
+    for index in range(done):
+        ledger.start_chunk(run_id, index)
+        ledger.finish_chunk(
+            run_id, index, s3_key=f"etl/part-{index:05d}", stats=STATS, rejected_by_reason={}
+        )
+    return run_id
+
+
+def idle_for(ledger: Ledger, run_id: str, seconds: float) -> datetime:
+    """The moment at which the run will have had no activity for ``seconds``."""
+    return ledger.last_activity(run_id) + timedelta(seconds=seconds)
+
+
+# -- lost commits --------------------------------------------------------------------------
+
+
+def test_a_stale_run_with_every_chunk_done_gets_its_commit_sent_again(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=3, done=3)
+
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+    assert len(actions) == 1 and run_id in actions[0] and "commit" in actions[0]
+    assert ledger.get_run(run_id).state is RunState.RUNNING  # the commit task moves it
+
+
+def test_a_run_with_every_chunk_done_is_left_alone_until_it_is_stale(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=3, done=3)
+
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S - 1))
+
+    assert (actions, enqueue.calls) == ([], [])
+
+
+def test_the_reconciler_sends_the_commit_again_on_every_pass_while_the_run_is_stale(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    # Documented behaviour: a second commit is harmless (commit_run skips a run that
+    # ended), so the reconciler keeps no memory of what it sent.
+    run_id = running_run(ledger, chunks=2, done=2)
+    now = idle_for(ledger, run_id, STALE_S + 1)
+
+    run_reconcile(ledger, enqueue, now)
+    run_reconcile(ledger, enqueue, now + timedelta(seconds=60))
+
+    assert enqueue.calls == [("etl.commit_run", [run_id]), ("etl.commit_run", [run_id])]
+
+
+def test_a_stale_run_of_zero_chunks_gets_its_commit_sent_again(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=0)
+
+    run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+
+
+@pytest.mark.parametrize("done", [0, 2])
+def test_a_stale_running_run_with_chunks_not_done_is_not_redispatched(
+    ledger: Ledger, enqueue: RecordingEnqueue, done: int
+) -> None:
+    run_id = running_run(ledger, chunks=3, done=done)
+    before = ledger.get_run(run_id)
+
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert (actions, enqueue.calls) == ([], [])
+    assert ledger.get_run(run_id) == before
+
+
+def test_a_run_stuck_committing_gets_its_commit_sent_again(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=2, done=2)
+    assert ledger.move_run(run_id, RunState.COMMITTING)
+
+    assert run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S - 1)) == []
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+    assert len(actions) == 1 and run_id in actions[0] and "committing" in actions[0]
+
+
+# -- lost plans ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING])
+def test_a_run_stuck_before_running_gets_its_plan_sent_again(
+    ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+) -> None:
+    run_id = new_run(ledger)
+    if state is RunState.PLANNING:
+        assert ledger.move_run(run_id, RunState.PLANNING)
+
+    assert run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S - 1)) == []
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+    assert len(actions) == 1 and run_id in actions[0] and state.value in actions[0]
+    assert ledger.get_run(run_id).state is state
+
+
+# -- deadline ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING])
+def test_an_unplanned_run_past_its_deadline_is_failed_and_nothing_is_sent(
+    ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+) -> None:
+    run_id = new_run(ledger)
+    if state is RunState.PLANNING:
+        assert ledger.move_run(run_id, RunState.PLANNING)
+    created = ledger.get_run(run_id).created_at
+
+    actions = run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S + 1))
+
+    assert enqueue.calls == []
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason == f"deadline exceeded: still {state.value} after {DEADLINE_S} s"
+    assert actions == [f"failed run {run_id}: {run.reason}"]
+
+
+def test_a_running_run_past_its_deadline_is_failed_naming_how_many_chunks_are_unfinished(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=4, done=1)
+    created = ledger.get_run(run_id).created_at
+
+    actions = run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S + 1))
+
+    assert enqueue.calls == []
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason == (
+        f"deadline exceeded: still running after {DEADLINE_S} s with 3 chunks unfinished"
+    )
+    assert len(actions) == 1 and run_id in actions[0]
+
+
+def test_a_run_with_every_chunk_done_past_its_deadline_is_failed_not_committed(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=2, done=2)
+    created = ledger.get_run(run_id).created_at
+
+    run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S + 1))
+
+    assert enqueue.calls == []
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason is not None and "deadline exceeded" in run.reason
+    assert "with 0 chunks unfinished" in run.reason
+
+
+def test_a_run_exactly_at_its_deadline_is_not_yet_failed(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=2, done=1)
+    created = ledger.get_run(run_id).created_at
+
+    assert run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S)) == []
+
+    assert ledger.get_run(run_id).state is RunState.RUNNING
+
+
+def test_a_run_retried_long_after_it_was_created_is_not_failed_by_its_first_deadline(
+    ledger: Ledger, enqueue: RecordingEnqueue, sqlite_engine: Engine
+) -> None:
+    run_id = running_run(ledger, chunks=3, done=1)
+    assert ledger.fail_run(run_id, "chunk 1 failed: boom")
+    # The nightly run was created yesterday; an operator retries it this morning.
+    yesterday = ledger.get_run(run_id).created_at - timedelta(days=1)
+    with sqlite_engine.begin() as conn:
+        conn.execute(
+            update(runs_table).where(runs_table.c.id == run_id).values(created_at=yesterday)
+        )
+    RunService(ledger, enqueue).retry_run(run_id)
+
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, 60))
+
+    assert actions == []
+    assert ledger.get_run(run_id).state is RunState.RUNNING
+
+
+# -- runs that ended, and several runs at once ---------------------------------------------
+
+
+def test_runs_that_ended_are_ignored_however_old(ledger: Ledger, enqueue: RecordingEnqueue) -> None:
+    succeeded = running_run(ledger, chunks=1, done=1)
+    assert ledger.move_run(succeeded, RunState.COMMITTING)
+    assert ledger.move_run(succeeded, RunState.SUCCEEDED)
+    failed = running_run(ledger, chunks=2, done=2)
+    assert ledger.fail_run(failed, "commit refused")
+    cancelled = new_run(ledger, day=2)
+    assert ledger.move_run(cancelled, RunState.CANCELLED, reason="cancelled by request")
+    before = [ledger.get_run(run_id) for run_id in (succeeded, failed, cancelled)]
+    far_future = ledger.last_activity(cancelled) + timedelta(days=30)
+
+    actions = run_reconcile(ledger, enqueue, far_future)
+
+    assert (actions, enqueue.calls) == ([], [])
+    assert [ledger.get_run(run_id) for run_id in (succeeded, failed, cancelled)] == before
+
+
+def test_each_unfinished_run_gets_what_it_needs_in_one_pass(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    queued = new_run(ledger, day=3)
+    all_done = running_run(ledger, chunks=2, done=2)
+    working = running_run(ledger, chunks=2, done=1)
+    latest = max(ledger.last_activity(r) for r in (queued, all_done, working))
+
+    actions = run_reconcile(ledger, enqueue, latest + timedelta(seconds=STALE_S + 1))
+
+    assert enqueue.calls == [("etl.plan_run", [queued]), ("etl.commit_run", [all_done])]
+    assert len(actions) == 2
+    assert ledger.get_run(working).state is RunState.RUNNING
+
+
+def test_a_run_committing_past_its_deadline_gets_its_commit_again_not_a_failure(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    # Its commit may be writing _SUCCESS right now: failing it could leave a failed run
+    # with a committed output.
+    run_id = running_run(ledger, chunks=2, done=2)
+    assert ledger.move_run(run_id, RunState.COMMITTING)
+    late = ledger.get_run(run_id).created_at + timedelta(seconds=DEADLINE_S + 1)
+
+    actions = run_reconcile(ledger, enqueue, late)
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+    assert actions == [f"sent commit for run {run_id}: stuck committing"]
+    assert ledger.get_run(run_id).state is RunState.COMMITTING

@@ -1,0 +1,216 @@
+"""RunService.retry_run and cancel_run on a SQLite ledger with a recording enqueue port."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from etl.domain.chunks import plan_chunks
+from etl.domain.encoding import PartStats
+from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.ledger import Ledger, RunNotFound
+from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable, RunService
+
+from support import RecordingEnqueue
+
+DAY = date(2026, 11, 1)
+STATS = PartStats(rows=10, bytes=100, sha256="b" * 64)
+
+
+@pytest.fixture
+def service(ledger: Ledger, enqueue: RecordingEnqueue) -> RunService:
+    return RunService(ledger, enqueue)
+
+
+def new_run(ledger: Ledger) -> str:
+    run, _ = ledger.create_run(
+        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={}
+    )
+    return run.id
+
+
+def planned_run(ledger: Ledger, chunks: int = 3) -> str:
+    run_id = new_run(ledger)
+    assert ledger.move_run(run_id, RunState.PLANNING)
+    ledger.record_plan(run_id, plan_chunks(1, chunks * 100, 100), {"key_min": 1})
+    assert ledger.move_run(run_id, RunState.RUNNING)
+    return run_id
+
+
+def failed_planned_run(ledger: Ledger) -> str:
+    """Three chunks: 0 done, 1 failed, 2 never started; the run failed naming chunk 1."""
+    run_id = planned_run(ledger, chunks=3)
+    ledger.start_chunk(run_id, 0)
+    ledger.finish_chunk(run_id, 0, s3_key="etl/part-00000", stats=STATS, rejected_by_reason={})
+    ledger.start_chunk(run_id, 1)
+    ledger.fail_chunk(run_id, 1, "ValueError: bad row")
+    assert ledger.fail_run(run_id, "chunk 1 failed: ValueError: bad row")
+    return run_id
+
+
+def run_in_state(ledger: Ledger, state: RunState) -> str:
+    run_id = new_run(ledger)
+    path = {
+        RunState.QUEUED: [],
+        RunState.PLANNING: [RunState.PLANNING],
+        RunState.RUNNING: [RunState.PLANNING, RunState.RUNNING],
+        RunState.COMMITTING: [RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING],
+        RunState.SUCCEEDED: [
+            RunState.PLANNING,
+            RunState.RUNNING,
+            RunState.COMMITTING,
+            RunState.SUCCEEDED,
+        ],
+        RunState.FAILED: [RunState.FAILED],
+        RunState.CANCELLED: [RunState.CANCELLED],
+    }[state]
+    for step in path:
+        assert ledger.move_run(run_id, step)
+    return run_id
+
+
+# -- retry_run -----------------------------------------------------------------------------
+
+
+def test_retrying_a_failed_planned_run_reopens_it_and_enqueues_its_plan_once(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = failed_planned_run(ledger)
+
+    returned = service.retry_run(run_id)
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+    run = ledger.get_run(run_id)
+    assert returned == run
+    assert run.state is RunState.RUNNING
+    assert run.reason is None
+    assert [c.state for c in ledger.get_chunks(run_id)] == [
+        ChunkState.DONE,
+        ChunkState.PENDING,
+        ChunkState.PENDING,
+    ]
+
+
+def test_retrying_a_failed_run_that_was_never_planned_queues_it_and_enqueues_its_plan(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = run_in_state(ledger, RunState.FAILED)
+
+    assert service.retry_run(run_id).state is RunState.QUEUED
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        RunState.QUEUED,
+        RunState.PLANNING,
+        RunState.RUNNING,
+        RunState.COMMITTING,
+        RunState.SUCCEEDED,
+        RunState.CANCELLED,
+    ],
+)
+def test_a_run_that_is_not_failed_is_not_retryable_and_nothing_is_enqueued(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+) -> None:
+    run_id = run_in_state(ledger, state)
+    before = ledger.get_run(run_id)
+
+    with pytest.raises(RunNotRetryable, match=f"{run_id} is {state.value}"):
+        service.retry_run(run_id)
+
+    assert enqueue.calls == []
+    assert ledger.get_run(run_id) == before
+
+
+def test_a_second_retry_of_the_same_run_is_refused_and_enqueues_nothing_more(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = failed_planned_run(ledger)
+    service.retry_run(run_id)
+
+    with pytest.raises(RunNotRetryable):
+        service.retry_run(run_id)
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+
+
+def test_a_retry_the_broker_refuses_fails_the_run_again_with_the_reason(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = failed_planned_run(ledger)
+    enqueue.error = ConnectionRefusedError("broker down")
+
+    with pytest.raises(EnqueueFailed) as caught:
+        service.retry_run(run_id)
+
+    assert run_id in str(caught.value)
+    run = ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason is not None
+    assert "retry" in run.reason and "broker down" in run.reason
+    assert run.finished_at is not None
+    # Failed again, so it can be retried again once the broker is back.
+    enqueue.error = None
+    assert service.retry_run(run_id).state is RunState.RUNNING
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+
+
+def test_retrying_an_unknown_run_is_run_not_found(
+    service: RunService, enqueue: RecordingEnqueue
+) -> None:
+    with pytest.raises(RunNotFound, match="no-such-run"):
+        service.retry_run("no-such-run")
+    assert enqueue.calls == []
+
+
+# -- cancel_run ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING, RunState.RUNNING])
+def test_an_unfinished_run_is_cancelled_with_the_reason(
+    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+) -> None:
+    run_id = run_in_state(ledger, state)
+
+    returned = service.cancel_run(run_id)
+
+    run = ledger.get_run(run_id)
+    assert returned == run
+    assert run.state is RunState.CANCELLED
+    assert run.reason == "cancelled by request"
+    assert run.finished_at is not None
+    assert enqueue.calls == []
+
+
+def test_cancelling_twice_leaves_the_run_cancelled_without_an_error(
+    service: RunService, ledger: Ledger
+) -> None:
+    run_id = run_in_state(ledger, RunState.RUNNING)
+    first = service.cancel_run(run_id)
+
+    second = service.cancel_run(run_id)
+
+    assert second.state is RunState.CANCELLED
+    assert second == first
+
+
+@pytest.mark.parametrize("state", [RunState.SUCCEEDED, RunState.FAILED, RunState.COMMITTING])
+def test_a_run_that_ended_or_is_committing_is_not_cancellable_and_unchanged(
+    service: RunService, ledger: Ledger, state: RunState
+) -> None:
+    run_id = run_in_state(ledger, state)
+    before = ledger.get_run(run_id)
+
+    with pytest.raises(RunNotCancellable, match=f"{run_id} is {state.value}"):
+        service.cancel_run(run_id)
+
+    assert ledger.get_run(run_id) == before
+
+
+def test_cancelling_an_unknown_run_is_run_not_found(service: RunService) -> None:
+    with pytest.raises(RunNotFound, match="no-such-run"):
+        service.cancel_run("no-such-run")
