@@ -1,15 +1,16 @@
-"""``python -m beat`` (or ``etl beat``): run Celery Beat with the pipelines' schedules."""
+"""``python -m beat`` (or ``etl beat``): run Celery Beat with the pipelines' schedules.
+
+Several may run at once for availability; one leads (see beat.scheduler)."""
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
-from beat.schedule import beat_schedule
+from beat.scheduler import DatabaseScheduler
+from etl.bootstrap import build_services
 from etl.celery_app import make_celery
 from etl.config import SettingsError, load_settings
-from etl.pipelines import PIPELINES, load_pipeline_modules
+from etl.pipelines import load_pipeline_modules
 
 
 def main() -> int:
@@ -21,10 +22,9 @@ def main() -> int:
     except (SettingsError, ImportError, ValueError) as exc:
         print(f"etl beat: error: {exc}", file=sys.stderr)
         return 2
+    build_services(settings).close()  # the ledger's tables hold Beat's state: migrate first
     app = make_celery(settings)
-    app.conf.beat_schedule = beat_schedule(PIPELINES)
-    state_file = os.path.join(tempfile.gettempdir(), "etl-celerybeat-schedule")
-    app.Beat(loglevel=settings.log_level, schedule=state_file).run()
+    app.Beat(loglevel=settings.log_level, scheduler=DatabaseScheduler).run()
     return 0
 
 

@@ -1,71 +1,68 @@
-"""The Beat schedule, built from the pipelines' own schedules."""
+"""The Beat schedule, built from the pipelines' own schedules (data only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
-
-from celery.schedules import crontab
 
 from etl.celery_app import TASK_RECONCILE, TASK_START_SCHEDULED_RUN
+from etl.domain.schedules import CatchUp, Every, Schedule, logical_date_for
 from etl.pipelines import Pipeline
+
+RECONCILE_EVERY_S = 60
+# A slot at most this old when Beat sees it is on time, whatever the catch-up policy:
+# Beat woke a little late, or another Beat just took over from a dead leader.
+ON_TIME_GRACE_S = 300
 
 
 @dataclass(frozen=True)
-class ZoneClock:
-    """The current time in one timezone: a crontab's ``nowfun``.
+class Entry:
+    """One thing Beat sends on a schedule."""
 
-    A class, not a lambda: Beat pickles its schedule entries (nowfun included) and
-    compares them by value to notice a changed schedule.
-    """
+    name: str
+    schedule: Schedule
+    task: str
+    catch_up: CatchUp
+    catch_up_limit: int
+    # The pipeline a slot starts a run of (its logical date comes from the slot), or
+    # None for a task with no logical date (the reconciler).
+    pipeline: str | None = None
+    # A message nobody took within this many seconds is dropped by the broker.
+    expires_s: int | None = None
 
-    timezone: str
+    def logical_date(self, slot: datetime) -> date | None:
+        """The logical date of the run a slot starts (None: not a pipeline entry)."""
+        return logical_date_for(self.schedule, slot) if self.pipeline else None
 
-    def __call__(self) -> datetime:
-        return datetime.now(ZoneInfo(self.timezone))
+    def args(self, logical_date: date | None) -> list[Any]:
+        """The task's arguments for one slot."""
+        if self.pipeline is None:
+            return []
+        assert logical_date is not None
+        return [self.pipeline, logical_date.isoformat()]
 
 
-def parse_cron(expression: str, timezone: str) -> crontab:
-    """A five-field cron expression, read in an IANA timezone."""
-    fields = expression.split()
-    if len(fields) != 5:
-        raise ValueError(f"cron expression needs 5 fields, got {len(fields)}: {expression!r}")
-    ZoneInfo(timezone)  # an unknown zone fails here, at start-up
-    minute, hour, day_of_month, month_of_year, day_of_week = fields
-    return crontab(
-        minute=minute,
-        hour=hour,
-        day_of_month=day_of_month,
-        month_of_year=month_of_year,
-        day_of_week=day_of_week,
-        nowfun=ZoneClock(timezone),
+def schedule_entries(pipelines: dict[str, Pipeline]) -> list[Entry]:
+    """One entry per scheduled pipeline, and the reconciler every minute."""
+    reconciler = Entry(
+        name="reconcile",
+        schedule=Every(RECONCILE_EVERY_S),
+        task=TASK_RECONCILE,
+        catch_up=CatchUp.LATEST,
+        catch_up_limit=1,
+        # A tick nobody ran before the next one is due is worthless.
+        expires_s=RECONCILE_EVERY_S,
     )
-
-
-RECONCILE_EVERY_S = 60
-
-
-def beat_schedule(pipelines: dict[str, Pipeline]) -> dict[str, dict[str, Any]]:
-    """One Beat entry per scheduled pipeline, sending ``etl.start_scheduled_run``, and
-    the reconciler every minute."""
-    reconciler = {
-        "reconcile": {
-            "task": TASK_RECONCILE,
-            "schedule": RECONCILE_EVERY_S,
-            # A tick nobody ran before the next one is due is worthless.
-            "options": {"expires": RECONCILE_EVERY_S},
-        }
-    }
-    return reconciler | {
-        f"nightly:{name}": {
-            "task": TASK_START_SCHEDULED_RUN,
-            "schedule": parse_cron(pipeline.schedule.cron, pipeline.schedule.timezone),
-            "args": [name],
-            # A Beat tick that nobody picks up within an hour is stale; the next one wins.
-            "options": {"expires": 3600},
-        }
-        for name, pipeline in pipelines.items()
+    return [reconciler] + [
+        Entry(
+            name=f"pipeline:{name}",
+            schedule=pipeline.schedule,
+            task=TASK_START_SCHEDULED_RUN,
+            catch_up=pipeline.catch_up,
+            catch_up_limit=pipeline.catch_up_limit,
+            pipeline=name,
+        )
+        for name, pipeline in sorted(pipelines.items())
         if pipeline.schedule is not None
-    }
+    ]

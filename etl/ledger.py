@@ -40,10 +40,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import RowMapping
 
+from etl.domain.backfills import Backfill, Reprocess
 from etl.domain.chunks import ChunkRange
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.encoding import PartStats
 from etl.domain.runs import (
+    ACTIVE_RUN_STATES,
     RUN_STATE_ENTERED_FROM,
     TERMINAL_RUN_STATES,
     Chunk,
@@ -53,9 +55,10 @@ from etl.domain.runs import (
     Trigger,
 )
 
-SCHEMA_VERSION = 2
-# Any constant works; it only has to be the same in every process that migrates.
+SCHEMA_VERSION = 3
+# Any constants work; they only have to be the same in every process.
 _MIGRATION_LOCK_ID = 0x6E657463
+_ADMISSION_LOCK_ID = 0x6E657464
 
 _json = JSON().with_variant(JSONB(), "postgresql")
 metadata = MetaData()
@@ -81,6 +84,7 @@ runs_table = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    Column("backfill_id", String(36), nullable=True),
 )
 # A scheduled run is unique per pipeline and logical date, so a duplicate dispatch (two
 # Beats, a redelivered trigger) finds the existing run instead of starting another.
@@ -94,6 +98,7 @@ Index(
 )
 Index("ix_etl_runs_created_at", runs_table.c.created_at)
 Index("ix_etl_runs_pipeline_state", runs_table.c.pipeline, runs_table.c.state)
+_backfill_index = Index("ix_etl_runs_backfill", runs_table.c.backfill_id)
 
 chunks_table = Table(
     "etl_chunks",
@@ -150,10 +155,69 @@ schema_version_table = Table(
     Column("applied_at", DateTime(timezone=True), nullable=False),
 )
 
+# An incremental pipeline's watermark: the upper bound of the window its last committed
+# run read. It moves only when a run commits, and only from that run's lower bound.
+watermarks_table = Table(
+    "etl_watermarks",
+    metadata,
+    Column("pipeline", String(63), primary_key=True),
+    Column("cursor_column", String(200), nullable=False),
+    Column("value", DateTime(timezone=True), nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+backfills_table = Table(
+    "etl_backfills",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("pipeline", String(63), nullable=False),
+    Column("start_date", Date, nullable=False),
+    Column("end_date", Date, nullable=False),
+    Column("max_active", Integer, nullable=False),
+    Column("reprocess", String(16), nullable=False),
+    Column("params", _json, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Beat's memory, one row per schedule entry: the last slot it handled (dispatched or
+# skipped by the catch-up policy). A restarted or new leader Beat carries on from here.
+schedule_state_table = Table(
+    "etl_schedule_state",
+    metadata,
+    Column("entry", String(200), primary_key=True),
+    Column("last_slot", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every slot Beat dispatched, once: the unique key makes a second dispatch impossible.
+schedule_ticks_table = Table(
+    "etl_schedule_ticks",
+    metadata,
+    Column("entry", String(200), primary_key=True),
+    Column("slot", DateTime(timezone=True), primary_key=True),
+    Column("logical_date", Date),
+    Column("catch_up", Integer, nullable=False),  # 1 when dispatched late, by catch-up
+    Column("dispatched_by", String(200), nullable=False),
+    Column("dispatched_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _migrate_to_3(conn: Connection) -> None:
+    # Backfills, watermarks and Beat's state in the database (#4).
+    columns = {column["name"] for column in inspect(conn).get_columns(runs_table.name)}
+    if "backfill_id" not in columns:
+        conn.execute(text("ALTER TABLE etl_runs ADD COLUMN backfill_id VARCHAR(36)"))
+    _backfill_index.create(conn, checkfirst=True)
+    for table in (watermarks_table, backfills_table, schedule_state_table, schedule_ticks_table):
+        table.create(conn, checkfirst=True)
+
+
 # Later schema changes go here as (version, callable(conn)); a fresh database is created
 # from the current metadata and stamped with SCHEMA_VERSION directly.
 MIGRATIONS: list[tuple[int, Any]] = [
     (2, lambda conn: dead_letters_table.create(conn, checkfirst=True)),
+    (3, _migrate_to_3),
 ]
 
 
@@ -162,6 +226,25 @@ class RunNotFound(LookupError):
 
     def __str__(self) -> str:
         return f"no run with id {self.args[0]!r}"
+
+
+class BackfillNotFound(LookupError):
+    """No backfill has that id."""
+
+    def __str__(self) -> str:
+        return f"no backfill with id {self.args[0]!r}"
+
+
+class WatermarkMoved(RuntimeError):
+    """An incremental run's window no longer starts at the pipeline's watermark."""
+
+    def __str__(self) -> str:
+        pipeline, low, current = self.args
+        return (
+            f"the watermark of {pipeline} is {current.isoformat() if current else 'unset'}, "
+            f"not this run's window start ({low.isoformat() if low else 'unset'}): "
+            "a later run has already committed this window"
+        )
 
 
 class IdempotencyConflict(Exception):
@@ -248,7 +331,7 @@ class Ledger:
             "updated_at": moment,
         }
         with self.engine.begin() as conn:
-            inserted = conn.execute(_insert_ignoring_conflicts(conn, runs_table, values)).rowcount
+            inserted = conn.execute(insert_ignoring_conflicts(conn, runs_table, values)).rowcount
             if inserted == 1:
                 return self._get_run(conn, run_id), True
             if idempotency_key is not None:
@@ -372,7 +455,7 @@ class Ledger:
             chunk_updated = conn.execute(
                 select(func.max(chunks_table.c.updated_at)).where(chunks_table.c.run_id == run_id)
             ).scalar()
-        moments = [m for m in (_aware(run_updated), _aware(chunk_updated)) if m is not None]
+        moments = [m for m in (aware_utc(run_updated), aware_utc(chunk_updated)) if m is not None]
         return max(moments)
 
     # -- chunks -------------------------------------------------------------------------
@@ -546,7 +629,7 @@ class Ledger:
                     "last_seen_at": moment,
                     "replay_count": 0,
                 }
-                conn.execute(_insert_ignoring_conflicts(conn, dead_letters_table, row))
+                conn.execute(insert_ignoring_conflicts(conn, dead_letters_table, row))
                 new_id = conn.execute(
                     select(dead_letters_table.c.id).where(
                         dead_letters_table.c.fingerprint == values["fingerprint"]
@@ -621,6 +704,267 @@ class Ledger:
             ).rowcount
         return moved == 1
 
+    # -- admission (max_active_runs, backfills) ----------------------------------------
+
+    def admit_run(self, run_id: str, pipeline_limit: int | None) -> bool:
+        """Move a queued run to planning if its pipeline and its backfill have room.
+
+        Active runs are counted under a per-pipeline lock (an advisory transaction lock
+        on PostgreSQL), so two plan tasks cannot both take the last place. False: the
+        run stays queued (or was not queued).
+        """
+        moment = now()
+        with self.engine.begin() as conn:
+            run = self._get_run(conn, run_id)
+            if run.state is not RunState.QUEUED:
+                return False
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:space, hashtext(:pipeline))"),
+                    {"space": _ADMISSION_LOCK_ID, "pipeline": run.pipeline},
+                )
+            if not self._has_room(conn, run, pipeline_limit):
+                return False
+            moved = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id, runs_table.c.state == RunState.QUEUED.value)
+                .values(state=RunState.PLANNING.value, started_at=moment, updated_at=moment)
+            ).rowcount
+        return moved == 1
+
+    def runs_to_admit(self, pipeline: str, pipeline_limit: int | None) -> list[str]:
+        """Queued runs of a pipeline that have room now, oldest logical date first: whom
+        to send ``plan_run`` (which decides again, under the lock)."""
+        with self.engine.connect() as conn:
+            queued = [
+                _run_from_row(row)
+                for row in conn.execute(
+                    select(runs_table)
+                    .where(
+                        runs_table.c.pipeline == pipeline,
+                        runs_table.c.state == RunState.QUEUED.value,
+                    )
+                    .order_by(runs_table.c.logical_date, runs_table.c.created_at)
+                ).mappings()
+            ]
+            if not queued:
+                return []
+            active = self._active_counts(conn, pipeline)
+            backfill_limits = self._backfill_limits(conn, {r.backfill_id for r in queued})
+        chosen = []
+        pipeline_room = None if pipeline_limit is None else pipeline_limit - sum(active.values())
+        for run in queued:
+            if pipeline_room is not None and pipeline_room <= 0:
+                break
+            if run.backfill_id is not None:
+                if active.get(run.backfill_id, 0) >= backfill_limits[run.backfill_id]:
+                    continue
+                active[run.backfill_id] = active.get(run.backfill_id, 0) + 1
+            chosen.append(run.id)
+            if pipeline_room is not None:
+                pipeline_room -= 1
+        return chosen
+
+    def pipelines_with_queued_runs(self) -> list[str]:
+        """Pipelines that have at least one queued run."""
+        query = (
+            select(runs_table.c.pipeline)
+            .where(runs_table.c.state == RunState.QUEUED.value)
+            .distinct()
+            .order_by(runs_table.c.pipeline)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def _has_room(self, conn: Connection, run: Run, pipeline_limit: int | None) -> bool:
+        active = self._active_counts(conn, run.pipeline)
+        if pipeline_limit is not None and sum(active.values()) >= pipeline_limit:
+            return False
+        if run.backfill_id is not None:
+            limit = self._backfill_limits(conn, {run.backfill_id})[run.backfill_id]
+            if active.get(run.backfill_id, 0) >= limit:
+                return False
+        return True
+
+    @staticmethod
+    def _active_counts(conn: Connection, pipeline: str) -> dict[str | None, int]:
+        # Active runs of a pipeline by backfill (None: not part of a backfill).
+        rows = conn.execute(
+            select(runs_table.c.backfill_id, func.count())
+            .where(
+                runs_table.c.pipeline == pipeline,
+                runs_table.c.state.in_([state.value for state in ACTIVE_RUN_STATES]),
+            )
+            .group_by(runs_table.c.backfill_id)
+        )
+        return {backfill_id: count for backfill_id, count in rows}
+
+    @staticmethod
+    def _backfill_limits(conn: Connection, ids: set[str | None]) -> dict[str, int]:
+        wanted = [backfill_id for backfill_id in ids if backfill_id is not None]
+        if not wanted:
+            return {}
+        rows = conn.execute(
+            select(backfills_table.c.id, backfills_table.c.max_active).where(
+                backfills_table.c.id.in_(wanted)
+            )
+        )
+        return {backfill_id: limit for backfill_id, limit in rows}
+
+    # -- watermarks ---------------------------------------------------------------------
+
+    def watermark(self, pipeline: str) -> datetime | None:
+        """The upper bound of the window the pipeline's last committed run read."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(watermarks_table.c.value).where(watermarks_table.c.pipeline == pipeline)
+            ).scalar()
+        return aware_utc(value)
+
+    def succeed_run(
+        self, run: Run, *, watermark: tuple[str, datetime | None, datetime] | None, **fields: Any
+    ) -> bool:
+        """Mark a committing run succeeded and, for an incremental run, move the
+        pipeline's watermark from the window's lower bound to its upper one, in one
+        transaction. Raises WatermarkMoved if the watermark is no longer at the lower
+        bound (another run committed a window meanwhile); nothing changes then."""
+        moment = now()
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run.id, runs_table.c.state == RunState.COMMITTING.value)
+                .values(
+                    state=RunState.SUCCEEDED.value, updated_at=moment, finished_at=moment, **fields
+                )
+            ).rowcount
+            if moved != 1:
+                return False
+            if watermark is not None:
+                column, low, high = watermark
+                current = conn.execute(
+                    select(watermarks_table.c.value)
+                    .where(watermarks_table.c.pipeline == run.pipeline)
+                    .with_for_update()
+                ).scalar()
+                if aware_utc(current) != low:
+                    raise WatermarkMoved(run.pipeline, low, aware_utc(current))
+                values = {"cursor_column": column, "value": high, "run_id": run.id}
+                if current is None:
+                    conn.execute(
+                        watermarks_table.insert().values(
+                            pipeline=run.pipeline, updated_at=moment, **values
+                        )
+                    )
+                else:
+                    conn.execute(
+                        update(watermarks_table)
+                        .where(watermarks_table.c.pipeline == run.pipeline)
+                        .values(updated_at=moment, **values)
+                    )
+        return True
+
+    # -- backfills ----------------------------------------------------------------------
+
+    def create_backfill(
+        self,
+        *,
+        pipeline: str,
+        start: date,
+        end: date,
+        max_active: int,
+        reprocess: str,
+        params: dict[str, Any],
+        dates: Sequence[date],
+    ) -> tuple[Backfill, list[Run]]:
+        """Record a backfill and one queued run per date, in one transaction."""
+        moment = now()
+        backfill_id = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(
+                backfills_table.insert().values(
+                    id=backfill_id,
+                    pipeline=pipeline,
+                    start_date=start,
+                    end_date=end,
+                    max_active=max_active,
+                    reprocess=reprocess,
+                    params=params,
+                    created_at=moment,
+                )
+            )
+            run_ids = []
+            for logical_date in dates:
+                run_id = str(uuid.uuid4())
+                conn.execute(
+                    runs_table.insert().values(
+                        id=run_id,
+                        pipeline=pipeline,
+                        logical_date=logical_date,
+                        trigger=Trigger.BACKFILL.value,
+                        state=RunState.QUEUED.value,
+                        params=params,
+                        request_fingerprint=request_fingerprint(pipeline, logical_date, params),
+                        backfill_id=backfill_id,
+                        created_at=moment,
+                        updated_at=moment,
+                    )
+                )
+                run_ids.append(run_id)
+            backfill = self._get_backfill(conn, backfill_id)
+            return backfill, [self._get_run(conn, run_id) for run_id in run_ids]
+
+    def get_backfill(self, backfill_id: str) -> Backfill:
+        """The backfill with that id; raises BackfillNotFound."""
+        with self.engine.connect() as conn:
+            return self._get_backfill(conn, backfill_id)
+
+    def backfill_runs(self, backfill_id: str) -> list[Run]:
+        """A backfill's runs in logical date order."""
+        query = (
+            select(runs_table)
+            .where(runs_table.c.backfill_id == backfill_id)
+            .order_by(runs_table.c.logical_date)
+        )
+        with self.engine.connect() as conn:
+            return [_run_from_row(row) for row in conn.execute(query).mappings()]
+
+    def latest_runs_by_date(self, pipeline: str, start: date, end: date) -> dict[date, Run]:
+        """The most recently created run of each logical date in ``[start, end]``."""
+        query = (
+            select(runs_table)
+            .where(
+                runs_table.c.pipeline == pipeline,
+                runs_table.c.logical_date >= start,
+                runs_table.c.logical_date <= end,
+            )
+            .order_by(runs_table.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            return {
+                run.logical_date: run
+                for run in (_run_from_row(row) for row in conn.execute(query).mappings())
+            }
+
+    @staticmethod
+    def _get_backfill(conn: Connection, backfill_id: str) -> Backfill:
+        row = (
+            conn.execute(select(backfills_table).where(backfills_table.c.id == backfill_id))
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise BackfillNotFound(backfill_id)
+        return Backfill(
+            id=row["id"],
+            pipeline=row["pipeline"],
+            start=row["start_date"],
+            end=row["end_date"],
+            max_active=row["max_active"],
+            reprocess=Reprocess(row["reprocess"]),
+            params=dict(row["params"] or {}),
+            created_at=aware_utc(row["created_at"]),  # type: ignore[arg-type]
+        )
+
     # -- helpers ------------------------------------------------------------------------
 
     @staticmethod
@@ -642,7 +986,8 @@ class Ledger:
         return [_chunk_from_row(row) for row in rows]
 
 
-def _insert_ignoring_conflicts(conn: Connection, table: Table, values: dict[str, Any]) -> Any:
+def insert_ignoring_conflicts(conn: Connection, table: Table, values: dict[str, Any]) -> Any:
+    """An INSERT that does nothing when it would break a unique key."""
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).values(values).on_conflict_do_nothing()
     if conn.dialect.name == "sqlite":
@@ -650,7 +995,8 @@ def _insert_ignoring_conflicts(conn: Connection, table: Table, values: dict[str,
     raise RuntimeError(f"the ledger supports PostgreSQL and SQLite, not {conn.dialect.name}")
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware_utc(moment: datetime | None) -> datetime | None:
+    """The moment as an aware UTC datetime (None stays None)."""
     # SQLite hands back naive datetimes; everything the ledger writes is UTC.
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -666,16 +1012,17 @@ def _run_from_row(row: RowMapping) -> Run:
         state=RunState(row["state"]),
         params=dict(row["params"] or {}),
         idempotency_key=row["idempotency_key"],
-        created_at=_aware(row["created_at"]),  # type: ignore[arg-type]
-        updated_at=_aware(row["updated_at"]),  # type: ignore[arg-type]
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
+        created_at=aware_utc(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=aware_utc(row["updated_at"]),  # type: ignore[arg-type]
+        started_at=aware_utc(row["started_at"]),
+        finished_at=aware_utc(row["finished_at"]),
         reason=row["reason"],
         chunk_count=row["chunk_count"],
         window=row["key_window"],
         rows_written=row["rows_written"],
         rows_rejected=row["rows_rejected"],
         manifest_key=row["manifest_key"],
+        backfill_id=row["backfill_id"],
     )
 
 
@@ -694,8 +1041,8 @@ def _chunk_from_row(row: RowMapping) -> Chunk:
         rows_rejected=row["rows_rejected"],
         rejected_by_reason=dict(row["rejected_by_reason"] or {}),
         error=row["error"],
-        started_at=_aware(row["started_at"]),
-        finished_at=_aware(row["finished_at"]),
+        started_at=aware_utc(row["started_at"]),
+        finished_at=aware_utc(row["finished_at"]),
     )
 
 
@@ -712,10 +1059,10 @@ def _dead_letter_from_row(row: RowMapping) -> DeadLetter:
         death_reason=row["death_reason"],
         death_count=row["death_count"],
         state=DeadLetterState(row["state"]),
-        first_seen_at=_aware(row["first_seen_at"]),  # type: ignore[arg-type]
-        last_seen_at=_aware(row["last_seen_at"]),  # type: ignore[arg-type]
+        first_seen_at=aware_utc(row["first_seen_at"]),  # type: ignore[arg-type]
+        last_seen_at=aware_utc(row["last_seen_at"]),  # type: ignore[arg-type]
         replay_count=row["replay_count"],
-        replayed_at=_aware(row["replayed_at"]),
+        replayed_at=aware_utc(row["replayed_at"]),
         content_type=row["content_type"],
         content_encoding=row["content_encoding"],
         headers=dict(row["headers"] or {}),

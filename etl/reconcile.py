@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from etl.celery_app import TASK_COMMIT_RUN, TASK_PLAN_RUN
 from etl.domain.runs import ChunkState, RunState
 from etl.ledger import Ledger
+from etl.pipelines import UnknownPipeline, get_pipeline
 from etl.runs import Enqueue
 
 
@@ -22,15 +23,19 @@ def reconcile(
     - every chunk done but no commit for ``stale_after_s`` (the chord callback was lost,
       or the result backend restarted): commit_run is sent again;
     - committing for that long (the commit crashed): commit_run is sent again;
-    - queued or planning for that long (the plan message was lost): plan_run again.
+    - planning for that long (the plan message was lost): plan_run again;
+    - queued for that long with a free place (see ``max_active_runs``): plan_run again.
     Sending again is safe: every step skips what the ledger shows as done.
     """
     actions = []
     stale = timedelta(seconds=stale_after_s)
     for run in ledger.active_runs():
         idle = now - ledger.last_activity(run.id)
-        # A retried run counts from its retry (reopen_run restarts started_at).
-        overdue = now - (run.started_at or run.created_at) > timedelta(seconds=deadline_s)
+        # A run counts from its start (a retried run from its retry: reopen_run restarts
+        # started_at); a queued run waiting for a place has not started.
+        overdue = run.started_at is not None and now - run.started_at > timedelta(
+            seconds=deadline_s
+        )
         if overdue and run.state is not RunState.COMMITTING:
             counts = ledger.chunk_counts(run.id)
             unfinished = sum(n for state, n in counts.items() if state is not ChunkState.DONE)
@@ -50,7 +55,28 @@ def reconcile(
         elif run.state is RunState.COMMITTING:
             enqueue(TASK_COMMIT_RUN, [run.id])
             actions.append(f"sent commit for run {run.id}: stuck committing")
-        elif run.state in {RunState.QUEUED, RunState.PLANNING}:
+        elif run.state is RunState.PLANNING:
             enqueue(TASK_PLAN_RUN, [run.id])
             actions.append(f"sent plan for run {run.id}: stuck {run.state}")
+    # Queued runs: their plan message was lost, or they wait for a place that a run
+    # freed without telling (its worker died). Only those with a place are sent.
+    for pipeline in ledger.pipelines_with_queued_runs():
+        stale_queued = {
+            run.id
+            for run in ledger.active_runs()
+            if run.pipeline == pipeline
+            and run.state is RunState.QUEUED
+            and now - ledger.last_activity(run.id) >= stale
+        }
+        for run_id in ledger.runs_to_admit(pipeline, _max_active_runs(pipeline)):
+            if run_id in stale_queued:
+                enqueue(TASK_PLAN_RUN, [run_id])
+                actions.append(f"sent plan for run {run_id}: queued with a free place")
     return actions
+
+
+def _max_active_runs(pipeline_name: str) -> int | None:
+    try:
+        return get_pipeline(pipeline_name).max_active_runs
+    except UnknownPipeline:  # a pipeline removed from the code: nothing limits it
+        return None

@@ -8,8 +8,10 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from etl.celery_app import TASK_PLAN_RUN, EtlCelery
+from etl.domain.backfills import Backfill, DatePlan, Reprocess, dates_between, plan_backfill
 from etl.domain.dates import previous_day
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.domain.schedules import logical_date_for
 from etl.ledger import Ledger
 from etl.pipelines import get_pipeline
 
@@ -66,8 +68,11 @@ class RunService:
             mode="json", exclude_none=True
         )
         if logical_date is None:
-            timezone = pipeline.schedule.timezone if pipeline.schedule else "UTC"
-            logical_date = previous_day(clock(), timezone)
+            logical_date = (
+                logical_date_for(pipeline.schedule, clock())
+                if pipeline.schedule
+                else previous_day(clock(), "UTC")
+            )
         run, created = self.ledger.create_run(
             pipeline=pipeline.name,
             logical_date=logical_date,
@@ -115,7 +120,69 @@ class RunService:
                 raise RunNotCancellable(
                     f"run {run_id} is {run.state} and can no longer be cancelled"
                 )
-        return self.ledger.get_run(run_id)
+        run = self.ledger.get_run(run_id)
+        dispatch_waiting_runs(self.ledger, self.enqueue, run.pipeline)
+        return run
+
+    def start_backfill(
+        self,
+        pipeline_name: str,
+        *,
+        start: date,
+        end: date,
+        max_active: int,
+        reprocess: Reprocess = Reprocess.NONE,
+        params: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> tuple[Backfill | None, list[DatePlan]]:
+        """Start one run per logical date from ``start`` to ``end``, at most ``max_active``
+        of them active at once (the pipeline's own max_active_runs also holds).
+
+        Returns the backfill (None for a dry run or when every date is skipped) and what
+        was decided for each date. Raises UnknownPipeline, ValueError for a bad range,
+        pydantic.ValidationError for bad params, or EnqueueFailed (the backfill's runs
+        are failed then, so nothing is left half-started).
+        """
+        pipeline = get_pipeline(pipeline_name)
+        if max_active < 1:
+            raise ValueError(f"max_active must be at least 1, got {max_active}")
+        validated = pipeline.validate_params(params or {}).model_dump(
+            mode="json", exclude_none=True
+        )
+        dates = dates_between(start, end)
+        plans = plan_backfill(
+            dates, self.ledger.latest_runs_by_date(pipeline.name, start, end), reprocess
+        )
+        to_run = [plan.logical_date for plan in plans if plan.run]
+        if dry_run or not to_run:
+            return None, plans
+        backfill, runs = self.ledger.create_backfill(
+            pipeline=pipeline.name,
+            start=start,
+            end=end,
+            max_active=max_active,
+            reprocess=reprocess.value,
+            params=validated,
+            dates=to_run,
+        )
+        try:
+            dispatch_waiting_runs(self.ledger, self.enqueue, pipeline.name)
+        except Exception as exc:
+            reason = f"could not enqueue the backfill: {type(exc).__name__}: {exc}"
+            for run in runs:
+                self.ledger.fail_run(run.id, reason)
+            raise EnqueueFailed(f"backfill {backfill.id} failed: {reason}") from exc
+        return backfill, plans
+
+
+def dispatch_waiting_runs(ledger: Ledger, enqueue: Enqueue, pipeline_name: str) -> list[str]:
+    """Send ``plan_run`` for the queued runs of a pipeline that now have a free place
+    (after a run ended, or when a backfill starts); returns their ids."""
+    pipeline = get_pipeline(pipeline_name)
+    waiting = ledger.runs_to_admit(pipeline.name, pipeline.max_active_runs)
+    for run_id in waiting:
+        enqueue(TASK_PLAN_RUN, [run_id])
+    return waiting
 
 
 def wait_for_run(

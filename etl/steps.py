@@ -17,7 +17,8 @@ from etl.domain.encoding import FORMATS, JsonLinesGzipWriter
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import build_manifest
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, chunk_result, commit_problems
-from etl.ledger import now
+from etl.domain.windows import CursorWindow
+from etl.ledger import WatermarkMoved, now
 from etl.pipelines import get_pipeline
 
 logger = logging.getLogger(__name__)
@@ -36,20 +37,35 @@ class ChunkAttemptsExhausted(RuntimeError):
 
 
 def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
-    """Plan a queued run: fix its key window, record its chunks, move it to running.
+    """Plan a queued run: fix its window, record its chunks, move it to running.
 
     Returns the chunks that still need a transform task, or None when the run has
-    nothing to dispatch (it ended, or was cancelled). A run already running is returned
+    nothing to dispatch (it ended, was cancelled, or waits queued because its pipeline
+    or backfill already has its most active runs). A run already running is returned
     its unfinished chunks again: re-dispatching them is harmless, losing them is not.
     """
     ledger = services.ledger
-    ledger.move_run(run_id, RunState.PLANNING)
+    run = ledger.get_run(run_id)
+    pipeline = get_pipeline(run.pipeline)
+    if run.state is RunState.QUEUED and not ledger.admit_run(run_id, pipeline.max_active_runs):
+        logger.info("run %s waits: %s has no free place", run_id, run.pipeline)
+        return None
     run = ledger.get_run(run_id)
     if run.state is RunState.PLANNING:
-        pipeline = get_pipeline(run.pipeline)
-        key_min, key_max = services.source_for(pipeline).key_bounds()
+        source = services.source_for(pipeline)
+        window: dict[str, Any] = {"key_column": pipeline.source.key_column}
+        cursor_window = None
+        if pipeline.source.cursor_column is not None:
+            # Fixed now, so every chunk reads the same window whenever it runs.
+            cursor_window = CursorWindow(
+                column=pipeline.source.cursor_column,
+                low=ledger.watermark(pipeline.name),
+                high=source.cursor_upper_bound(pipeline.source.cursor_lag_s),
+            )
+            window |= cursor_window.as_dict()
+        key_min, key_max = source.key_bounds(cursor_window)
         planned = plan_chunks(key_min, key_max, pipeline.chunk_size_for(run.params))
-        window = {"key_column": pipeline.source.key_column, "key_min": key_min, "key_max": key_max}
+        window |= {"key_min": key_min, "key_max": key_max}
         chunks = ledger.record_plan(run_id, planned, window)
         ledger.move_run(run_id, RunState.RUNNING)
         logger.info(
@@ -86,7 +102,8 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
     rejected: Counter[str] = Counter()
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
         writer = JsonLinesGzipWriter(spool)
-        for batch in source.read_range(chunk.key_lo, chunk.key_hi, READ_BATCH_ROWS):
+        window = CursorWindow.from_dict(run.window)
+        for batch in source.read_range(chunk.key_lo, chunk.key_hi, READ_BATCH_ROWS, window):
             result = pipeline.transform(batch)
             writer.write_records(result.records)
             rejected.update(result.rejected_by_reason())
@@ -120,6 +137,11 @@ def commit_run(services: Services, run_id: str) -> Run:
         # Done, but its part is not as recorded: a retry must transform it again.
         for index, problem in bad_parts.items():
             ledger.invalidate_chunk(run_id, index, problem)
+    cursor_window = CursorWindow.from_dict(run.window)
+    watermark = ledger.watermark(run.pipeline) if cursor_window else None
+    if cursor_window is not None and watermark != cursor_window.low:
+        # Committing would publish rows a later run has already published.
+        problems.append(str(WatermarkMoved(run.pipeline, cursor_window.low, watermark)))
     if problems:
         ledger.fail_run(run_id, "commit refused: " + "; ".join(problems))
         return ledger.get_run(run_id)
@@ -137,9 +159,13 @@ def commit_run(services: Services, run_id: str) -> Run:
     # the manifest, and one that sees neither knows the run is not complete.
     services.parts.put_json(manifest_key(prefix), manifest)
     services.parts.put_marker(success_key(prefix))
-    ledger.move_run(
-        run_id,
-        RunState.SUCCEEDED,
+    ledger.succeed_run(
+        run,
+        watermark=(
+            None
+            if cursor_window is None
+            else (cursor_window.column, cursor_window.low, cursor_window.high)
+        ),
         manifest_key=manifest_key(prefix),
         rows_written=manifest["total_rows"],
         rows_rejected=manifest["rejected_rows"],

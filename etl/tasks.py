@@ -28,11 +28,12 @@ from etl.celery_app import (
 )
 from etl.config import MAX_RETRY_BACKOFF_S
 from etl.dead_letters import DeadLetterService
+from etl.domain.dates import parse_logical_date
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import Trigger
 from etl.ledger import RunNotFound, now
 from etl.reconcile import reconcile
-from etl.runs import RunService, celery_enqueue
+from etl.runs import RunService, celery_enqueue, dispatch_waiting_runs
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +99,12 @@ def plan_run(self: Task, run_id: str) -> dict[str, Any]:
     except RunNotFound as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
-        _retry_or_reject(
-            self, exc, lambda why: svc.ledger.fail_run(run_id, f"planning failed: {why}")
-        )
+
+        def give_up(why: str) -> None:
+            svc.ledger.fail_run(run_id, f"planning failed: {why}")
+            _admit_waiting(self, svc, run_id)
+
+        _retry_or_reject(self, exc, give_up)
     if pending is None:
         return {"run_id": run_id, "dispatched": 0}
     commit = self.app.signature(TASK_COMMIT_RUN, args=[run_id], immutable=True)
@@ -130,6 +134,7 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
         def give_up(why: str) -> None:
             svc.ledger.fail_chunk(run_id, chunk_index, why)
             svc.ledger.fail_run(run_id, f"chunk {chunk_index} failed: {why}")
+            _admit_waiting(self, svc, run_id)
 
         _retry_or_reject(self, exc, give_up)
 
@@ -144,23 +149,47 @@ def commit_run(self: Task, run_id: str) -> dict[str, Any]:
     except RunNotFound as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
-        _retry_or_reject(
-            self, exc, lambda why: svc.ledger.fail_run(run_id, f"commit failed: {why}")
-        )
+
+        def give_up(why: str) -> None:
+            svc.ledger.fail_run(run_id, f"commit failed: {why}")
+            _admit_waiting(self, svc, run_id)
+
+        _retry_or_reject(self, exc, give_up)
+    _admit_waiting(self, svc, run_id)
     return {"run_id": run_id, "state": run.state.value, "manifest_key": run.manifest_key}
 
 
-@shared_task(name=TASK_START_SCHEDULED_RUN, bind=True, ignore_result=True)
-def start_scheduled_run(self: Task, pipeline: str) -> dict[str, Any]:
-    """Beat's entry: start the scheduled run of a pipeline (a duplicate finds the existing run)."""
-    _require("pipeline", pipeline, str)
-    svc = services(self)
-
-    def enqueue(name: str, args: list[Any]) -> None:
-        self.app.send_task(name, args=args)
-
+def _admit_waiting(task: Task, svc: Services, run_id: str) -> None:
+    # A run ended: runs of its pipeline waiting for a place may start. Best effort; the
+    # reconciler does the same every minute.
     try:
-        run, created = RunService(svc.ledger, enqueue).start_run(pipeline, trigger=Trigger.SCHEDULE)
+        pipeline = svc.ledger.get_run(run_id).pipeline
+        started = dispatch_waiting_runs(svc.ledger, celery_enqueue(task.app), pipeline)
+    except Exception:
+        logger.exception("could not start the runs waiting after run %s", run_id)
+        return
+    if started:
+        logger.info("run %s ended: sent plan for %d waiting runs", run_id, len(started))
+
+
+@shared_task(name=TASK_START_SCHEDULED_RUN, bind=True, ignore_result=True)
+def start_scheduled_run(
+    self: Task, pipeline: str, logical_date: str | None = None
+) -> dict[str, Any]:
+    """Beat's entry: start the run of a pipeline for the logical date of a schedule slot
+    (a duplicate dispatch finds the existing run)."""
+    _require("pipeline", pipeline, str)
+    if logical_date is not None:
+        _require("logical_date", logical_date, str)
+        try:
+            day = parse_logical_date(logical_date)
+        except ValueError as exc:
+            raise Reject(str(exc), requeue=False) from exc
+    svc = services(self)
+    try:
+        run, created = RunService(svc.ledger, celery_enqueue(self.app)).start_run(
+            pipeline, logical_date=day if logical_date else None, trigger=Trigger.SCHEDULE
+        )
     except Exception as exc:
         _retry_or_reject(self, exc, lambda why: None)
     return {"run_id": run.id, "created": created}

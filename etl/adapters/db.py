@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
+from etl.domain.windows import CursorWindow
 from etl.pipelines.base import Source
 
 
@@ -49,32 +51,64 @@ class SqlSource:
         else:
             self._from = f"({source.query}) AS etl_source"
 
-    def key_bounds(self) -> tuple[int | None, int | None]:
-        """The smallest and largest key now in the source (None, None when empty)."""
+    def key_bounds(self, window: CursorWindow | None = None) -> tuple[int | None, int | None]:
+        """The smallest and largest key now in the source, or in the window (None, None
+        when empty)."""
+        where, params = self._window_filter(window)
         with self._engine.connect() as conn:
             row = conn.execute(
-                text(f"SELECT MIN({self._key}), MAX({self._key}) FROM {self._from}")
+                text(f"SELECT MIN({self._key}), MAX({self._key}) FROM {self._from}{where}"),
+                params,
             ).one()
         low, high = row
         return (None if low is None else int(low), None if high is None else int(high))
 
+    def cursor_upper_bound(self, lag_s: int) -> datetime:
+        """The database's clock less the lag: the upper end of a window planned now.
+
+        The database's clock, not ours: it is the clock that stamps the cursor column.
+        """
+        with self._engine.connect() as conn:
+            moment: datetime | str = conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar_one()
+        if isinstance(moment, str):  # SQLite answers with text, in UTC
+            moment = datetime.fromisoformat(moment)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment - timedelta(seconds=lag_s)
+
     def read_range(
-        self, key_lo: int, key_hi: int, batch_size: int
+        self, key_lo: int, key_hi: int, batch_size: int, window: CursorWindow | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Stream the rows with ``key_lo <= key < key_hi`` in key order, in batches.
+        """Stream the rows with ``key_lo <= key < key_hi`` (and in the window) in key
+        order, in batches.
 
         A server-side cursor keeps memory at one batch whatever the chunk size.
         """
+        where, params = self._window_filter(window)
+        clause = " AND " + where.removeprefix(" WHERE ") if where else ""
         sql = text(
             f"SELECT {self._columns} FROM {self._from} "
-            f"WHERE {self._key} >= :key_lo AND {self._key} < :key_hi ORDER BY {self._key}"
+            f"WHERE {self._key} >= :key_lo AND {self._key} < :key_hi{clause} "
+            f"ORDER BY {self._key}"
         )
         with self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-                sql, {"key_lo": key_lo, "key_hi": key_hi}
+                sql, {"key_lo": key_lo, "key_hi": key_hi, **params}
             )
             for partition in result.mappings().partitions(batch_size):
                 yield [dict(row) for row in partition]
+
+    def _window_filter(self, window: CursorWindow | None) -> tuple[str, dict[str, Any]]:
+        # The one place a cursor window becomes SQL: `low < cursor <= high`.
+        if window is None:
+            return "", {}
+        cursor = self._engine.dialect.identifier_preparer.quote(window.column)
+        where = f" WHERE {cursor} <= :cursor_high"
+        params: dict[str, Any] = {"cursor_high": window.high}
+        if window.low is not None:
+            where += f" AND {cursor} > :cursor_low"
+            params["cursor_low"] = window.low
+        return where, params
 
 
 def replace_table(engine: Engine, table: Table, rows: Iterable[tuple[Any, ...]]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -141,6 +142,7 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.domain.schedules import summarize
     from etl.pipelines import PIPELINES, load_pipeline_modules
 
     try:
@@ -148,10 +150,15 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
 
+    moment = datetime.now(UTC)
     for pipeline in PIPELINES.values():
-        schedule = pipeline.schedule
-        when = f"{schedule.cron} {schedule.timezone}" if schedule else "manual"
-        print(f"{pipeline.name:20} {when:18} {pipeline.output_format:9} {pipeline.description}")
+        when = summarize(pipeline.schedule)
+        upcoming = pipeline.next_run_at(moment)
+        following = upcoming.isoformat(timespec="seconds") if upcoming else "-"
+        print(
+            f"{pipeline.name:20} {when:28} next {following:25} "
+            f"{pipeline.output_format:9} {pipeline.description}"
+        )
     return EXIT_OK
 
 

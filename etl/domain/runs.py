@@ -21,6 +21,8 @@ class RunState(StrEnum):
 
 
 TERMINAL_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+# A run in one of these holds one of its pipeline's max_active_runs places.
+ACTIVE_RUN_STATES = frozenset({RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING})
 
 # State moves forward only: each state lists the states it may be entered from. A task
 # that is delivered twice finds its move already made and does nothing.
@@ -51,6 +53,7 @@ class Trigger(StrEnum):
 
     SCHEDULE = "schedule"
     MANUAL = "manual"
+    BACKFILL = "backfill"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Run:
     rows_written: int | None = None
     rows_rejected: int | None = None
     manifest_key: str | None = None
+    backfill_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:

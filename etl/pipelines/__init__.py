@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from etl.pipelines.base import Pipeline, RunParams, Schedule, Source
+from etl.domain.schedules import CatchUp, Cron, Every, Schedule, Solar
+from etl.pipelines.base import Pipeline, RunParams, Source
 from etl.pipelines.orders import ORDERS_DAILY
 
 PIPELINES: dict[str, Pipeline] = {pipeline.name: pipeline for pipeline in (ORDERS_DAILY,)}
@@ -54,9 +55,13 @@ def get_pipeline(name: str) -> Pipeline:
 
 __all__ = [
     "PIPELINES",
+    "CatchUp",
+    "Cron",
+    "Every",
     "Pipeline",
     "RunParams",
     "Schedule",
+    "Solar",
     "Source",
     "UnknownPipeline",
     "get_pipeline",

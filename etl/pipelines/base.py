@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from etl.domain.encoding import FORMATS
+from etl.domain.schedules import CatchUp, Cron, Schedule
 from etl.domain.transform import Transform
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -36,30 +38,41 @@ class RunParams(BaseModel):
 
 @dataclass(frozen=True)
 class Source:
-    """A table, or a query used as a subquery, with an integer key to chunk on."""
+    """A table, or a query used as a subquery, with an integer key to chunk on.
+
+    An incremental source names a ``cursor_column`` (a timestamp such as
+    ``updated_at``): each run reads only the rows whose cursor is after the pipeline's
+    watermark and at most ``cursor_lag_s`` seconds before the planning moment, so a row
+    written by a transaction that commits late (within the lag) is read by the next run
+    instead of being missed. Without a cursor column every run reads the whole source.
+    """
 
     key_column: str
     columns: tuple[str, ...]
     table: str | None = None
     query: str | None = None
+    cursor_column: str | None = None
+    cursor_lag_s: int = 0
 
     def __post_init__(self) -> None:
         if (self.table is None) == (self.query is None):
             raise ValueError("a source has exactly one of table and query")
         names = [self.key_column, *self.columns] + ([self.table] if self.table else [])
+        names += [self.cursor_column] if self.cursor_column else []
         bad = [name for name in names if not _IDENTIFIER.match(name)]
         if bad:
             raise ValueError(f"not a plain SQL identifier: {', '.join(bad)}")
         if self.key_column not in self.columns:
             raise ValueError(f"key column {self.key_column!r} must be one of the columns")
+        if self.cursor_lag_s < 0:
+            raise ValueError("cursor_lag_s must not be negative")
+        if self.cursor_lag_s and self.cursor_column is None:
+            raise ValueError("cursor_lag_s needs a cursor_column")
 
-
-@dataclass(frozen=True)
-class Schedule:
-    """A cron expression read in an IANA timezone."""
-
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
+    @property
+    def incremental(self) -> bool:
+        """Whether runs read a window after the watermark rather than everything."""
+        return self.cursor_column is not None
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,14 @@ class Pipeline:
     schema: tuple[tuple[str, str], ...]
     chunk_size: int = 50_000
     output_format: str = "jsonl.gz"
-    schedule: Schedule | None = field(default_factory=Schedule)
+    # When Beat starts runs (None: only by hand); see etl.domain.schedules.
+    schedule: Schedule | None = field(default_factory=Cron)
+    # What Beat does with slots missed while no Beat was running.
+    catch_up: CatchUp = CatchUp.LATEST
+    catch_up_limit: int = 7
+    # At most this many runs of the pipeline plan, transform or commit at once; the
+    # others wait queued. None: no limit. An incremental pipeline must say 1.
+    max_active_runs: int | None = None
     params_model: type[RunParams] = RunParams
     # Where the pipeline's runs go under ETL_S3_PREFIX; empty means the pipeline's name.
     output_prefix: str = ""
@@ -87,11 +107,24 @@ class Pipeline:
             raise ValueError("chunk_size must be positive")
         if self.output_prefix and not _PREFIX.match(self.output_prefix):
             raise ValueError(f"output_prefix {self.output_prefix!r} must match {_PREFIX.pattern}")
+        if self.catch_up_limit < 1:
+            raise ValueError("catch_up_limit must be at least 1")
+        if self.max_active_runs is not None and self.max_active_runs < 1:
+            raise ValueError("max_active_runs must be at least 1 (or None for no limit)")
+        if self.source.incremental and self.max_active_runs != 1:
+            # Two overlapping runs would read overlapping windows of the same watermark.
+            raise ValueError(
+                f"pipeline {self.name!r} reads incrementally, so it needs max_active_runs=1"
+            )
 
     @property
     def output_path(self) -> str:
         """The pipeline's part of every output key, under ETL_S3_PREFIX."""
         return self.output_prefix or self.name
+
+    def next_run_at(self, moment: datetime) -> datetime | None:
+        """When Beat next starts a run of this pipeline after ``moment`` (None: never)."""
+        return None if self.schedule is None else self.schedule.next_after(moment)
 
     def validate_params(self, raw: dict[str, Any]) -> RunParams:
         """Check run parameters against this pipeline's model (raises pydantic ValidationError)."""

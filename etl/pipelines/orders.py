@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Numeric, Table, Text
 
+from etl.domain.schedules import Cron
 from etl.domain.transform import BatchResult, Record, Row, RowRejected, map_rows
-from etl.pipelines.base import Pipeline, Schedule, Source
+from etl.pipelines.base import Pipeline, Source
 
 ORDERS_COLUMNS = (
     "id",
@@ -174,5 +175,5 @@ ORDERS_DAILY = Pipeline(
     ),
     chunk_size=50_000,
     output_format="jsonl.gz",
-    schedule=Schedule(cron="0 2 * * *", timezone="UTC"),
+    schedule=Cron("0 2 * * *", timezone="UTC"),
 )

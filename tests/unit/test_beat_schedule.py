@@ -1,86 +1,178 @@
-"""The Beat schedule: the reconciler every minute, one nightly entry per pipeline, and
-entries that survive Beat's pickled shelve."""
+"""Beat's dispatcher, walked through days with a fake clock on a SQLite ledger: one
+dispatch per slot through daylight-saving changes, restarts that neither re-send nor
+forget, catch-up after downtime, and a failed send that is tried again."""
 
 from __future__ import annotations
 
-import pickle
-import shelve
-from datetime import timedelta
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
-from celery.beat import PersistentScheduler, ScheduleEntry
-from celery.schedules import crontab
+from sqlalchemy import Engine
 
-from beat.schedule import RECONCILE_EVERY_S, ZoneClock, beat_schedule
-from etl.celery_app import EtlCelery, make_celery
-from etl.config import Settings
+from beat.schedule import RECONCILE_EVERY_S, Entry, schedule_entries
+from beat.scheduler import Dispatcher
+from etl.beat_state import BeatState, LeaderLock
+from etl.domain.schedules import CatchUp, Cron
 from etl.pipelines import PIPELINES
+
+BERLIN_NIGHTLY = Entry(
+    name="pipeline:orders_daily",
+    schedule=Cron("30 2 * * *", "Europe/Berlin"),
+    task="etl.start_scheduled_run",
+    catch_up=CatchUp.LATEST,
+    catch_up_limit=7,
+    pipeline="orders_daily",
+)
+
+
+class Sent:
+    """What the dispatcher sent, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[Any], int | None]] = []
+        self.fail_next = 0
+
+    def __call__(self, task: str, args: list[Any], expires_s: int | None) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("broker refused the publish")
+        self.messages.append((task, args, expires_s))
+
+    @property
+    def dates(self) -> list[str]:
+        return [args[1] for _, args, _ in self.messages]
 
 
 @pytest.fixture
-def app() -> EtlCelery:
-    # Nothing here connects: the app, its backend and Beat's store are all lazy or local.
-    return make_celery(
-        Settings(
-            broker_url="amqp://guest:guest@127.0.0.1:1//", result_backend="redis://127.0.0.1:1/0"
-        )
-    )
+def sent() -> Sent:
+    return Sent()
 
 
-def test_the_reconciler_runs_every_minute_and_a_missed_tick_expires() -> None:
-    entry = beat_schedule(PIPELINES)["reconcile"]
-
-    assert entry["task"] == "etl.reconcile"
-    assert entry["schedule"] == RECONCILE_EVERY_S == 60
-    assert entry["options"] == {"expires": 60}
-    assert "args" not in entry
+@pytest.fixture
+def lock(sqlite_engine: Engine) -> Iterator[LeaderLock]:
+    lock = LeaderLock(str(sqlite_engine.url))
+    yield lock
+    lock.release()
 
 
-def test_the_nightly_entry_starts_the_scheduled_run_of_its_pipeline() -> None:
-    schedule = beat_schedule(PIPELINES)
-
-    assert set(schedule) == {"reconcile", "nightly:orders_daily"}
-    nightly = schedule["nightly:orders_daily"]
-    assert nightly["task"] == "etl.start_scheduled_run"
-    assert nightly["args"] == ["orders_daily"]
-    assert nightly["options"] == {"expires": 3600}
-    cron = nightly["schedule"]
-    assert isinstance(cron, crontab)
-    assert (cron.minute, cron.hour) == ({0}, {2})
-    assert cron.nowfun == ZoneClock("UTC")
+def dispatcher(engine: Engine, lock: LeaderLock, sent: Sent, *entries: Entry) -> Dispatcher:
+    return Dispatcher(list(entries), BeatState(engine), lock, sent, holder="test-beat")
 
 
-def test_schedule_entries_compare_equal_after_a_pickle_round_trip(app: EtlCelery) -> None:
-    entries = {
-        name: ScheduleEntry(name=name, app=app, **entry)
-        for name, entry in beat_schedule(PIPELINES).items()
-    }
-
-    restored = pickle.loads(pickle.dumps(entries))
-
-    assert restored == entries
-    assert restored["reconcile"].schedule.run_every == timedelta(seconds=60)
-    assert restored["nightly:orders_daily"].schedule.nowfun == ZoneClock("UTC")
-    assert pickle.loads(pickle.dumps(beat_schedule(PIPELINES))) == beat_schedule(PIPELINES)
+def walk(d: Dispatcher, start: datetime, end: datetime, step: timedelta) -> None:
+    """Tick at every ``step`` from start to end, as a Beat that never sleeps too long."""
+    moment = start
+    while moment <= end:
+        d.tick(moment)
+        moment += step
 
 
-def test_beats_shelve_stores_the_entries_and_a_restarted_beat_finds_them_unchanged(
-    app: EtlCelery, tmp_path: Path
+def test_the_schedule_has_the_reconciler_and_one_entry_per_scheduled_pipeline() -> None:
+    entries = {entry.name: entry for entry in schedule_entries(PIPELINES)}
+    assert set(entries) == {"reconcile", "pipeline:orders_daily"}
+    reconcile = entries["reconcile"]
+    assert reconcile.task == "etl.reconcile" and reconcile.expires_s == RECONCILE_EVERY_S
+    assert reconcile.args(None) == []
+    nightly = entries["pipeline:orders_daily"]
+    assert nightly.task == "etl.start_scheduled_run"
+    assert nightly.args(date(2026, 5, 1)) == ["orders_daily", "2026-05-01"]
+
+
+@pytest.mark.parametrize(
+    ("label", "start"),
+    [
+        ("spring forward", datetime(2026, 3, 26, 12, tzinfo=UTC)),
+        ("fall back", datetime(2026, 10, 22, 12, tzinfo=UTC)),
+    ],
+)
+def test_a_nightly_run_is_dispatched_once_per_night_across_a_dst_change(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent, label: str, start: datetime
 ) -> None:
-    app.conf.beat_schedule = beat_schedule(PIPELINES)
-    store = str(tmp_path / "celerybeat-schedule")
-    first = PersistentScheduler(app=app, schedule_filename=store)
-    configured = dict(first.schedule)
-    first.close()
+    d = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
 
-    with shelve.open(store) as shelf:
-        stored = dict(shelf["entries"])
-    second = PersistentScheduler(app=app, schedule_filename=store)
-    reloaded = dict(second.schedule)
-    second.close()
+    walk(d, start, start + timedelta(days=6), timedelta(minutes=1))
 
-    assert {"reconcile", "nightly:orders_daily"} <= set(stored)
-    assert stored == configured
-    assert reloaded == configured
-    assert stored["reconcile"].task == "etl.reconcile"
+    first = start.date() + timedelta(days=1)
+    nights = [first + timedelta(days=n) for n in range(6)]
+    # one run per night, for the day before it: nothing skipped, nothing doubled
+    assert sent.dates == [(night - timedelta(days=1)).isoformat() for night in nights], label
+    ticks = BeatState(sqlite_engine).ticks(BERLIN_NIGHTLY.name)
+    assert [t.logical_date for t in ticks] == [n - timedelta(days=1) for n in nights]
+    assert not any(t.catch_up for t in ticks)
+
+
+def test_a_restarted_beat_neither_resends_nor_forgets(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent
+) -> None:
+    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    first = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
+    walk(first, start, start + timedelta(days=1), timedelta(minutes=5))
+    assert sent.dates == ["2026-05-01"]
+
+    # Restarted two minutes after the next slot (inside the grace): it is sent once.
+    second = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
+    second.tick(datetime(2026, 5, 3, 0, 32, tzinfo=UTC))
+    second.tick(datetime(2026, 5, 3, 0, 33, tzinfo=UTC))
+    third = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
+    third.tick(datetime(2026, 5, 3, 0, 34, tzinfo=UTC))
+    assert sent.dates == ["2026-05-01", "2026-05-02"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (CatchUp.NONE, []),
+        (CatchUp.LATEST, ["2026-05-04"]),
+        (CatchUp.ALL, ["2026-05-02", "2026-05-03", "2026-05-04"]),
+    ],
+)
+def test_missed_nights_follow_the_pipelines_catch_up_policy(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent, policy: CatchUp, expected: list[str]
+) -> None:
+    entry = replace(BERLIN_NIGHTLY, catch_up=policy)
+    d = dispatcher(sqlite_engine, lock, sent, entry)
+    d.tick(datetime(2026, 5, 2, 12, tzinfo=UTC))  # first start: history is not run
+    assert sent.dates == []
+
+    # Beat was down from the 2nd at noon until the 5th at noon: three nights missed.
+    d.tick(datetime(2026, 5, 5, 12, tzinfo=UTC))
+    assert sent.dates == expected
+    catch_up = [t for t in BeatState(sqlite_engine).ticks(entry.name) if t.catch_up]
+    assert [t.logical_date.isoformat() for t in catch_up if t.logical_date] == expected
+
+
+def test_a_send_the_broker_refuses_is_not_recorded_and_is_tried_again(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent
+) -> None:
+    d = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
+    d.tick(datetime(2026, 5, 1, 12, tzinfo=UTC))
+    sent.fail_next = 1
+
+    assert d.tick(datetime(2026, 5, 2, 0, 31, tzinfo=UTC)) == d.poll_s
+    assert sent.dates == [] and BeatState(sqlite_engine).ticks(BERLIN_NIGHTLY.name) == []
+
+    d.tick(datetime(2026, 5, 2, 0, 31, 5, tzinfo=UTC))
+    assert sent.dates == ["2026-05-01"]
+
+
+def test_the_reconciler_is_sent_every_minute_with_an_expiry(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent
+) -> None:
+    reconcile = next(e for e in schedule_entries(PIPELINES) if e.name == "reconcile")
+    d = dispatcher(sqlite_engine, lock, sent, reconcile)
+    start = datetime(2026, 5, 1, 12, 0, 30, tzinfo=UTC)
+
+    walk(d, start, start + timedelta(minutes=5), timedelta(seconds=10))
+
+    assert sent.messages == [("etl.reconcile", [], RECONCILE_EVERY_S)] * 5
+
+
+def test_the_next_tick_comes_at_the_next_slot_or_the_leader_poll(
+    sqlite_engine: Engine, lock: LeaderLock, sent: Sent
+) -> None:
+    d = dispatcher(sqlite_engine, lock, sent, BERLIN_NIGHTLY)
+    assert d.tick(datetime(2026, 5, 2, 0, 29, 58, tzinfo=UTC)) == 2.0
+    assert d.tick(datetime(2026, 5, 2, 12, tzinfo=UTC)) == d.poll_s

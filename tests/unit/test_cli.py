@@ -73,7 +73,7 @@ def test_pipelines_lists_orders_daily_with_its_schedule(capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert err == ""
     [line] = [line for line in out.splitlines() if line.startswith("orders_daily ")]
-    assert "0 2 * * * UTC" in line
+    assert 'cron "0 2 * * *" UTC' in line and " next 20" in line
     assert "jsonl.gz" in line
 
 

@@ -318,7 +318,10 @@ def test_a_version_1_ledger_is_migrated_to_the_current_schema(tmp_path: Path) ->
     assert "etl_dead_letters" not in inspect(engine).get_table_names()
 
     assert upgrade(engine) == SCHEMA_VERSION
-    assert "etl_dead_letters" in inspect(engine).get_table_names()
+    assert {"etl_dead_letters", "etl_watermarks", "etl_backfills", "etl_schedule_state"} <= set(
+        inspect(engine).get_table_names()
+    )
+    assert "backfill_id" in {c["name"] for c in inspect(engine).get_columns("etl_runs")}
     with engine.connect() as conn:
         versions = sorted(conn.execute(schema_version_table.select()).scalars())
     assert versions == list(range(1, SCHEMA_VERSION + 1))

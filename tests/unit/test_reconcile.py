@@ -152,13 +152,27 @@ def test_a_run_stuck_before_running_gets_its_plan_sent_again(
 # -- deadline ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING])
+def test_a_queued_run_has_no_deadline_it_is_sent_its_plan_again(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    # A queued run has not started: it may be waiting for a place (max_active_runs, a
+    # backfill's limit). Its deadline counts from when it starts.
+    run_id = new_run(ledger)
+    created = ledger.get_run(run_id).created_at
+
+    actions = run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S + 1))
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+    assert ledger.get_run(run_id).state is RunState.QUEUED
+    assert actions == [f"sent plan for run {run_id}: queued with a free place"]
+
+
+@pytest.mark.parametrize("state", [RunState.PLANNING])
 def test_an_unplanned_run_past_its_deadline_is_failed_and_nothing_is_sent(
     ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
 ) -> None:
     run_id = new_run(ledger)
-    if state is RunState.PLANNING:
-        assert ledger.move_run(run_id, RunState.PLANNING)
+    assert ledger.move_run(run_id, RunState.PLANNING)
     created = ledger.get_run(run_id).created_at
 
     actions = run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S + 1))
@@ -262,7 +276,7 @@ def test_each_unfinished_run_gets_what_it_needs_in_one_pass(
 
     actions = run_reconcile(ledger, enqueue, latest + timedelta(seconds=STALE_S + 1))
 
-    assert enqueue.calls == [("etl.plan_run", [queued]), ("etl.commit_run", [all_done])]
+    assert enqueue.calls == [("etl.commit_run", [all_done]), ("etl.plan_run", [queued])]
     assert len(actions) == 2
     assert ledger.get_run(working).state is RunState.RUNNING
 

@@ -1,0 +1,263 @@
+"""When a pipeline runs: schedule kinds, their slots, logical dates and catch-up.
+
+A *slot* is an instant at which a schedule fires. Beat records the last slot it
+dispatched per entry, so the next slots are computed from that record, never from the
+moment Beat happens to wake up; a run's logical date is derived from its slot.
+All datetimes here are timezone-aware.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import crontab, solar
+
+# How far ahead a cron expression is searched for its next slot ("0 0 29 2 1" fires
+# only when 29 February is a Monday: every 28 years at most).
+_CRON_SEARCH_DAYS = 366 * 29
+
+
+class CatchUp(StrEnum):
+    """What Beat does with slots it missed while no Beat was running."""
+
+    NONE = "none"  # skip them; wait for the next slot
+    LATEST = "latest"  # dispatch only the most recent one
+    ALL = "all"  # dispatch each of them, oldest first, up to a limit
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA timezone {name!r}") from None
+
+
+def aware_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError(f"a schedule needs an aware datetime, got {moment!r}")
+    return moment
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A five-field cron expression read on the wall clock of an IANA timezone.
+
+    Daylight saving: a wall time skipped by a spring-forward change fires at the same
+    offset after the change (02:30 becomes 03:30), once; a wall time repeated by a
+    fall-back change fires at its first occurrence only. Day-of-month and day-of-week
+    must both match, as in Celery's crontab.
+    """
+
+    expression: str = "0 2 * * *"
+    timezone: str = "UTC"
+    logical_date_lag_days: int = 1
+    _fields: crontab = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = self.expression.split()
+        if len(fields) != 5:
+            raise ValueError(
+                f"cron expression needs 5 fields, got {len(fields)}: {self.expression!r}"
+            )
+        _zone(self.timezone)
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        try:
+            parsed = crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month_of_year,
+                day_of_week=day_of_week,
+            )
+        except Exception as exc:  # celery raises several types for a bad field
+            raise ValueError(f"bad cron expression {self.expression!r}: {exc}") from None
+        object.__setattr__(self, "_fields", parsed)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first slot strictly after ``moment``."""
+        zone = _zone(self.timezone)
+        local_day = aware_utc(moment).astimezone(zone).date()
+        # Wall times near a DST change can map out of order, so take the earliest
+        # instant after ``moment`` over two consecutive days before moving on.
+        for offset in range(_CRON_SEARCH_DAYS):
+            day = local_day + timedelta(days=offset)
+            candidates = [
+                slot
+                for candidate_day in (day, day + timedelta(days=1))
+                for slot in _cron_slots_on(self, candidate_day)
+                if slot > moment
+            ]
+            if candidates:
+                return min(candidates)
+        raise ValueError(f"cron expression {self.expression!r} never fires")
+
+    def describe(self) -> dict[str, object]:
+        """The schedule as data."""
+        return {"kind": "cron", "expression": self.expression, "timezone": self.timezone}
+
+
+@lru_cache(maxsize=128)
+def _cron_slots_on(cron: Cron, day: date) -> tuple[datetime, ...]:
+    """A cron expression's slots on one local day (cached: Beat asks for the same day
+    once per slot while catching up)."""
+    fields = cron._fields
+    # Celery numbers weekdays from Sunday = 0; isoweekday() has Sunday = 7.
+    if (
+        day.month not in fields.month_of_year
+        or day.day not in fields.day_of_month
+        or day.isoweekday() % 7 not in fields.day_of_week
+    ):
+        return ()
+    zone = _zone(cron.timezone)
+    return tuple(
+        # fold=0: a repeated wall time means its first occurrence; a skipped one
+        # resolves with the offset before the change, i.e. shifted forward by the gap.
+        datetime.combine(day, time(hour, minute), tzinfo=zone).astimezone(UTC)
+        for hour in sorted(fields.hour)
+        for minute in sorted(fields.minute)
+    )
+
+
+@dataclass(frozen=True)
+class Every:
+    """A fixed interval, counted from an anchor instant (midnight UTC, 1 January 2000)."""
+
+    seconds: int
+    timezone: str = "UTC"
+    logical_date_lag_days: int = 1
+    anchor: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+    def __post_init__(self) -> None:
+        if self.seconds < 1:
+            raise ValueError(f"an interval must be at least 1 second, got {self.seconds}")
+        _zone(self.timezone)
+        aware_utc(self.anchor)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first slot strictly after ``moment``."""
+        elapsed = (aware_utc(moment) - self.anchor).total_seconds()
+        steps = math.floor(elapsed / self.seconds) + 1
+        return (self.anchor + timedelta(seconds=steps * self.seconds)).astimezone(UTC)
+
+    def describe(self) -> dict[str, object]:
+        """The schedule as data."""
+        return {"kind": "interval", "seconds": self.seconds, "timezone": self.timezone}
+
+
+@dataclass(frozen=True)
+class Solar:
+    """A solar event (``sunrise``, ``sunset``, ``dawn_civil``, ...) at a place, computed
+    by Celery's solar schedule; ``timezone`` only decides the logical date."""
+
+    event: str
+    latitude: float
+    longitude: float
+    timezone: str = "UTC"
+    logical_date_lag_days: int = 1
+
+    def __post_init__(self) -> None:
+        _zone(self.timezone)
+        self._at(datetime(2000, 1, 1, tzinfo=UTC))  # a bad event or place fails here
+
+    def _at(self, moment: datetime) -> solar:
+        return solar(self.event, self.latitude, self.longitude, nowfun=lambda: moment)
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first slot strictly after ``moment``."""
+        moment = aware_utc(moment).astimezone(UTC)
+        # With the clock pinned at ``moment``, the estimate is exactly the time to the
+        # next event after it.
+        event: datetime = moment + self._at(moment).remaining_estimate(moment)
+        # Slots are whole seconds, rounded up so that the next search, which starts
+        # from the recorded slot, is already past this event.
+        return event.replace(microsecond=0) + timedelta(seconds=1 if event.microsecond else 0)
+
+    def describe(self) -> dict[str, object]:
+        """The schedule as data."""
+        return {
+            "kind": "solar",
+            "event": self.event,
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "timezone": self.timezone,
+        }
+
+
+# Every kind of schedule a pipeline can have.
+Schedule = Cron | Every | Solar
+
+
+def logical_date_for(schedule: Schedule, slot: datetime) -> date:
+    """The logical date of the run a slot starts: the slot's day in the schedule's
+    timezone, less the schedule's lag (a 02:00 nightly run processes yesterday)."""
+    local_day = aware_utc(slot).astimezone(_zone(schedule.timezone)).date()
+    return local_day - timedelta(days=schedule.logical_date_lag_days)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What one scheduler tick decided for one entry."""
+
+    slots: list[datetime]  # to dispatch now, oldest first
+    skipped: list[datetime]  # missed and dropped by the catch-up policy
+    last_slot: datetime  # what to record as the entry's last handled slot
+
+
+def due_slots(
+    schedule: Schedule,
+    *,
+    last_slot: datetime,
+    now: datetime,
+    catch_up: CatchUp,
+    catch_up_limit: int,
+    grace_s: float,
+) -> Dispatch:
+    """The slots in ``(last_slot, now]`` and which of them to dispatch.
+
+    A slot at most ``grace_s`` old is on time and always dispatched (Beat woke a little
+    late, or another Beat just took over). Older slots were missed while no Beat ran and
+    follow the catch-up policy.
+    """
+    slots: list[datetime] = []
+    # Bounded: a one-second interval after a year of downtime must not build a list of
+    # 31 million slots; only the newest ``keep`` ones can matter.
+    keep = max(catch_up_limit, 1) + 1
+    slot = schedule.next_after(last_slot)
+    while slot <= now:
+        slots.append(slot)
+        if len(slots) > 4 * keep:
+            del slots[: len(slots) - keep]
+        slot = schedule.next_after(slot)
+    if not slots:
+        return Dispatch(slots=[], skipped=[], last_slot=last_slot)
+    grace = timedelta(seconds=grace_s)
+    on_time = [s for s in slots if now - s <= grace]
+    missed = [s for s in slots if now - s > grace]
+    if catch_up is CatchUp.ALL:
+        chosen = missed[-catch_up_limit:] if catch_up_limit > 0 else []
+    elif catch_up is CatchUp.LATEST:
+        chosen = missed[-1:] if not on_time else []
+    else:
+        chosen = []
+    return Dispatch(
+        slots=chosen + on_time,
+        skipped=[s for s in missed if s not in chosen],
+        last_slot=slots[-1],
+    )
+
+
+def summarize(schedule: Schedule | None) -> str:
+    """A schedule in a few words, for listings: ``cron "0 2 * * *" UTC``."""
+    if schedule is None:
+        return "manual only"
+    described = schedule.describe()
+    if described["kind"] == "cron":
+        return f'cron "{described["expression"]}" {schedule.timezone}'
+    if described["kind"] == "interval":
+        return f"every {described['seconds']}s"
+    return f"{described['event']} at {described['latitude']},{described['longitude']}"
