@@ -671,8 +671,9 @@ def test_losing_the_result_backend_mid_run_never_loses_the_run(
     assert fault_services.ledger.get_run(run.id).state is RunState.RUNNING
     # The reconciler leaves a run alone until it has been idle ETL_RECONCILE_STALE_S.
     wait_until(
-        lambda: datetime.now(UTC) - fault_services.ledger.last_activity(run.id)
-        > timedelta(seconds=2),
+        lambda: (
+            datetime.now(UTC) - fault_services.ledger.last_activity(run.id) > timedelta(seconds=2)
+        ),
         timeout_s=30,
         what="the run idle for longer than the reconciler's stale time",
     )

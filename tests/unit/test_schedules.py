@@ -79,7 +79,7 @@ def test_an_hourly_cron_keeps_each_wall_hour_once_on_a_fall_back_day() -> None:
     start = datetime(2026, 11, 1, 0, tzinfo=NEW_YORK)
     slots = slots_between(hourly, start - timedelta(seconds=1), start + timedelta(hours=24))
     walls = [slot.astimezone(NEW_YORK).hour for slot in slots]
-    assert walls == list(range(24)) + [0]  # 01:00 once, not twice
+    assert walls == [*range(24), 0]  # 01:00 once, not twice
     assert len(set(slots)) == len(slots)
 
 
