@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from flask import Flask, request
 
-from api import dead_letters, health, runs
+from api import backfills, dead_letters, health, runs
 from api.auth import configured_tokens, require_bearer_token
 from api.errors import register_error_handlers
 from etl.bootstrap import build_services
@@ -61,5 +61,6 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(health.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(dead_letters.bp)
+    app.register_blueprint(backfills.bp)
     register_error_handlers(app)
     return app

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from etl.domain.backfills import Backfill, BackfillProgress, Reprocess
 from etl.domain.dates import parse_logical_date
 from etl.domain.dead_letters import DeadLetter
 from etl.domain.runs import ChunkState, Run
@@ -158,3 +159,97 @@ class ReplayResponse(BaseModel):
 
     id: int
     action: str
+
+
+class CreateBackfillRequest(BaseModel):
+    """``POST /api/v1/backfills``: one run per logical date from start to end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str = Field(min_length=1, max_length=63)
+    start: date = Field(description="first logical date, YYYY-MM-DD")
+    end: date = Field(description="last logical date, YYYY-MM-DD")
+    max_active: int = Field(default=1, ge=1, le=100, description="runs active at once")
+    reprocess: Reprocess = Field(
+        default=Reprocess.NONE, description="dates that already have a run: none, failed, all"
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    dry_run: bool = False
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _yyyy_mm_dd_only(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("must be a string YYYY-MM-DD")
+        return parse_logical_date(value)
+
+    @field_validator("max_active", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a whole number, not a boolean")
+        return value
+
+
+class BackfillDate(BaseModel):
+    """What a backfill does for one date."""
+
+    logical_date: date
+    run: bool
+    reason: str
+
+
+class BackfillProgressResponse(BaseModel):
+    """How far a backfill has got."""
+
+    total: int
+    ended: int
+    by_state: dict[str, int]
+    rows_written: int
+    done: bool
+    succeeded: bool
+
+
+class BackfillResponse(BaseModel):
+    """A backfill: its request, its progress and its runs."""
+
+    id: str
+    pipeline: str
+    start: date
+    end: date
+    max_active: int
+    reprocess: str
+    created_at: datetime
+    progress: BackfillProgressResponse
+    runs: list[RunResponse]
+
+    @classmethod
+    def from_backfill(cls, backfill: Backfill, runs: list[Run]) -> BackfillResponse:
+        """Build from a ledger backfill and its runs."""
+        progress = BackfillProgress.of(runs)
+        return cls(
+            id=backfill.id,
+            pipeline=backfill.pipeline,
+            start=backfill.start,
+            end=backfill.end,
+            max_active=backfill.max_active,
+            reprocess=backfill.reprocess.value,
+            created_at=backfill.created_at,
+            progress=BackfillProgressResponse(
+                total=progress.total,
+                ended=progress.finished,
+                by_state={state.value: n for state, n in progress.by_state.items()},
+                rows_written=progress.rows_written,
+                done=progress.done,
+                succeeded=progress.succeeded,
+            ),
+            runs=[RunResponse.from_run(run) for run in runs],
+        )
+
+
+class CreateBackfillResponse(BaseModel):
+    """What ``POST /api/v1/backfills`` decided: the backfill (none for a dry run or when
+    every date was skipped) and the plan per date."""
+
+    backfill: BackfillResponse | None
+    dates: list[BackfillDate]

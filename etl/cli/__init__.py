@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import etl.cli.backfill as backfill
 import etl.cli.deploy as deploy
 import etl.cli.dlq as dlq
 import etl.cli.outputs as outputs
@@ -18,7 +19,7 @@ import etl.cli.runs as runs
 from etl.cli.common import EXIT_USAGE, CliError, Parser
 from etl.config import SettingsError, load_settings
 
-COMMAND_GROUPS = (runs, dlq, outputs, processes, deploy)
+COMMAND_GROUPS = (runs, backfill, dlq, outputs, processes, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

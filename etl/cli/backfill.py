@@ -1,0 +1,176 @@
+"""``etl backfill``: one run per logical date over a range, at most N active at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from etl.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    describe_params_error,
+    logical_date,
+    open_services,
+    param,
+    positive,
+)
+from etl.config import Settings
+from etl.domain.backfills import BackfillProgress, DatePlan, Reprocess
+from etl.domain.runs import RunState
+
+
+def register(sub: Any) -> None:
+    """Add this group's subcommands."""
+    backfill = sub.add_parser(
+        "backfill", help="run a pipeline once per logical date from --start to --end"
+    )
+    backfill.add_argument("pipeline")
+    backfill.add_argument("--start", type=logical_date, required=True, help="first date")
+    backfill.add_argument("--end", type=logical_date, required=True, help="last date")
+    backfill.add_argument(
+        "--max-active", type=positive, default=1, help="runs active at once (default 1)"
+    )
+    backfill.add_argument(
+        "--reprocess",
+        choices=[choice.value for choice in Reprocess],
+        default=Reprocess.NONE.value,
+        help="dates that already have a run: none (skip them, default), failed (redo "
+        "failed or cancelled ones), all",
+    )
+    backfill.add_argument("--param", type=param, action="append", default=[], metavar="K=V")
+    backfill.add_argument(
+        "--dry-run", action="store_true", help="print what would run and start nothing"
+    )
+    backfill.add_argument(
+        "--no-wait", action="store_true", help="start the backfill and return at once"
+    )
+    backfill.add_argument(
+        "--timeout", type=positive, default=24 * 3600, help="seconds to wait (default a day)"
+    )
+    backfill.set_defaults(handler=cmd_backfill)
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from etl.celery_app import make_celery
+    from etl.pipelines import UnknownPipeline
+    from etl.runs import EnqueueFailed, RunService, celery_enqueue
+
+    services = open_services(settings)
+    service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
+    try:
+        backfill, plans = service.start_backfill(
+            args.pipeline,
+            start=args.start,
+            end=args.end,
+            max_active=args.max_active,
+            reprocess=Reprocess(args.reprocess),
+            params=dict(args.param),
+            dry_run=args.dry_run,
+        )
+    except UnknownPipeline as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except ValidationError as exc:
+        raise CliError(describe_params_error(exc), EXIT_USAGE) from None
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    except EnqueueFailed as exc:
+        raise CliError(str(exc)) from None
+    print_plans(plans, dry_run=args.dry_run)
+    if backfill is None:
+        return EXIT_OK
+    print(
+        f"backfill {backfill.id} started: {sum(p.run for p in plans)} runs of {backfill.pipeline}, "
+        f"at most {backfill.max_active} active"
+    )
+    if args.no_wait:
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    started = time.monotonic()
+    line = ProgressLine(sys.stdout)
+    while True:
+        progress = BackfillProgress.of(services.ledger.backfill_runs(backfill.id))
+        line.show(progress_text(progress, time.monotonic() - started))
+        if progress.done:
+            break
+        if time.monotonic() > deadline:
+            line.finish()
+            raise CliError(f"backfill {backfill.id} still running after {args.timeout}s")
+        time.sleep(0.5)
+    line.finish()
+    for run in services.ledger.backfill_runs(backfill.id):
+        detail = f"{run.rows_written} rows" if run.rows_written is not None else run.reason
+        print(f"  {run.logical_date}  {run.state:10}  {run.id}  {detail or ''}")
+    return EXIT_OK if progress.succeeded else EXIT_FAILED
+
+
+def print_plans(plans: list[DatePlan], *, dry_run: bool) -> None:
+    """One line per date: whether it runs, and why."""
+    for plan in plans:
+        verb = ("would run" if dry_run else "run") if plan.run else "skip"
+        print(f"  {plan.logical_date}  {verb:9}  {plan.reason}")
+
+
+def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:
+    """``3/10 runs ended (3 succeeded) | 2 active | 5 queued | 1,234 rows | 0:42 | ETA 1:38``."""
+    by_state = progress.by_state
+    ended = progress.finished
+    outcome = ", ".join(
+        f"{by_state[state]} {state}"
+        for state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+        if by_state.get(state)
+    )
+    active = sum(
+        by_state.get(state, 0)
+        for state in (RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING)
+    )
+    parts = [
+        f"{ended}/{progress.total} runs ended" + (f" ({outcome})" if outcome else ""),
+        f"{active} active",
+        f"{by_state.get(RunState.QUEUED, 0)} queued",
+        f"{progress.rows_written:,} rows",
+        _clock(elapsed_s),
+    ]
+    if 0 < ended < progress.total:
+        parts.append("ETA " + _clock(elapsed_s / ended * (progress.total - ended)))
+    return " | ".join(parts)
+
+
+class ProgressLine:
+    """One line rewritten in place on a terminal; a new line per change otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = ""
+
+    def show(self, text: str) -> None:
+        """Show the current progress (only when it changed, off a terminal)."""
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self.stream.flush()
+        elif _without_clock(text) != _without_clock(self.last):
+            print(text, file=self.stream, flush=True)
+        self.last = text
+
+    def finish(self) -> None:
+        """End the in-place line."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _without_clock(text: str) -> str:
+    # Off a terminal a line is printed when the counts change, not every time the clock ticks.
+    return " | ".join(part for part in text.split(" | ")[:4])
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
