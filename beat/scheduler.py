@@ -25,7 +25,8 @@ from etl.pipelines import PIPELINES
 logger = logging.getLogger(__name__)
 
 # A follower tries to take the lead this often; a leader wakes at least this often to
-# check it still holds the lock. Takeover after a leader dies is bounded by this.
+# check it still holds the lock. Takeover after a leader dies is bounded by this
+# (ETL_BEAT_LEADER_POLL_S in a deployment).
 LEADER_POLL_S = 5.0
 
 # Sends a task by name with arguments and an optional expiry (seconds).
@@ -150,6 +151,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
             LeaderLock(settings.database_url),
             send,
             holder=holder,
+            poll_s=settings.beat_leader_poll_s,
         )
         for entry in self.dispatcher.entries:
             logger.info("beat: entry %s: %s", entry.name, entry.schedule.describe())

@@ -65,9 +65,13 @@ class Settings(BaseSettings):
     # (e.g. "mycompany.pipelines"): how a deployment brings its own pipelines.
     pipeline_modules: str = ""
     # The reconciler re-sends a run's lost plan or commit after this long without
-    # progress, and fails a run still unfinished this long after it was created.
+    # progress, and fails a run still unfinished this long after it started.
     reconcile_stale_s: int = Field(default=300, ge=1)
+    # Counted from when a run starts (a queued run waiting for a place has not started).
     run_deadline_s: int = Field(default=6 * 3600, ge=60)
+    # A waiting Beat tries to take the lead this often, so it takes over from a dead
+    # leader within about this long; the leader also re-checks its lock this often.
+    beat_leader_poll_s: float = Field(default=5.0, ge=0.5, le=60)
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
 
