@@ -165,10 +165,12 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         """Release leadership and the database connections."""
-        self.dispatcher.close()
-        self._engine.dispose()
+        # Beat also builds a lazy instance, never set up, just for its banner.
+        if hasattr(self, "dispatcher"):
+            self.dispatcher.close()
+            self._engine.dispose()
 
     @property
     def info(self) -> str:
         """What Beat's banner shows for the scheduler."""
-        return f"database ({len(self.dispatcher.entries)} entries, leader lock)"
+        return "ledger database, one leader among all Beats"

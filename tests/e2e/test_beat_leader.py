@@ -1,0 +1,120 @@
+"""Two Beat processes, one worker, the real services: exactly one dispatch per slot and
+one run per logical date; the leader killed, the other Beat takes over within a bounded
+time and carries on without a gap."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from etl.beat_state import BeatState
+from etl.bootstrap import Services, build_services
+from etl.config import Settings
+from etl.demo import seed_orders
+from etl.domain.runs import RunState, Trigger
+from etl.ledger import runs_table
+from etl.runs import wait_for_run
+
+from support import ChildProcess, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+TICK_S = 3
+ENTRY = "pipeline:ticking_orders"
+LEADER = re.compile(r"beat (\S+) is now the leader")
+
+
+@pytest.fixture
+def beat_settings(service_settings: Settings) -> Settings:
+    return service_settings.model_copy(
+        update={"pipeline_modules": "scheduling_pipelines", "beat_leader_poll_s": 1.0}
+    )
+
+
+@pytest.fixture
+def beat_services(beat_settings: Settings) -> Iterator[Services]:
+    built = build_services(beat_settings)
+    built.parts.ensure_bucket()
+    seed_orders(built.source_engine, 500)
+    yield built
+    built.close()
+
+
+def start(role: str, args: list[str], settings: Settings, tmp_path: Path) -> ChildProcess:
+    return ChildProcess.etl(
+        args,
+        settings,
+        tmp_path / f"{role}.log",
+        extra_env={"PYTHONPATH": str(TESTS_DIR), "ETL_TEST_TICK_S": str(TICK_S)},
+    )
+
+
+def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
+    beat_settings: Settings, beat_services: Services, tmp_path: Path
+) -> None:
+    state = BeatState(beat_services.ledger.engine)
+    worker = start("worker", ["worker", "--concurrency", "1"], beat_settings, tmp_path)
+    beats = {name: start(name, ["beat"], beat_settings, tmp_path) for name in ("beat-a", "beat-b")}
+    try:
+        worker.wait_for_log("ready.")
+        wait_until(lambda: len(state.ticks(ENTRY)) >= 4, timeout_s=60, what="four slots sent")
+        leader_holder = state.ticks(ENTRY)[-1].dispatched_by
+        leader_pid = int(leader_holder.rsplit(":", 1)[1])
+        [leader_name] = [n for n, b in beats.items() if b.process.pid == leader_pid]
+        [follower_name] = [n for n in beats if n != leader_name]
+        follower = beats[follower_name]
+        assert "is now the leader" not in follower.log()
+
+        os.killpg(leader_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        follower.wait_for_log("is now the leader", timeout_s=30)
+        takeover_s = time.monotonic() - killed_at
+        wait_until(
+            lambda: sum(t.dispatched_by != leader_holder for t in state.ticks(ENTRY)) >= 3,
+            timeout_s=60,
+            what="three slots sent by the new leader",
+        )
+        follower.stop()
+    finally:
+        for beat in beats.values():
+            beat.stop()
+
+    ticks = state.ticks(ENTRY)
+    slots = [tick.slot for tick in ticks]
+    holders = [tick.dispatched_by for tick in ticks]
+    # every slot from the first to the last, once each: none lost in the takeover
+    assert all(b - a == timedelta(seconds=TICK_S) for a, b in pairwise(slots))
+    assert len(set(holders)) == 2
+    switch = holders.index(next(h for h in holders if h != leader_holder))
+    assert set(holders[:switch]) == {leader_holder} and leader_holder not in holders[switch:]
+    print(
+        f"\n{len(ticks)} slots sent, {switch} by the first leader, {len(ticks) - switch} by "
+        f"the second; takeover {takeover_s:.1f}s after SIGKILL"
+    )
+    assert takeover_s < 15
+
+    # one run per logical date, whatever the number of dispatches
+    with beat_services.ledger.engine.connect() as conn:
+        scheduled = conn.execute(
+            select(runs_table.c.id, runs_table.c.logical_date).where(
+                runs_table.c.pipeline == "ticking_orders",
+                runs_table.c.trigger == Trigger.SCHEDULE.value,
+            )
+        ).all()
+    assert len({tick.logical_date for tick in ticks}) == len(scheduled) == 1
+    assert scheduled[0].logical_date == ticks[0].logical_date
+    try:
+        final = wait_for_run(beat_services.ledger, scheduled[0].id, timeout_s=60)
+        assert final.state is RunState.SUCCEEDED, final.reason
+    finally:
+        worker.stop()
