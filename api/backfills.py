@@ -94,3 +94,15 @@ def get_backfill(backfill_id: str) -> Response:
         raise ApiError(404, str(exc)) from None
     runs = ledger.backfill_runs(backfill_id)
     return jsonify(BackfillResponse.from_backfill(backfill, runs).model_dump(mode="json"))
+
+
+@bp.post("/backfills/<backfill_id>/cancel")
+def cancel_backfill(backfill_id: str) -> Response:
+    """Cancel every run of a backfill that has not ended; returns the backfill."""
+    services = _services()
+    try:
+        runs = services.run_service.cancel_backfill(backfill_id)
+    except BackfillNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    backfill = services.ledger.get_backfill(backfill_id)
+    return jsonify(BackfillResponse.from_backfill(backfill, runs).model_dump(mode="json"))

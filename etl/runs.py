@@ -124,6 +124,17 @@ class RunService:
         dispatch_waiting_runs(self.ledger, self.enqueue, run.pipeline)
         return run
 
+    def cancel_backfill(self, backfill_id: str) -> list[Run]:
+        """Cancel every run of a backfill that has not ended, the waiting ones first so
+        none of them is started meanwhile; returns the backfill's runs. Raises
+        BackfillNotFound."""
+        self.ledger.get_backfill(backfill_id)
+        runs = self.ledger.backfill_runs(backfill_id)
+        for run in sorted(runs, key=lambda r: r.state is not RunState.QUEUED):
+            if not run.is_terminal:
+                self.ledger.move_run(run.id, RunState.CANCELLED, reason="backfill cancelled")
+        return self.ledger.backfill_runs(backfill_id)
+
     def start_backfill(
         self,
         pipeline_name: str,

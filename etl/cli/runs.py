@@ -50,6 +50,7 @@ def register(sub: Any) -> None:
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("--pipeline")
     runs.add_argument("--state", choices=[state.value for state in RunState])
+    runs.add_argument("--backfill", metavar="ID", help="the runs of one backfill, by date")
     runs.add_argument("--limit", type=positive, default=20)
     runs.add_argument("--json", action="store_true")
     runs.set_defaults(handler=cmd_runs)
@@ -62,7 +63,11 @@ def register(sub: Any) -> None:
     retry.set_defaults(handler=cmd_retry)
 
     cancel = sub.add_parser("cancel", help="stop a run: pending chunks skipped, nothing committed")
-    cancel.add_argument("run_id")
+    target = cancel.add_mutually_exclusive_group(required=True)
+    target.add_argument("run_id", nargs="?")
+    target.add_argument(
+        "--backfill", metavar="ID", help="cancel every unfinished run of a backfill"
+    )
     cancel.set_defaults(handler=cmd_cancel)
 
     reconcile = sub.add_parser(
@@ -126,7 +131,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     services = open_services(settings)
     state = RunState(args.state) if args.state else None
-    runs = services.ledger.list_runs(pipeline=args.pipeline, state=state, limit=args.limit)
+    if args.backfill:
+        runs = services.ledger.backfill_runs(args.backfill)
+    else:
+        runs = services.ledger.list_runs(pipeline=args.pipeline, state=state, limit=args.limit)
     if args.json:
         print(json.dumps([as_document(run) for run in runs], indent=2))
         return EXIT_OK
@@ -180,6 +188,16 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from etl.runs import RunNotCancellable
 
     service = _run_service(settings)
+    if args.backfill:
+        from etl.ledger import BackfillNotFound
+
+        try:
+            runs = service.cancel_backfill(args.backfill)
+        except BackfillNotFound as exc:
+            raise CliError(str(exc)) from None
+        for run in runs:
+            print(f"run {run.id} {run.logical_date} {run.state}")
+        return EXIT_OK
     try:
         run = service.cancel_run(args.run_id)
     except (RunNotFound, RunNotCancellable) as exc:

@@ -384,3 +384,55 @@ def test_a_bad_backfill_request_is_a_400_naming_the_field_and_starts_nothing(
     assert response.status_code == 400, response.json
     assert field in [d["field"] for d in response.json["details"]]
     assert enqueue.calls == [] and ledger.list_runs() == []
+
+
+def test_cancelling_a_backfill_cancels_its_unfinished_runs_only(
+    seeded: Services, enqueue: RecordingEnqueue, client: FlaskClient
+) -> None:
+    service = RunService(seeded.ledger, enqueue)
+    backfill, _ = service.start_backfill(
+        "orders_daily", start=D1, end=D1 + timedelta(days=2), max_active=1
+    )
+    assert backfill is not None
+    first = seeded.ledger.backfill_runs(backfill.id)[0]
+    assert finish(seeded, first.id).state is RunState.SUCCEEDED
+
+    runs = service.cancel_backfill(backfill.id)
+
+    assert [r.state for r in runs] == [RunState.SUCCEEDED, RunState.CANCELLED, RunState.CANCELLED]
+    assert runs[1].reason == "backfill cancelled"
+
+
+def test_the_api_cancels_a_backfill(client: FlaskClient) -> None:
+    body = {"pipeline": "orders_daily", "start": "2026-10-01", "end": "2026-10-02"}
+    backfill_id = client.post("/api/v1/backfills", json=body, headers=AUTH).json["backfill"]["id"]
+
+    cancelled = client.post(f"/api/v1/backfills/{backfill_id}/cancel", headers=AUTH)
+
+    assert cancelled.status_code == 200
+    assert cancelled.json["progress"]["by_state"] == {"cancelled": 2}
+    assert client.post("/api/v1/backfills/nope/cancel", headers=AUTH).status_code == 404
+
+
+def test_etl_cancel_backfill_and_runs_backfill(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "sqlite:///" + str(tmp_path / "ledger.db")
+    monkeypatch.setenv("ETL_DATABASE_URL", url)
+    from etl.adapters.db import make_engine
+    from etl.ledger import upgrade
+
+    engine = make_engine(url)
+    upgrade(engine)
+    backfill, _ = Ledger(engine).create_backfill(
+        pipeline="orders_daily", start=D1, end=D1, max_active=1, reprocess="none",
+        params={}, dates=[D1],
+    )  # fmt: skip
+    engine.dispose()
+
+    assert main(["cancel", "--backfill", backfill.id]) == 0
+    assert "2026-10-01 cancelled" in capsys.readouterr().out
+    assert main(["runs", "--backfill", backfill.id]) == 0
+    assert "cancelled" in capsys.readouterr().out
+    assert main(["cancel", "--backfill", "nope"]) == 1
+    assert "no backfill with id 'nope'" in capsys.readouterr().err
