@@ -60,10 +60,14 @@ def start(role: str, args: list[str], settings: Settings, tmp_path: Path) -> Chi
 
 
 def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
-    beat_settings: Settings, beat_services: Services, tmp_path: Path
+    beat_settings: Settings,
+    beat_services: Services,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     state = BeatState(beat_services.ledger.engine)
     worker = start("worker", ["worker", "--concurrency", "1"], beat_settings, tmp_path)
+    request.addfinalizer(worker.stop)
     beats = {name: start(name, ["beat"], beat_settings, tmp_path) for name in ("beat-a", "beat-b")}
     try:
         worker.wait_for_log("ready.")
@@ -113,8 +117,5 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
         ).all()
     assert len({tick.logical_date for tick in ticks}) == len(scheduled) == 1
     assert scheduled[0].logical_date == ticks[0].logical_date
-    try:
-        final = wait_for_run(beat_services.ledger, scheduled[0].id, timeout_s=60)
-        assert final.state is RunState.SUCCEEDED, final.reason
-    finally:
-        worker.stop()
+    final = wait_for_run(beat_services.ledger, scheduled[0].id, timeout_s=60)
+    assert final.state is RunState.SUCCEEDED, final.reason
