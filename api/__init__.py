@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from flask import Flask, request
 
-from api import backfills, dead_letters, health, runs
+from api import backfills, dead_letters, health, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
 from api.errors import register_error_handlers
 from etl.bootstrap import build_services
@@ -14,6 +15,7 @@ from etl.celery_app import make_celery
 from etl.config import Settings, SettingsError, load_settings
 from etl.dead_letters import DeadLetterService
 from etl.ledger import Ledger
+from etl.probe import readiness_problems
 from etl.runs import RunService, celery_enqueue
 
 PUBLIC_BLUEPRINTS = frozenset({health.bp.name})
@@ -26,6 +28,8 @@ class ApiServices:
     ledger: Ledger
     run_service: RunService
     dead_letters: DeadLetterService
+    # /readyz: each dependency by name, None when it answers, else the problem.
+    readiness: Callable[[], dict[str, str | None]] = field(default=dict)
 
 
 def build_api_services(settings: Settings) -> ApiServices:
@@ -36,6 +40,7 @@ def build_api_services(settings: Settings) -> ApiServices:
         ledger=services.ledger,
         run_service=run_service,
         dead_letters=DeadLetterService(services.ledger, settings.broker_url, run_service.retry_run),
+        readiness=lambda: readiness_problems(services, settings.broker_url),
     )
 
 
@@ -47,6 +52,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
         raise SettingsError(
             "ETL_API_TOKEN is not set: the API refuses to run without authentication"
         )
+    read_tokens = configured_tokens(settings.api_read_token.get_secret_value())
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -56,11 +62,13 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     def _authenticate() -> None:
         # Deny by default: a route is public only if its blueprint says so.
         if request.blueprint not in PUBLIC_BLUEPRINTS:
-            require_bearer_token(tokens)
+            writes = request.method not in {"GET", "HEAD", "OPTIONS"}
+            require_bearer_token(tokens, read_tokens, writes=writes)
 
     app.register_blueprint(health.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(dead_letters.bp)
     app.register_blueprint(backfills.bp)
+    app.register_blueprint(pipelines.bp)
     register_error_handlers(app)
     return app

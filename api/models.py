@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from etl.domain.backfills import Backfill, BackfillProgress, Reprocess
 from etl.domain.dates import parse_logical_date
 from etl.domain.dead_letters import DeadLetter
-from etl.domain.runs import ChunkState, Run
+from etl.domain.runs import ChunkState, Run, RunState, Trigger
 
 
 class CreateRunRequest(BaseModel):
@@ -91,10 +91,70 @@ class RunResponse(BaseModel):
         )
 
 
+class RunListQuery(BaseModel):
+    """The query string of ``GET /api/v1/runs``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | None = Field(default=None, max_length=63)
+    state: RunState | None = None
+    trigger: Trigger | None = None
+    logical_date_from: date | None = Field(default=None, description="YYYY-MM-DD, inclusive")
+    logical_date_to: date | None = Field(default=None, description="YYYY-MM-DD, inclusive")
+    limit: int = Field(default=50, ge=1, le=500, description="runs per page")
+    cursor: str | None = Field(
+        default=None, max_length=200, description="next_cursor of the previous page"
+    )
+
+    @field_validator("logical_date_from", "logical_date_to", mode="before")
+    @classmethod
+    def _yyyy_mm_dd_only(cls, value: Any) -> Any:
+        return None if value is None else parse_logical_date(str(value))
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _ascii_digits(cls, value: Any) -> Any:
+        # A query string carries text; "²" or "1e3" is not a page size.
+        if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+            raise ValueError("must be a whole number from 1 to 500")
+        return value
+
+
 class RunListResponse(BaseModel):
-    """``GET /api/v1/runs``."""
+    """``GET /api/v1/runs``: one page, newest first."""
 
     runs: list[RunResponse]
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for the next page; null on the last page"
+    )
+
+
+class PipelineResponse(BaseModel):
+    """A registered pipeline, its schedule, its last run and when Beat next starts one."""
+
+    name: str
+    description: str
+    schedule: dict[str, Any] | None
+    catch_up: str
+    max_active_runs: int | None
+    output_format: str
+    incremental: bool
+    next_run_at: datetime | None
+    last_run: RunResponse | None
+    last_success: RunResponse | None
+
+
+class PipelineListResponse(BaseModel):
+    """``GET /api/v1/pipelines``."""
+
+    pipelines: list[PipelineResponse]
+
+
+class ReadinessResponse(BaseModel):
+    """``GET /readyz``: each dependency by name, "ok" or the kind of problem."""
+
+    status: str = Field(description='"ready" or "not ready"')
+    checks: dict[str, str]
 
 
 class FieldError(BaseModel):

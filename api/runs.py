@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import ValidationError
 
 from api.errors import ApiError, field_errors
-from api.models import CreateRunRequest, FieldError, RunListResponse, RunResponse
-from etl.domain.runs import RunState
+from api.models import (
+    CreateRunRequest,
+    FieldError,
+    RunListQuery,
+    RunListResponse,
+    RunResponse,
+)
+from etl.domain.runs import Run
 from etl.ledger import IdempotencyConflict, RunNotFound
 from etl.pipelines import UnknownPipeline
 from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable
@@ -17,7 +25,6 @@ from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable
 bp = Blueprint("runs", __name__, url_prefix="/api/v1")
 
 MAX_IDEMPOTENCY_KEY = 200
-MAX_LIST_LIMIT = 500
 
 
 def _services() -> Any:
@@ -80,37 +87,48 @@ def get_run(run_id: str) -> Response:
 
 @bp.get("/runs")
 def list_runs() -> Response:
-    """Recent runs, newest first; filter by ``pipeline`` and ``state``, cap with ``limit``."""
-    args = request.args
-    unknown = sorted(set(args) - {"pipeline", "state", "limit"})
-    if unknown:
-        raise ApiError(
-            400,
-            "invalid request",
-            [FieldError(field=name, message="unknown query parameter") for name in unknown],
-        )
-    state = args.get("state")
-    if state is not None and state not in {s.value for s in RunState}:
-        raise ApiError(
-            400, "invalid request", [FieldError(field="state", message=f"unknown state {state!r}")]
-        )
-    limit_text = args.get("limit", "50")
-    # isdigit() alone is true for "²", which int() refuses.
-    limit_ok = limit_text.isascii() and limit_text.isdigit()
-    if not limit_ok or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
-        raise ApiError(
-            400,
-            "invalid request",
-            [FieldError(field="limit", message=f"must be 1 to {MAX_LIST_LIMIT}")],
-        )
+    """Runs, newest first, a page at a time; filter by pipeline, state, trigger and
+    logical date range."""
+    try:
+        query = RunListQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid request", field_errors(exc)) from None
+    after = decode_cursor(query.cursor) if query.cursor else None
     runs = _services().ledger.list_runs(
-        pipeline=args.get("pipeline"),
-        state=RunState(state) if state else None,
-        limit=int(limit_text),
+        pipeline=query.pipeline,
+        state=query.state,
+        trigger=query.trigger,
+        date_from=query.logical_date_from,
+        date_to=query.logical_date_to,
+        after=after,
+        limit=query.limit,
     )
-    return jsonify(
-        RunListResponse(runs=[RunResponse.from_run(run) for run in runs]).model_dump(mode="json")
+    next_cursor = encode_cursor(runs[-1]) if len(runs) == query.limit else None
+    page = RunListResponse(
+        runs=[RunResponse.from_run(run) for run in runs], next_cursor=next_cursor
     )
+    return jsonify(page.model_dump(mode="json"))
+
+
+def encode_cursor(run: Run) -> str:
+    """An opaque page cursor: where the page's last run sits in the listing order."""
+    raw = f"{run.created_at.isoformat()}|{run.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor stands for; 400 naming ``cursor`` if it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, run_id = raw.split("|")
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not run_id:
+            raise ValueError
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise ApiError(
+            400, "invalid request", [FieldError(field="cursor", message="not a page cursor")]
+        ) from None
+    return moment, run_id
 
 
 @bp.post("/runs/<run_id>/cancel")

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     s3_prefix: str = "etl"
 
     api_token: SecretStr = SecretStr("")
+    # Tokens that may only read (GET): for dashboards and monitoring; comma-separated.
+    api_read_token: SecretStr = SecretStr("")
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
     # Per-task limits: the soft limit raises inside the task so it can clean up; the hard

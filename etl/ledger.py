@@ -369,16 +369,47 @@ class Ledger:
             return self._get_run(conn, run_id)
 
     def list_runs(
-        self, *, pipeline: str | None = None, state: RunState | None = None, limit: int = 50
+        self,
+        *,
+        pipeline: str | None = None,
+        state: RunState | None = None,
+        trigger: Trigger | None = None,
+        date_from: date | None = None,
+        date_to: date | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int = 50,
     ) -> list[Run]:
-        """The most recent runs first, optionally filtered."""
-        query = select(runs_table).order_by(runs_table.c.created_at.desc()).limit(limit)
+        """The most recent runs first, optionally filtered; ``after`` is the (created_at,
+        id) of the last run of the previous page (keyset pagination: stable while new
+        runs arrive)."""
+        query = (
+            select(runs_table)
+            .order_by(runs_table.c.created_at.desc(), runs_table.c.id.desc())
+            .limit(limit)
+        )
         if pipeline is not None:
             query = query.where(runs_table.c.pipeline == pipeline)
         if state is not None:
             query = query.where(runs_table.c.state == state.value)
+        if trigger is not None:
+            query = query.where(runs_table.c.trigger == trigger.value)
+        if date_from is not None:
+            query = query.where(runs_table.c.logical_date >= date_from)
+        if date_to is not None:
+            query = query.where(runs_table.c.logical_date <= date_to)
+        if after is not None:
+            created_at, run_id = after
+            query = query.where(
+                (runs_table.c.created_at < created_at)
+                | ((runs_table.c.created_at == created_at) & (runs_table.c.id < run_id))
+            )
         with self.engine.connect() as conn:
             return [_run_from_row(row) for row in conn.execute(query).mappings()]
+
+    def latest_run(self, pipeline: str, state: RunState | None = None) -> Run | None:
+        """A pipeline's most recently created run (in that state), if any."""
+        runs = self.list_runs(pipeline=pipeline, state=state, limit=1)
+        return runs[0] if runs else None
 
     def move_run(self, run_id: str, to: RunState, **fields: Any) -> bool:
         """Move a run to ``to`` if its current state allows it; False if it did not move."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kombu import Connection
 from sqlalchemy import create_engine, text
+
+if TYPE_CHECKING:
+    from etl.bootstrap import Services
 
 
 def broker_problem(url: str, timeout: float = 3.0) -> str | None:
@@ -41,3 +46,20 @@ def result_backend_problem(url: str, timeout: float = 3.0) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def readiness_problems(
+    services: Services, broker_url: str, timeout: float = 2.0
+) -> dict[str, str | None]:
+    """What the API needs to serve, by name: the broker, the ledger database and the
+    bucket. None for a reachable one, else the problem (which may name hosts: log it,
+    do not show it to strangers)."""
+    problems: dict[str, str | None] = {"broker": broker_problem(broker_url, timeout)}
+    try:
+        with services.ledger.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        problems["database"] = None
+    except Exception as exc:
+        problems["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    problems["bucket"] = services.parts.bucket_problem()
+    return problems

@@ -40,6 +40,18 @@ class EnqueueFailed(RuntimeError):
     """The run was recorded but its first task could not be sent; the run is failed."""
 
 
+# The reason of a run whose first task the broker refused (it never started).
+ENQUEUE_FAILED = "could not enqueue the plan task"
+
+
+def _never_sent(run: Run) -> bool:
+    return (
+        run.state is RunState.FAILED
+        and run.chunk_count is None
+        and (run.reason or "").startswith(ENQUEUE_FAILED)
+    )
+
+
 class RunService:
     """Creates runs in the ledger and sends their first task."""
 
@@ -61,7 +73,8 @@ class RunService:
 
         Raises UnknownPipeline, pydantic.ValidationError for bad params,
         IdempotencyConflict, or EnqueueFailed. Nothing is enqueued for a run that
-        already existed (a duplicate scheduled dispatch, a repeated idempotent request).
+        already existed (a duplicate scheduled dispatch, a repeated idempotent request),
+        except a repeated idempotent request whose first publish failed: it is sent.
         """
         pipeline = get_pipeline(pipeline_name)
         validated = pipeline.validate_params(params or {}).model_dump(
@@ -80,14 +93,19 @@ class RunService:
             params=validated,
             idempotency_key=idempotency_key,
         )
-        if created:
-            try:
-                self.enqueue(TASK_PLAN_RUN, [run.id])
-            except Exception as exc:
-                reason = f"could not enqueue the plan task: {type(exc).__name__}: {exc}"
-                self.ledger.fail_run(run.id, reason)
-                raise EnqueueFailed(f"run {run.id} failed: {reason}") from exc
-        return run, created
+        if not created:
+            # A client repeating a request whose first publish the broker refused gets
+            # it sent now: the run never started, so this is its first real attempt.
+            if idempotency_key is not None and _never_sent(run):
+                return self.retry_run(run.id), True
+            return run, False
+        try:
+            self.enqueue(TASK_PLAN_RUN, [run.id])
+        except Exception as exc:
+            reason = f"{ENQUEUE_FAILED}: {type(exc).__name__}: {exc}"
+            self.ledger.fail_run(run.id, reason)
+            raise EnqueueFailed(f"run {run.id} failed: {reason}") from exc
+        return run, True
 
     def retry_run(self, run_id: str) -> Run:
         """Re-run a failed run's unfinished chunks, then commit it.

@@ -49,6 +49,14 @@ class S3PartWriter:
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
 
+    def bucket_problem(self) -> str | None:
+        """None if the bucket answers HEAD, else why not."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def put_part(
         self, key: str, body: IO[bytes], *, content_type: str, sha256: str, rows: int
     ) -> None:
