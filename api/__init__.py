@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from flask import Flask, request
 
-from api import backfills, dead_letters, health, pipelines, runs
+from api import backfills, dead_letters, health, openapi, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
-from api.errors import register_error_handlers
+from api.errors import ApiError, register_error_handlers
+from api.models import FieldError
 from etl.bootstrap import build_services
 from etl.celery_app import make_celery
 from etl.config import Settings, SettingsError, load_settings
@@ -19,6 +20,7 @@ from etl.probe import readiness_problems
 from etl.runs import RunService, celery_enqueue
 
 PUBLIC_BLUEPRINTS = frozenset({health.bp.name})
+NUL = "must not contain NUL characters"
 
 
 @dataclass
@@ -65,10 +67,33 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
             writes = request.method not in {"GET", "HEAD", "OPTIONS"}
             require_bearer_token(tokens, read_tokens, writes=writes)
 
+    @app.before_request
+    def _no_nul_characters() -> None:
+        # PostgreSQL cannot store a NUL in text or JSONB: refuse it here, by name,
+        # rather than fail in the database with a 500.
+        if "\x00" in request.path:
+            raise ApiError(400, "invalid request", [FieldError(field="path", message=NUL)])
+        for name, value in request.args.items(multi=True):
+            if "\x00" in value or "\x00" in name:
+                raise ApiError(400, "invalid request", [FieldError(field=name, message=NUL)])
+        if request.is_json and _has_nul(request.get_json(silent=True)):
+            raise ApiError(400, "invalid request", [FieldError(field="body", message=NUL)])
+
     app.register_blueprint(health.bp)
     app.register_blueprint(runs.bp)
     app.register_blueprint(dead_letters.bp)
     app.register_blueprint(backfills.bp)
     app.register_blueprint(pipelines.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     return app
+
+
+def _has_nul(document: object) -> bool:
+    if isinstance(document, str):
+        return "\x00" in document
+    if isinstance(document, dict):
+        return any(_has_nul(key) or _has_nul(value) for key, value in document.items())
+    if isinstance(document, list):
+        return any(_has_nul(item) for item in document)
+    return False

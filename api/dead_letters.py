@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import ValidationError
 
-from api.errors import ApiError
-from api.models import DeadLetterListResponse, DeadLetterResponse, FieldError, ReplayResponse
+from api.errors import ApiError, field_errors
+from api.models import (
+    DeadLetterListResponse,
+    DeadLetterQuery,
+    DeadLetterResponse,
+    ReplayResponse,
+)
+from etl.adapters.errors import is_transient
 
 bp = Blueprint("dead_letters", __name__, url_prefix="/api/v1")
 
@@ -19,16 +26,18 @@ def _dead_letters() -> Any:
 @bp.get("/dead-letters")
 def list_dead_letters() -> Response:
     """Messages still parked (``?all=true`` adds replayed and purged), newest first."""
-    unknown = sorted(set(request.args) - {"run_id", "all"})
-    if unknown:
-        details = [FieldError(field=name, message="unknown query parameter") for name in unknown]
-        raise ApiError(400, "invalid request", details)
-    include_handled = request.args.get("all", "false")
-    if include_handled not in {"true", "false"}:
-        raise ApiError(400, "invalid request", [FieldError(field="all", message="true or false")])
-    letters = _dead_letters().list_letters(
-        run_id=request.args.get("run_id"), include_handled=include_handled == "true"
-    )
+    try:
+        query = DeadLetterQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(400, "invalid request", field_errors(exc)) from None
+    try:
+        letters = _dead_letters().list_letters(
+            run_id=query.run_id, include_handled=query.all == "true"
+        )
+    except Exception as exc:
+        if is_transient(exc):  # listing first syncs from the broker
+            raise ApiError(503, "the broker is unavailable; try again") from None
+        raise
     body = DeadLetterListResponse(dead_letters=[DeadLetterResponse.from_letter(x) for x in letters])
     return jsonify(body.model_dump(mode="json"))
 
@@ -40,4 +49,8 @@ def replay_dead_letter(dead_letter_id: int) -> Response:
         outcome = _dead_letters().replay(dead_letter_id)
     except LookupError as exc:
         raise ApiError(404, str(exc)) from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise ApiError(503, "the broker is unavailable; try again") from None
+        raise
     return jsonify(ReplayResponse(id=outcome.dead_letter_id, action=outcome.action).model_dump())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
-from api.models import ReadinessResponse
+from api.models import HealthResponse, ReadinessResponse
 
 bp = Blueprint("health", __name__)
 
@@ -17,7 +17,7 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> Response:
     """200 while the process serves requests."""
-    return jsonify({"status": "ok"})
+    return jsonify(HealthResponse(status="ok").model_dump())
 
 
 @bp.get("/readyz")

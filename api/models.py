@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -157,6 +157,12 @@ class ReadinessResponse(BaseModel):
     checks: dict[str, str]
 
 
+class HealthResponse(BaseModel):
+    """``GET /healthz``."""
+
+    status: str
+
+
 class FieldError(BaseModel):
     """One problem with one field of a request."""
 
@@ -206,6 +212,17 @@ class DeadLetterResponse(BaseModel):
             last_seen_at=letter.last_seen_at,
             replay_count=letter.replay_count,
         )
+
+
+class DeadLetterQuery(BaseModel):
+    """The query string of ``GET /api/v1/dead-letters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str | None = Field(default=None, max_length=36)
+    all: Literal["true", "false"] = Field(
+        default="false", description="true: also the replayed and purged ones"
+    )
 
 
 class DeadLetterListResponse(BaseModel):

@@ -182,3 +182,20 @@ def test_a_read_only_token_reads_but_may_not_change_anything(
     assert "read-only" in refused.get_json()["error"]
     assert ledger.list_runs() == [] and enqueue.calls == []
     assert client.post("/api/v1/runs", json=body, headers=AUTH).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "field"),
+    [
+        ("get", "/api/v1/runs?pipeline=a%00b", None, "pipeline"),
+        ("get", "/api/v1/runs/abc%00", None, "path"),
+        ("post", "/api/v1/runs", {"pipeline": "orders_daily", "params": {"x": "a\x00"}}, "body"),
+    ],
+)
+def test_a_nul_character_anywhere_is_a_400_not_a_database_error(
+    client: FlaskClient, ledger: Ledger, method: str, url: str, body: Any, field: str
+) -> None:
+    response = getattr(client, method)(url, json=body, headers=AUTH)
+    assert response.status_code == 400
+    assert [d["field"] for d in response.get_json()["details"]] == [field]
+    assert ledger.list_runs() == []
