@@ -138,7 +138,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
         """Build the dispatcher from the app's Settings and the registered pipelines."""
         settings = self.app.settings
-        engine = make_engine(settings.database_url, pool_size=2)
+        engine = make_engine(settings.database_url, 2, settings.database_ssl_args)
         self._engine = engine
         holder = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -148,7 +148,7 @@ class DatabaseScheduler(Scheduler):  # type: ignore[misc]
         self.dispatcher = Dispatcher(
             schedule_entries(PIPELINES),
             BeatState(engine),
-            LeaderLock(settings.database_url),
+            LeaderLock(settings.database_url, settings.database_ssl_args),
             send,
             holder=holder,
             poll_s=settings.beat_leader_poll_s,

@@ -163,8 +163,9 @@ class LeaderLock:
     there is nobody to compete with and the lock is always held.
     """
 
-    def __init__(self, url: str) -> None:
-        self._engine = create_engine(url, poolclass=NullPool, connect_args=_lock_connect_args(url))
+    def __init__(self, url: str, ssl_args: dict[str, str] | None = None) -> None:
+        connect_args = _lock_connect_args(url) | (ssl_args or {})
+        self._engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
         self._conn: Connection | None = None
 
     @property

@@ -39,11 +39,17 @@ class Services:
 def build_services(settings: Settings, *, migrate: bool = True) -> Services:
     """Engines, ledger and S3 writer from Settings; runs the ledger migration by default."""
     load_pipeline_modules(settings.pipeline_modules)
-    ledger_engine = make_engine(settings.database_url, settings.db_pool_size)
+    ledger_engine = make_engine(
+        settings.database_url, settings.db_pool_size, settings.database_ssl_args
+    )
     if settings.effective_source_database_url == settings.database_url:
         source_engine = ledger_engine
     else:
-        source_engine = make_engine(settings.effective_source_database_url, settings.db_pool_size)
+        source_engine = make_engine(
+            settings.effective_source_database_url,
+            settings.db_pool_size,
+            settings.database_ssl_args,
+        )
     if migrate:
         upgrade(ledger_engine)
     client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)

@@ -106,6 +106,7 @@ def make_celery(settings: Settings) -> EtlCelery:
         task_time_limit=settings.task_time_limit_s,
         result_expires=settings.result_expires_s,
         broker_connection_retry_on_startup=True,
+        broker_use_ssl=settings.broker_use_ssl,
         broker_transport_options=_transport_options(settings.broker_url),
         task_publish_retry=True,
         task_publish_retry_policy={

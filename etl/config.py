@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import ssl
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,18 @@ class Settings(BaseSettings):
     # Where pipelines read from; empty means the ledger's database.
     source_database_url: str = ""
     db_pool_size: int = Field(default=5, ge=1, le=100)
+    # TLS to PostgreSQL (libpq's sslmode; verify-full checks the server's name against
+    # the certificate signed by database_ssl_root_cert). Empty: libpq's default.
+    database_sslmode: Literal[
+        "", "disable", "allow", "prefer", "require", "verify-ca", "verify-full"
+    ] = ""
+    database_ssl_root_cert: str = ""
+
+    # TLS to RabbitMQ (with an amqps:// URL, port 5671): the CA that signed the broker's
+    # certificate, and a client certificate and key when the broker asks for one.
+    broker_ssl_ca_file: str = ""
+    broker_ssl_cert_file: str = ""
+    broker_ssl_key_file: str = ""
 
     s3_bucket: str = Field(default="nightly-etl", min_length=3, max_length=63)
     s3_endpoint_url: str = ""  # empty for real AWS
@@ -76,6 +89,46 @@ class Settings(BaseSettings):
     beat_leader_poll_s: float = Field(default=5.0, ge=0.5, le=60)
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+    @property
+    def database_ssl_args(self) -> dict[str, str]:
+        """libpq connection arguments for TLS to PostgreSQL."""
+        args: dict[str, str] = {}
+        if self.database_sslmode:
+            args["sslmode"] = self.database_sslmode
+        if self.database_ssl_root_cert:
+            args["sslrootcert"] = self.database_ssl_root_cert
+        return args
+
+    @property
+    def broker_use_ssl(self) -> dict[str, Any] | bool:
+        """Celery's broker_use_ssl: verified TLS for amqps:// URLs, off otherwise."""
+        if not self.broker_url.startswith("amqps://"):
+            return False
+        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+        if self.broker_ssl_ca_file:
+            options["ca_certs"] = self.broker_ssl_ca_file
+        if self.broker_ssl_cert_file:
+            options["certfile"] = self.broker_ssl_cert_file
+        if self.broker_ssl_key_file:
+            options["keyfile"] = self.broker_ssl_key_file
+        return options
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> Settings:
+        if self.broker_ssl_ca_file and not self.broker_url.startswith("amqps://"):
+            raise ValueError("ETL_BROKER_SSL_CA_FILE is set, but ETL_BROKER_URL is not amqps://")
+        if bool(self.broker_ssl_cert_file) != bool(self.broker_ssl_key_file):
+            raise ValueError("ETL_BROKER_SSL_CERT_FILE and ETL_BROKER_SSL_KEY_FILE go together")
+        if self.database_ssl_root_cert and self.database_sslmode not in {
+            "verify-ca",
+            "verify-full",
+        }:
+            raise ValueError(
+                "ETL_DATABASE_SSL_ROOT_CERT is set, but ETL_DATABASE_SSLMODE is not "
+                "verify-ca or verify-full (the certificate would not be checked)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _soft_limit_below_hard_limit(self) -> Settings:

@@ -16,9 +16,10 @@ from etl.domain.windows import CursorWindow
 from etl.pipelines.base import Source
 
 
-def make_engine(url: str, pool_size: int = 5) -> Engine:
+def make_engine(url: str, pool_size: int = 5, ssl_args: dict[str, str] | None = None) -> Engine:
     """A pooled engine that checks a connection before use, so a restarted server or a
-    killed backend costs a reconnect rather than a failed chunk."""
+    killed backend costs a reconnect rather than a failed chunk. ``ssl_args`` are
+    libpq's TLS arguments (Settings.database_ssl_args)."""
     if make_url(url).get_backend_name() == "sqlite":
         # Embedded mode: one file shared by the threads of one process.
         return create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -28,7 +29,11 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 10, "application_name": "nightly-etl"},
+        connect_args={
+            "connect_timeout": 10,
+            "application_name": "nightly-etl",
+            **(ssl_args or {}),
+        },
     )
 
 

@@ -72,10 +72,15 @@ def open_services(settings: Settings) -> Services:
     try:
         return build_services(settings)
     except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CliError(
-            f"cannot open the ledger at {redact_url(settings.database_url)}: {first_line}"
+            f"cannot open the ledger at {redact_url(settings.database_url)}: {first_line(exc)}"
         ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (driver messages name the server, never the password)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe_params_error(exc: ValidationError) -> str:

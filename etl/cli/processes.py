@@ -7,7 +7,15 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from etl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, open_services, positive
+from etl.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    first_line,
+    open_services,
+    positive,
+)
 from etl.config import Settings
 from etl.domain.runs import RunState
 
@@ -100,9 +108,13 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     from etl.adapters.db import make_engine, redact_url
     from etl.ledger import upgrade
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, ssl_args=settings.database_ssl_args)
     try:
         version = upgrade(engine)
+    except Exception as exc:
+        raise CliError(
+            f"cannot migrate the ledger at {redact_url(settings.database_url)}: " + first_line(exc)
+        ) from None
     finally:
         engine.dispose()
     print(f"ledger at {redact_url(settings.database_url)} is at schema version {version}")
@@ -113,12 +125,16 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from etl.adapters.db import make_engine, redact_url
     from etl.demo import seed_orders
 
-    engine = make_engine(settings.effective_source_database_url)
+    engine = make_engine(
+        settings.effective_source_database_url, ssl_args=settings.database_ssl_args
+    )
+    where = redact_url(settings.effective_source_database_url)
     try:
         count = seed_orders(engine, args.rows)
+    except Exception as exc:
+        raise CliError(f"cannot seed orders at {where}: {first_line(exc)}") from None
     finally:
         engine.dispose()
-    where = redact_url(settings.effective_source_database_url)
     print(f"seeded {count:,} rows into orders at {where}")
     return EXIT_OK
 

@@ -133,6 +133,13 @@ def test_a_run_through_the_api_writes_every_row_once(
         assert shown["chunks"] == {"total": 4, "pending": 0, "running": 0, "done": 4, "failed": 0}
         assert shown["rows_written"] + shown["rows_rejected"] == SOURCE_ROWS
         assert_run_output_matches_source(services, run)
+
+        status, ready = _request("GET", f"{base}/readyz", token=None)
+        assert status == 200, ready
+        assert ready["checks"] == {"broker": "ok", "database": "ok", "bucket": "ok"}
+        # every request is logged, and the token never is
+        assert '"POST /api/v1/runs HTTP/1.1" 202' in api.log()
+        assert '"GET /readyz HTTP/1.1" 200' in api.log()
         assert API_TOKEN not in api.log()
     finally:
         api.stop()
