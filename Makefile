@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 ROWS   ?= 100000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-integration test-e2e lint format demo clean up down
+.PHONY: help install test test-unit test-integration test-e2e lint format audit demo clean up down
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,11 @@ lint: install ## ruff (lint and format check) and mypy on the product code
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy etl api beat
+
+# pip-audit --strict: a dependency that could not be checked fails the audit.
+audit: install ## Security: bandit on the code, pip-audit on the dependencies (needs pypi.org)
+	$(BIN)/bandit -q -r etl api beat
+	$(BIN)/pip-audit --strict --progress-spinner off
 
 format: install ## Format and auto-fix with ruff
 	$(BIN)/ruff format .

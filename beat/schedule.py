@@ -39,7 +39,8 @@ class Entry:
         """The task's arguments for one slot."""
         if self.pipeline is None:
             return []
-        assert logical_date is not None
+        if logical_date is None:
+            raise ValueError(f"entry {self.name} needs a logical date for each slot")
         return [self.pipeline, logical_date.isoformat()]
 
 

@@ -180,7 +180,9 @@ def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:
     """Parts that are missing from S3 or differ from what the ledger recorded, by chunk."""
     problems = {}
     for chunk in chunks:
-        assert chunk.s3_key is not None
+        if chunk.s3_key is None:  # commit_problems already refused a chunk not done
+            problems[chunk.index] = f"chunk {chunk.index} has no part"
+            continue
         found = services.parts.part_metadata(chunk.s3_key)
         if found is None:
             problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"

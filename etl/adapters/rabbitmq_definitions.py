@@ -18,7 +18,8 @@ from typing import Any
 
 # RabbitMQ's default: a 4-byte salt, then SHA-256 of salt + UTF-8 password, base64-encoded.
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
-PASSWORD_VARIABLE_PREFIX = "RABBITMQ_PASSWORD_"
+# bandit: a variable name prefix
+PASSWORD_VARIABLE_PREFIX = "RABBITMQ_PASSWORD_"  # nosec B105
 
 
 class MissingPasswords(ValueError):
