@@ -125,7 +125,25 @@ def make_celery(settings: Settings) -> EtlCelery:
         timezone="UTC",
         worker_concurrency=settings.worker_concurrency,
     )
+    if settings.message_signing:
+        _sign_messages(app, settings)
     return app
+
+
+def _sign_messages(app: EtlCelery, settings: Settings) -> None:
+    # Tasks go out signed ("auth" wraps the JSON body with a signature and the signer's
+    # certificate id) and only signed tasks are accepted; results stay plain JSON in the
+    # result backend. Celery registers the serializer process-wide, which is right for
+    # a process that runs one app.
+    app.conf.update(
+        task_serializer="auth",
+        accept_content=["auth"],
+        security_key=settings.security_key_file,
+        security_certificate=settings.security_certificate_file,
+        security_cert_store=settings.security_cert_store,
+        security_digest="sha256",
+    )
+    app.setup_security(allowed_serializers=["json"], serializer="json")
 
 
 def _transport_options(broker_url: str) -> dict[str, Any]:

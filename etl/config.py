@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     broker_ssl_cert_file: str = ""
     broker_ssl_key_file: str = ""
 
+    # Message signing (Celery's "auth" serializer): every task message is signed with
+    # this key and certificate, and a worker runs only messages signed by a certificate
+    # in the store (a directory or a glob of PEM files). All three, or none.
+    security_key_file: str = ""
+    security_certificate_file: str = ""
+    security_cert_store: str = ""
+
     s3_bucket: str = Field(default="nightly-etl", min_length=3, max_length=63)
     s3_endpoint_url: str = ""  # empty for real AWS
     s3_region: str = "us-east-1"
@@ -113,6 +120,21 @@ class Settings(BaseSettings):
         if self.broker_ssl_key_file:
             options["keyfile"] = self.broker_ssl_key_file
         return options
+
+    @property
+    def message_signing(self) -> bool:
+        """Whether task messages are signed and only signed ones are run."""
+        return bool(self.security_key_file)
+
+    @model_validator(mode="after")
+    def _signing_needs_all_three(self) -> Settings:
+        given = [self.security_key_file, self.security_certificate_file, self.security_cert_store]
+        if any(given) and not all(given):
+            raise ValueError(
+                "message signing needs ETL_SECURITY_KEY_FILE, ETL_SECURITY_CERTIFICATE_FILE "
+                "and ETL_SECURITY_CERT_STORE together"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files_need_tls(self) -> Settings:

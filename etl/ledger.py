@@ -764,8 +764,9 @@ class Ledger:
         return moved == 1
 
     def runs_to_admit(self, pipeline: str, pipeline_limit: int | None) -> list[str]:
-        """Queued runs of a pipeline that have room now, oldest logical date first: whom
-        to send ``plan_run`` (which decides again, under the lock)."""
+        """Queued runs of a pipeline that wait for a place and have one now, oldest
+        logical date first: whom to send ``plan_run`` (which decides again, under the
+        lock). A run that nothing limits is not waiting, and is left alone."""
         with self.engine.connect() as conn:
             queued = [
                 _run_from_row(row)
@@ -787,6 +788,8 @@ class Ledger:
         for run in queued:
             if pipeline_room is not None and pipeline_room <= 0:
                 break
+            if pipeline_limit is None and run.backfill_id is None:
+                continue  # nothing holds it back: its plan message is on its way
             if run.backfill_id is not None:
                 if active.get(run.backfill_id, 0) >= backfill_limits[run.backfill_id]:
                     continue

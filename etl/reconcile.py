@@ -61,17 +61,17 @@ def reconcile(
     # Queued runs: their plan message was lost, or they wait for a place that a run
     # freed without telling (its worker died). Only those with a place are sent.
     for pipeline in ledger.pipelines_with_queued_runs():
-        stale_queued = {
-            run.id
-            for run in ledger.active_runs()
-            if run.pipeline == pipeline
-            and run.state is RunState.QUEUED
-            and now - ledger.last_activity(run.id) >= stale
-        }
-        for run_id in ledger.runs_to_admit(pipeline, _max_active_runs(pipeline)):
-            if run_id in stale_queued:
-                enqueue(TASK_PLAN_RUN, [run_id])
-                actions.append(f"sent plan for run {run_id}: queued with a free place")
+        limit = _max_active_runs(pipeline)
+        with_a_place = set(ledger.runs_to_admit(pipeline, limit))
+        for run in ledger.active_runs():
+            if run.pipeline != pipeline or run.state is not RunState.QUEUED:
+                continue
+            unlimited = limit is None and run.backfill_id is None
+            if (unlimited or run.id in with_a_place) and now - ledger.last_activity(
+                run.id
+            ) >= stale:
+                enqueue(TASK_PLAN_RUN, [run.id])
+                actions.append(f"sent plan for run {run.id}: queued with a free place")
     return actions
 
 

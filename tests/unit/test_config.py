@@ -144,3 +144,41 @@ def test_settings_env_round_trips_through_load_settings(monkeypatch: pytest.Monk
 def test_settings_env_names_every_field() -> None:
     env = settings_env(load_settings())
     assert set(env) == {f"ETL_{name.upper()}" for name in Settings.model_fields}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ETL_SECURITY_KEY_FILE": "/k.pem"}, "ETL_SECURITY_CERTIFICATE_FILE"),
+        ({"ETL_BROKER_SSL_CA_FILE": "/ca.pem"}, "ETL_BROKER_SSL_CA_FILE"),
+        (
+            {"ETL_BROKER_URL": "amqps://u:p@mq:5671//", "ETL_BROKER_SSL_CERT_FILE": "/c.pem"},
+            "ETL_BROKER_SSL_KEY_FILE",
+        ),
+        ({"ETL_DATABASE_SSL_ROOT_CERT": "/root.pem"}, "ETL_DATABASE_SSLMODE"),
+        ({"ETL_DATABASE_SSLMODE": "sometimes"}, "ETL_DATABASE_SSLMODE"),
+    ],
+)
+def test_incomplete_tls_and_signing_settings_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings()
+
+
+def test_tls_settings_become_driver_arguments() -> None:
+    settings = Settings(
+        broker_url="amqps://u:p@mq:5671/etl",
+        broker_ssl_ca_file="/ca.pem",
+        database_sslmode="verify-full",
+        database_ssl_root_cert="/root.pem",
+    )
+    assert settings.database_ssl_args == {"sslmode": "verify-full", "sslrootcert": "/root.pem"}
+    assert settings.broker_use_ssl == {
+        "cert_reqs": __import__("ssl").CERT_REQUIRED,
+        "ca_certs": "/ca.pem",
+    }
+    assert Settings().broker_use_ssl is False and Settings().database_ssl_args == {}
+    assert not Settings().message_signing
