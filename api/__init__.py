@@ -1,4 +1,4 @@
-"""The Flask app factory: ``create_app(settings)``; gunicorn loads ``api:create_app()``."""
+"""The Flask app factory: ``create_app(settings)``; gunicorn loads ``api:wsgi_app()``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from etl.celery_app import make_celery
 from etl.config import Settings, SettingsError, load_settings
 from etl.dead_letters import DeadLetterService
 from etl.ledger import Ledger
+from etl.logs import configure_logging
 from etl.probe import readiness_problems
 from etl.runs import RunService, celery_enqueue
 
@@ -97,3 +98,10 @@ def _has_nul(document: object) -> bool:
     if isinstance(document, list):
         return any(_has_nul(item) for item in document)
     return False
+
+
+def wsgi_app() -> Flask:
+    """What gunicorn serves (``etl api``): the app, logging in ``ETL_LOG_FORMAT``."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level, "api")
+    return create_app(settings)

@@ -10,6 +10,7 @@ from beat.scheduler import DatabaseScheduler
 from etl.bootstrap import build_services
 from etl.celery_app import make_celery
 from etl.config import SettingsError, load_settings
+from etl.logs import install_celery_hooks
 from etl.pipelines import load_pipeline_modules
 
 
@@ -24,6 +25,7 @@ def main() -> int:
         return 2
     build_services(settings).close()  # the ledger's tables hold Beat's state: migrate first
     app = make_celery(settings)
+    install_celery_hooks(settings.log_format, "beat")
     app.Beat(loglevel=settings.log_level, scheduler=DatabaseScheduler).run()
     return 0
 

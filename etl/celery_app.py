@@ -16,6 +16,7 @@ from etl.adapters.topology import (
     work_queues,
 )
 from etl.config import Settings
+from etl.logs import tag_messages_with_run_id
 
 # Task names are the contract between the processes that send tasks (API, CLI, Beat) and
 # the workers that run them; senders use these names and never import the tasks module.
@@ -127,6 +128,7 @@ def make_celery(settings: Settings) -> EtlCelery:
     )
     if settings.message_signing:
         _sign_messages(app, settings)
+    tag_messages_with_run_id()
     return app
 
 

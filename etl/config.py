@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     beat_leader_poll_s: float = Field(default=5.0, ge=0.5, le=60)
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # json: one event per line with run_id, chunk and task_id, for a log pipeline;
+    # text: the same, human-readable, for a terminal.
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def database_ssl_args(self) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, NoReturn
@@ -57,18 +58,24 @@ def register(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from etl.adapters.topology import declare_topology
     from etl.celery_app import make_celery
+    from etl.logs import install_celery_hooks
 
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
     open_services(settings).close()
     declare_topology(settings.broker_url, settings.queue_type, settings.delivery_limit)
     app = make_celery(settings)
+    install_celery_hooks(settings.log_format, "worker")
     concurrency = args.concurrency or settings.worker_concurrency
     # Two workers on one host must not share a node name: they would fight over the
     # same remote-control queue and the second would exit.
     hostname = args.hostname or f"etl-{os.getpid()}@%h"
+    # In JSON mode every line is an event: no banner, and Python's warnings are logged.
+    quiet = ["--quiet"] if settings.log_format == "json" else []
+    logging.captureWarnings(settings.log_format == "json")
     app.worker_main(
         [
+            *quiet,
             "worker",
             f"--loglevel={settings.log_level}",
             f"--concurrency={concurrency}",
@@ -101,7 +108,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> NoReturn:
             "--access-logfile", "-",
             # The access log never carries the Authorization header.
             "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
-            "api:create_app()",
+            "api:wsgi_app()",
         ],
     )  # fmt: skip
 

@@ -1,0 +1,58 @@
+"""Structured logs: a worker in JSON mode writes one event per line, and every event of
+a run's plan, chunks and commit carries the run id (one grep follows the run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from etl.bootstrap import Services
+from etl.celery_app import make_celery
+from etl.config import Settings
+from etl.demo import seed_orders
+from etl.domain.runs import RunState
+from etl.runs import RunService, celery_enqueue, wait_for_run
+
+from support import ChildProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_json_logging_worker_tags_every_event_of_a_run_with_its_id(
+    service_settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    seed_orders(services.source_engine, 2_000)
+    settings = service_settings.model_copy(update={"log_format": "json"})
+    worker = ChildProcess.etl(["worker", "--concurrency", "1"], settings, tmp_path / "w.log")
+    try:
+        worker.wait_for_log("ready.")
+        service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
+        run, _ = service.start_run(
+            "orders_daily", logical_date=__import__("datetime").date(2024, 2, 2),
+            params={"chunk_size": 500},
+        )  # fmt: skip
+        final = wait_for_run(services.ledger, run.id, timeout_s=120)
+        assert final.state is RunState.SUCCEEDED, final.reason
+    finally:
+        worker.stop()
+
+    lines = [line for line in worker.log_path.read_text().splitlines() if line.strip()]
+    # Every line is one JSON event, but for the notice Celery prints (not logs) when
+    # it is told to stop.
+    assert [line for line in lines if not line.startswith("{")] == [
+        "worker: Warm shutdown (MainProcess)"
+    ]
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {"ts", "level", "service", "logger", "message", "pid"} <= set(events[0])
+    of_run = [e for e in events if e.get("run_id") == run.id]
+    grepped = [line for line in lines if run.id in line]
+    assert len(grepped) >= len(of_run) > 0
+    tasks = {e.get("task") for e in of_run}
+    assert {"etl.plan_run", "etl.transform_chunk", "etl.commit_run"} <= tasks
+    assert {e["chunk"] for e in of_run if e.get("task") == "etl.transform_chunk"} == {0, 1, 2, 3}
+    assert any(e["message"].startswith(f"planned run {run.id}") for e in of_run)
+    assert any(e["message"].startswith(f"committed run {run.id}") for e in of_run)
+    assert all(e.get("task_id") for e in of_run if e.get("task"))
+    assert "guest:guest" not in worker.log_path.read_text()
