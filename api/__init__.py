@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 
 from flask import Flask, request
 
-from api import backfills, dead_letters, health, openapi, pipelines, runs
+from api import backfills, dead_letters, health, metrics, openapi, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
 from api.errors import ApiError, register_error_handlers
 from api.models import FieldError
+from etl.adapters.topology import all_queues, queue_stats
 from etl.bootstrap import build_services
 from etl.celery_app import make_celery
 from etl.config import Settings, SettingsError, load_settings
@@ -33,6 +34,8 @@ class ApiServices:
     dead_letters: DeadLetterService
     # /readyz: each dependency by name, None when it answers, else the problem.
     readiness: Callable[[], dict[str, str | None]] = field(default=dict)
+    # /metrics: (messages ready, consumers) per queue, from the broker.
+    queue_stats: Callable[[], dict[str, tuple[int, int]]] = field(default=dict)
 
 
 def build_api_services(settings: Settings) -> ApiServices:
@@ -44,6 +47,7 @@ def build_api_services(settings: Settings) -> ApiServices:
         run_service=run_service,
         dead_letters=DeadLetterService(services.ledger, settings.broker_url, run_service.retry_run),
         readiness=lambda: readiness_problems(services, settings.broker_url),
+        queue_stats=lambda: queue_stats(settings.broker_url, [q.name for q in all_queues()]),
     )
 
 
@@ -86,6 +90,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(backfills.bp)
     app.register_blueprint(pipelines.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     register_error_handlers(app)
     return app
 

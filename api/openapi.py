@@ -52,6 +52,8 @@ class Operation:
     path_params: dict[str, str] = field(default_factory=dict)  # name -> JSON type
     public: bool = False
     idempotency_key: bool = False
+    # Answers text/plain (Prometheus's format) rather than a JSON model.
+    plain_text: bool = False
 
 
 def _errors(*codes: int) -> dict[int, type[BaseModel]]:
@@ -155,6 +157,13 @@ OPERATIONS = [
     ),
     Operation(
         "get",
+        "/metrics",
+        "Prometheus metrics from the ledger and the broker",
+        {200: ErrorResponse},  # text/plain, replaced below
+        plain_text=True,
+    ),
+    Operation(
+        "get",
         "/api/v1/openapi.json",
         "This document",
         {200: ErrorResponse},  # replaced below: the document describes itself loosely
@@ -206,6 +215,11 @@ def openapi_document() -> dict[str, Any]:
         }
         if op.path == "/api/v1/openapi.json":
             responses["200"]["content"]["application/json"]["schema"] = {"type": "object"}
+        if op.plain_text:
+            responses["200"] = {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
         if not op.public:
             # Any input may be refused before the view (a NUL character, for one).
             responses.setdefault(

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     # json: one event per line with run_id, chunk and task_id, for a log pipeline;
     # text: the same, human-readable, for a terminal.
     log_format: Literal["text", "json"] = "text"
+    # `etl worker` serves Prometheus metrics on this port (0: off); the API serves its
+    # own at /metrics.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @property
     def database_ssl_args(self) -> dict[str, str]:

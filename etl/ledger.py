@@ -735,6 +735,34 @@ class Ledger:
             ).rowcount
         return moved == 1
 
+    # -- figures for metrics ------------------------------------------------------------
+
+    def run_counts(self) -> dict[tuple[str, RunState], int]:
+        """How many runs each pipeline has in each state."""
+        query = select(runs_table.c.pipeline, runs_table.c.state, func.count()).group_by(
+            runs_table.c.pipeline, runs_table.c.state
+        )
+        with self.engine.connect() as conn:
+            return {(p, RunState(state)): n for p, state, n in conn.execute(query)}
+
+    def last_successes(self) -> dict[str, datetime]:
+        """When each pipeline's latest successful run finished."""
+        query = (
+            select(runs_table.c.pipeline, func.max(runs_table.c.finished_at))
+            .where(runs_table.c.state == RunState.SUCCEEDED.value)
+            .group_by(runs_table.c.pipeline)
+        )
+        with self.engine.connect() as conn:
+            return {p: aware_utc(moment) for p, moment in conn.execute(query) if moment}  # type: ignore[misc]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """How many dead letters are in each state."""
+        query = select(dead_letters_table.c.state, func.count()).group_by(
+            dead_letters_table.c.state
+        )
+        with self.engine.connect() as conn:
+            return {state: n for state, n in conn.execute(query)}
+
     # -- admission (max_active_runs, backfills) ----------------------------------------
 
     def admit_run(self, run_id: str, pipeline_limit: int | None) -> bool:

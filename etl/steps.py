@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections import Counter
 from typing import Any
 
+from etl import metrics
 from etl.bootstrap import Services
 from etl.domain.chunks import plan_chunks
 from etl.domain.encoding import FORMATS, JsonLinesGzipWriter
@@ -88,6 +90,7 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
     chunk = ledger.get_chunk(run_id, index)
     if chunk.state is ChunkState.DONE:
         return chunk_result(chunk)
+    began = time.monotonic()
     started = ledger.start_chunk(run_id, index)
     if started.attempts > MAX_CHUNK_ATTEMPTS:
         raise ChunkAttemptsExhausted(
@@ -115,7 +118,14 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
             sha256=stats.sha256,
             rows=stats.rows,
         )
-    ledger.finish_chunk(run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected))
+    if ledger.finish_chunk(
+        run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected)
+    ):  # counted once, by the delivery that recorded the chunk
+        rejected_rows = sum(rejected.values())
+        metrics.ROWS_READ.labels(pipeline.name).inc(stats.rows + rejected_rows)
+        metrics.ROWS_WRITTEN.labels(pipeline.name).inc(stats.rows)
+        metrics.ROWS_REJECTED.labels(pipeline.name).inc(rejected_rows)
+        metrics.CHUNK_DURATION.labels(pipeline.name).observe(time.monotonic() - began)
     # Whichever delivery recorded the chunk first wins; both wrote the same bytes.
     return chunk_result(ledger.get_chunk(run_id, index))
 
@@ -143,7 +153,8 @@ def commit_run(services: Services, run_id: str) -> Run:
         # Committing would publish rows a later run has already published.
         problems.append(str(WatermarkMoved(run.pipeline, cursor_window.low, watermark)))
     if problems:
-        ledger.fail_run(run_id, "commit refused: " + "; ".join(problems))
+        if ledger.fail_run(run_id, "commit refused: " + "; ".join(problems)):
+            metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
         return ledger.get_run(run_id)
 
     pipeline = get_pipeline(run.pipeline)
@@ -159,7 +170,7 @@ def commit_run(services: Services, run_id: str) -> Run:
     # the manifest, and one that sees neither knows the run is not complete.
     services.parts.put_json(manifest_key(prefix), manifest)
     services.parts.put_marker(success_key(prefix))
-    ledger.succeed_run(
+    succeeded = ledger.succeed_run(
         run,
         watermark=(
             None
@@ -173,7 +184,13 @@ def commit_run(services: Services, run_id: str) -> Run:
     logger.info(
         "committed run %s: %d rows in %d parts", run_id, manifest["total_rows"], len(chunks)
     )
-    return ledger.get_run(run_id)
+    final = ledger.get_run(run_id)
+    if succeeded:
+        metrics.RUNS_FINISHED.labels(run.pipeline, RunState.SUCCEEDED.value).inc()
+        if final.started_at and final.finished_at:
+            seconds = (final.finished_at - final.started_at).total_seconds()
+            metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
+    return final
 
 
 def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:

@@ -13,9 +13,9 @@ from typing import Any, NoReturn
 
 from celery import Task, chord, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
-from etl import steps
+from etl import metrics, steps
 from etl.adapters.errors import is_transient
 from etl.bootstrap import Services, build_services
 from etl.celery_app import (
@@ -51,6 +51,11 @@ def services(task: Task) -> Services:
     return _services[key]
 
 
+@worker_process_shutdown.connect
+def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+    metrics.forget_process(pid or os.getpid())
+
+
 @worker_process_init.connect
 def _forget_parent_services(**_: Any) -> None:
     # A forked pool process must not reuse the parent's pooled connections.
@@ -81,10 +86,12 @@ def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoRetur
             countdown,
             description,
         )
+        metrics.TASK_RETRIES.labels(task.name).inc()
         raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
     if transient:
         description = f"retries exhausted ({settings.max_retries}): {description}"
     on_give_up(description)
+    metrics.DEAD_LETTERED.labels(task.name).inc()
     logger.error("giving up, dead-lettering: %s", description)
     raise Reject(description, requeue=False) from exc
 

@@ -8,6 +8,7 @@ arguments (PRECONDITION_FAILED), which makes a mismatch fail loudly at start-up.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from kombu import Connection, Exchange, Queue
@@ -101,3 +102,21 @@ def declare_topology(
                 queue.bind(channel).declare()
         finally:
             channel.close()
+
+
+def queue_stats(broker_url: str, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(messages ready, consumers) per queue, by passive declare (creates nothing); a
+    queue that does not exist is left out."""
+    stats = {}
+    with Connection(broker_url, connect_timeout=5) as connection:
+        for name in names:
+            channel = connection.channel()
+            try:
+                _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+            except Exception:  # the broker closes the channel for a missing queue
+                continue
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+            stats[name] = (messages, consumers)
+    return stats

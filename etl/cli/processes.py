@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from typing import Any, NoReturn
 
 from etl.cli.common import (
@@ -60,6 +61,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from etl.celery_app import make_celery
     from etl.logs import install_celery_hooks
 
+    if settings.metrics_port:
+        # Before any metric exists: every pool process then writes its own files here,
+        # and the main process serves their sum.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="etl-metrics-")
+        from etl.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.metrics_port)
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
     open_services(settings).close()
