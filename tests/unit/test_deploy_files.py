@@ -303,14 +303,25 @@ def test_flower_asks_for_a_password_and_uses_its_own_broker_user() -> None:
 
 def test_prometheus_scrapes_services_of_the_stack() -> None:
     config = yaml.safe_load((PROJECT_ROOT / "infra/prometheus/prometheus.yml").read_text())
-    targets = {
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    static = {
         target
-        for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
+        for job in jobs.values()
+        for group in job.get("static_configs", [])
+        for target in group["targets"]
     }
-    assert {target.split(":")[0] for target in targets} == {"rabbitmq", "flower"}
-    assert {"rabbitmq:15692", "flower:5555"} == targets
+    assert static == {"rabbitmq:15692", "flower:5555", "api:8000"}
+    assert all(target.split(":")[0] in SERVICES for target in static)
+    # the API's /metrics needs a token: the read-only one, from the compose secret
+    api_token = jobs["etl-api"]["authorization"]["credentials_file"]
+    assert api_token == "/run/secrets/api_read_token"
+    assert "api_read_token" in SERVICES["prometheus"]["secrets"]
+    assert environment_of(SERVICES["api"], filled_env_example())["ETL_API_READ_TOKEN"]
+    # every worker service serves its metrics on the port the scrape asks for
+    [workers] = jobs["etl-workers"]["dns_sd_configs"]
+    for name in workers["names"]:
+        env = environment_of(SERVICES[name], filled_env_example())
+        assert env["ETL_METRICS_PORT"] == str(workers["port"])
     assert "rabbitmq_prometheus" in (PROJECT_ROOT / "infra/rabbitmq/enabled_plugins").read_text()
 
 
