@@ -110,13 +110,11 @@ def queue_stats(broker_url: str, names: list[str]) -> dict[str, tuple[int, int]]
     stats = {}
     with Connection(broker_url, connect_timeout=5) as connection:
         for name in names:
+            # The broker closes the channel when the queue is missing: one per queue.
             channel = connection.channel()
-            try:
+            with contextlib.suppress(*connection.channel_errors):
                 _, messages, consumers = channel.queue_declare(queue=name, passive=True)
-            except Exception:  # the broker closes the channel for a missing queue
-                continue
-            finally:
-                with contextlib.suppress(Exception):
-                    channel.close()
-            stats[name] = (messages, consumers)
+                stats[name] = (messages, consumers)
+            with contextlib.suppress(*connection.channel_errors):
+                channel.close()
     return stats

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,6 +20,7 @@ from etl.cli.common import (
     param,
     positive,
 )
+from etl.cli.progress import ProgressLine, clock
 from etl.config import Settings
 from etl.domain.backfills import BackfillProgress, DatePlan, Reprocess
 from etl.domain.runs import RunState
@@ -95,7 +96,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     line = ProgressLine(sys.stdout)
     while True:
         progress = BackfillProgress.of(services.ledger.backfill_runs(backfill.id))
-        line.show(progress_text(progress, time.monotonic() - started))
+        text = progress_text(progress, time.monotonic() - started)
+        line.show(text, " | ".join(text.split(" | ")[:4]))
         if progress.done:
             break
         if time.monotonic() > deadline:
@@ -134,43 +136,8 @@ def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:
         f"{active} active",
         f"{by_state.get(RunState.QUEUED, 0)} queued",
         f"{progress.rows_written:,} rows",
-        _clock(elapsed_s),
+        clock(elapsed_s),
     ]
     if 0 < ended < progress.total:
-        parts.append("ETA " + _clock(elapsed_s / ended * (progress.total - ended)))
+        parts.append("ETA " + clock(elapsed_s / ended * (progress.total - ended)))
     return " | ".join(parts)
-
-
-class ProgressLine:
-    """One line rewritten in place on a terminal; a new line per change otherwise."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last = ""
-
-    def show(self, text: str) -> None:
-        """Show the current progress (only when it changed, off a terminal)."""
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + text)
-            self.stream.flush()
-        elif _without_clock(text) != _without_clock(self.last):
-            print(text, file=self.stream, flush=True)
-        self.last = text
-
-    def finish(self) -> None:
-        """End the in-place line."""
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _without_clock(text: str) -> str:
-    # Off a terminal a line is printed when the counts change, not every time the clock ticks.
-    return " | ".join(part for part in text.split(" | ")[:4])
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"

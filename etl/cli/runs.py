@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,7 @@ from etl.cli.common import (
     param,
     positive,
 )
+from etl.cli.progress import ProgressLine, run_progress
 from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
 
@@ -101,12 +104,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"run {run.id} {verb} {run.pipeline} for {run.logical_date} ({run.state})")
     if not args.wait:
         return EXIT_OK
-    try:
-        final = wait_for_run(
-            services.ledger, run.id, timeout_s=args.timeout, on_progress=print_progress
+    line = ProgressLine(sys.stdout)
+    began = time.monotonic()
+
+    def show(current: Run, counts: dict[ChunkState, int]) -> None:
+        chunks = services.ledger.get_chunks(current.id)
+        rows = sum((c.rows or 0) + (c.rows_rejected or 0) for c in chunks)
+        text, changed = run_progress(
+            current.state.value,
+            counts[ChunkState.DONE],
+            current.chunk_count,
+            rows,
+            time.monotonic() - began,
         )
+        line.show(text, changed)
+
+    try:
+        final = wait_for_run(services.ledger, run.id, timeout_s=args.timeout, on_progress=show)
     except TimeoutError as exc:
+        line.finish()
         raise CliError(str(exc)) from None
+    line.finish()
     print_run(final, services.ledger.get_chunks(final.id))
     return EXIT_OK if final.state is RunState.SUCCEEDED else EXIT_FAILED
 
@@ -235,15 +253,6 @@ def _run_service(settings: Settings) -> Any:
     from etl.runs import RunService, celery_enqueue
 
     return RunService(open_services(settings).ledger, celery_enqueue(make_celery(settings)))
-
-
-def print_progress(run: Run, counts: dict[ChunkState, int]) -> None:
-    """One line per change while waiting for a run."""
-    total = run.chunk_count
-    done = counts[ChunkState.DONE]
-    of = f"{done}/{total} chunks done" if total is not None else "planning"
-    failed = f", {counts[ChunkState.FAILED]} failed" if counts[ChunkState.FAILED] else ""
-    print(f"  {run.state}: {of}{failed}", flush=True)
 
 
 def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:

@@ -16,7 +16,8 @@ from api import ApiServices, create_app
 from etl import steps
 from etl.bootstrap import Services
 from etl.cli import main
-from etl.cli.backfill import ProgressLine, progress_text
+from etl.cli.backfill import progress_text
+from etl.cli.progress import ProgressLine
 from etl.config import Settings
 from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
@@ -133,7 +134,7 @@ def test_progress_prints_a_line_per_change_off_a_terminal(
     for text in ("0/2 runs ended | 1 active | 1 queued | 0 rows | 0:01",
                  "0/2 runs ended | 1 active | 1 queued | 0 rows | 0:02",
                  "1/2 runs ended | 1 active | 0 queued | 5 rows | 0:03"):  # fmt: skip
-        line.show(text)
+        line.show(text, " | ".join(text.split(" | ")[:4]))
     line.finish()
     assert capsys.readouterr().out.splitlines() == [
         "0/2 runs ended | 1 active | 1 queued | 0 rows | 0:01",
