@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flask import Flask, request
+from flask import Flask, Response, abort, request
 
-from api import backfills, dead_letters, health, metrics, openapi, pipelines, runs
+from api import backfills, dashboard, dead_letters, health, metrics, openapi, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
 from api.errors import ApiError, register_error_handlers
 from api.models import FieldError
@@ -64,13 +64,21 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["etl"] = services or build_api_services(settings)
+    app.extensions["etl_settings"] = settings
 
     @app.before_request
     def _authenticate() -> None:
         # Deny by default: a route is public only if its blueprint says so.
         if request.blueprint not in PUBLIC_BLUEPRINTS:
             writes = request.method not in {"GET", "HEAD", "OPTIONS"}
-            require_bearer_token(tokens, read_tokens, writes=writes)
+            browser = request.blueprint == dashboard.bp.name
+            try:
+                require_bearer_token(tokens, read_tokens, writes=writes, allow_basic=browser)
+            except ApiError as exc:
+                if browser and exc.status == 401:  # let the browser ask for the token
+                    realm = 'Basic realm="nightly-etl (user: any, password: an API token)"'
+                    abort(Response("authentication required\n", 401, {"WWW-Authenticate": realm}))
+                raise
 
     @app.before_request
     def _no_nul_characters() -> None:
@@ -91,6 +99,7 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(pipelines.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(dashboard.bp)
     register_error_handlers(app)
     return app
 

@@ -14,12 +14,20 @@ def configured_tokens(raw: str) -> list[bytes]:
     return [token.strip().encode() for token in raw.split(",") if token.strip()]
 
 
-def require_bearer_token(tokens: list[bytes], read_tokens: list[bytes], *, writes: bool) -> None:
+def require_bearer_token(
+    tokens: list[bytes], read_tokens: list[bytes], *, writes: bool, allow_basic: bool = False
+) -> None:
     """Raise 401 unless the request carries one of the tokens, and 403 when it carries
-    a read-only token and the request would change something."""
+    a read-only token and the request would change something. With ``allow_basic`` (the
+    dashboard: browsers cannot add a bearer header) HTTP Basic with the token as the
+    password is accepted too."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented:
+    if allow_basic and scheme.lower() == "basic" and request.authorization is not None:
+        presented = request.authorization.password or ""
+    elif scheme.lower() != "bearer":
+        presented = ""
+    if not presented:
         raise ApiError(401, "missing bearer token (Authorization: Bearer <token>)")
     presented_bytes = presented.strip().encode()
     # Compare against every token, in constant time, so timing reveals nothing.
