@@ -26,7 +26,9 @@ def main() -> int:
     build_services(settings).close()  # the ledger's tables hold Beat's state: migrate first
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "beat")
-    app.Beat(loglevel=settings.log_level, scheduler=DatabaseScheduler).run()
+    # In JSON mode every line is an event: no banner.
+    quiet = settings.log_format == "json"
+    app.Beat(loglevel=settings.log_level, scheduler=DatabaseScheduler, quiet=quiet).run()
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -106,6 +107,13 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> NoReturn:
             "ETL_API_TOKEN is not set: the API refuses to run without authentication", EXIT_USAGE
         )
     open_services(settings).close()  # migrate once, before the gunicorn workers start
+    logging_args = []
+    if settings.log_format == "json":
+        # gunicorn's own and access loggers, one JSON event per line like the app's.
+        config = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)  # noqa: SIM115
+        with config:
+            json.dump(gunicorn_json_logging(), config)
+        logging_args = ["--log-config-json", config.name]
     # bandit: gunicorn with fixed arguments
     os.execv(  # nosec B606
         sys.executable,
@@ -116,9 +124,26 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> NoReturn:
             "--access-logfile", "-",
             # The access log never carries the Authorization header.
             "--access-logformat", '%(h)s "%(r)s" %(s)s %(b)s %(L)ss',
+            *logging_args,
             "api:wsgi_app()",
         ],
     )  # fmt: skip
+
+
+def gunicorn_json_logging() -> dict[str, Any]:
+    """A logging dictConfig for gunicorn's error and access loggers, in JSON."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "etl.logs.JsonFormatter", "service": "api"}},
+        "handlers": {"stderr": handler},
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        },
+    }
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:

@@ -56,3 +56,52 @@ def test_a_json_logging_worker_tags_every_event_of_a_run_with_its_id(
     assert any(e["message"].startswith(f"committed run {run.id}") for e in of_run)
     assert all(e.get("task_id") for e in of_run if e.get("task"))
     assert "guest:guest" not in worker.log_path.read_text()
+
+
+def test_beat_and_the_api_log_json_too(
+    service_settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    import socket
+    import urllib.request
+
+    from support import API_TOKEN, wait_until
+
+    settings = service_settings.model_copy(update={"log_format": "json"})
+    beat = ChildProcess.etl(["beat"], settings, tmp_path / "beat.log")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    api = ChildProcess.etl(
+        ["api", "--bind", f"127.0.0.1:{port}", "--workers", "1"], settings, tmp_path / "api.log"
+    )
+    try:
+        beat.wait_for_log("beat: entry pipeline:orders_daily")
+
+        def answered() -> bool:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/api/v1/runs?limit=1",
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_until(answered, timeout_s=30, what="the API to answer")
+        wait_until(lambda: "/api/v1/runs?limit=1" in api.log(), timeout_s=10, what="access log")
+    finally:
+        beat.stop()
+        api.stop()
+
+    for name, service in (("beat.log", "beat"), ("api.log", "api")):
+        lines = [line for line in (tmp_path / name).read_text().splitlines() if line.strip()]
+        events = [json.loads(line) for line in lines]  # every line is one JSON event
+        assert events and {e["service"] for e in events} == {service}
+    api_log = (tmp_path / "api.log").read_text()
+    assert API_TOKEN not in api_log
+    assert any(
+        '"GET /api/v1/runs?limit=1 HTTP/1.1" 200' in json.loads(line)["message"]
+        for line in api_log.splitlines()
+        if line.startswith("{")
+    )
