@@ -22,6 +22,8 @@ def reconcile(
       its commit again instead, below);
     - every chunk done but no commit for ``stale_after_s`` (the chord callback was lost,
       or the result backend restarted): commit_run is sent again;
+    - chunks pending, none running, nothing moving for that long (their messages were
+      lost): plan_run again, which dispatches the unfinished chunks and a commit;
     - committing for that long (the commit crashed): commit_run is sent again;
     - planning for that long (the plan message was lost): plan_run again;
     - queued for that long with a free place (see ``max_active_runs``): plan_run again.
@@ -52,6 +54,15 @@ def reconcile(
             if counts[ChunkState.DONE] == run.chunk_count:
                 enqueue(TASK_COMMIT_RUN, [run.id])
                 actions.append(f"sent commit for run {run.id}: all chunks done, no commit")
+            elif counts[ChunkState.RUNNING] == 0 and counts[ChunkState.PENDING] > 0:
+                # Nothing has moved for a while and no chunk is being worked on: their
+                # messages were lost (a purged queue, a broker that lost them). plan_run
+                # on a running run dispatches its unfinished chunks again, with a commit.
+                enqueue(TASK_PLAN_RUN, [run.id])
+                actions.append(
+                    f"sent plan for run {run.id}: {counts[ChunkState.PENDING]} chunks "
+                    "pending and none running"
+                )
         elif run.state is RunState.COMMITTING:
             enqueue(TASK_COMMIT_RUN, [run.id])
             actions.append(f"sent commit for run {run.id}: stuck committing")

@@ -390,6 +390,42 @@ def test_a_crash_between_the_last_chunk_and_the_commit_is_recovered_by_the_recon
     assert_run_output_matches_source(fault_services, final)
 
 
+def test_chunk_messages_lost_from_the_queue_are_sent_again_by_the_reconciler(
+    fault_services: Services,
+    fault_settings: Settings,
+    rabbitmq_vhost: str,
+    app: EtlCelery,
+    start_worker: Callable[..., ChildProcess],
+) -> None:
+    # Only the planner runs: the chord's chunk messages wait in etl.transform, and are lost.
+    start_worker(concurrency=1, queues=PLAN_QUEUE)
+    run = start(fault_services, app, "orders_daily", 2_500)
+    wait_until(
+        lambda: _queue_depth(rabbitmq_vhost, TRANSFORM_QUEUE) == 8,
+        timeout_s=60,
+        what="the eight chunk messages",
+    )
+    rabbitmqctl("purge_queue", "-p", rabbitmq_vhost, TRANSFORM_QUEUE)
+    start_worker(concurrency=2, queues=f"{TRANSFORM_QUEUE},{COMMIT_QUEUE}")
+    # the run would now wait for its deadline: every chunk pending, none running
+    wait_until(
+        lambda: (
+            datetime.now(UTC) - fault_services.ledger.last_activity(run.id) > timedelta(seconds=2)
+        ),
+        timeout_s=30,
+        what="the run idle for longer than the reconciler's stale time",
+    )
+    assert fault_services.ledger.chunk_counts(run.id)[ChunkState.PENDING] == 8
+
+    reconciled = _etl(fault_settings, "reconcile", ETL_RECONCILE_STALE_S="1")
+
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert f"sent plan for run {run.id}: 8 chunks pending and none running" in reconciled.stdout
+    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
+    assert final.state is RunState.SUCCEEDED, final.reason
+    assert_run_output_matches_source(fault_services, final)
+
+
 def _queue_depth(vhost: str, queue: str) -> int:
     for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
         name, _, count = line.partition("\t")

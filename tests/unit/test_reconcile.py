@@ -105,10 +105,11 @@ def test_a_stale_run_of_zero_chunks_gets_its_commit_sent_again(
 
 
 @pytest.mark.parametrize("done", [0, 2])
-def test_a_stale_running_run_with_chunks_not_done_is_not_redispatched(
+def test_a_stale_running_run_with_a_chunk_in_progress_is_not_redispatched(
     ledger: Ledger, enqueue: RecordingEnqueue, done: int
 ) -> None:
     run_id = running_run(ledger, chunks=3, done=done)
+    ledger.start_chunk(run_id, done)
     before = ledger.get_run(run_id)
 
     actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
@@ -220,6 +221,7 @@ def test_a_run_exactly_at_its_deadline_is_not_yet_failed(
     ledger: Ledger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=2, done=1)
+    ledger.start_chunk(run_id, 1)  # still working on it
     created = ledger.get_run(run_id).created_at
 
     assert run_reconcile(ledger, enqueue, created + timedelta(seconds=DEADLINE_S)) == []
@@ -272,6 +274,7 @@ def test_each_unfinished_run_gets_what_it_needs_in_one_pass(
     queued = new_run(ledger, day=3)
     all_done = running_run(ledger, chunks=2, done=2)
     working = running_run(ledger, chunks=2, done=1)
+    ledger.start_chunk(working, 1)
     latest = max(ledger.last_activity(r) for r in (queued, all_done, working))
 
     actions = run_reconcile(ledger, enqueue, latest + timedelta(seconds=STALE_S + 1))
@@ -295,3 +298,29 @@ def test_a_run_committing_past_its_deadline_gets_its_commit_again_not_a_failure(
     assert enqueue.calls == [("etl.commit_run", [run_id])]
     assert actions == [f"sent commit for run {run_id}: stuck committing"]
     assert ledger.get_run(run_id).state is RunState.COMMITTING
+
+
+# -- lost chunk messages -------------------------------------------------------------------
+
+
+def test_a_stale_run_with_pending_chunks_and_none_running_gets_its_plan_sent_again(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=4, done=1)
+
+    assert run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S - 1)) == []
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert enqueue.calls == [("etl.plan_run", [run_id])]
+    assert actions == [f"sent plan for run {run_id}: 3 chunks pending and none running"]
+
+
+def test_a_run_with_a_chunk_in_progress_is_left_alone(
+    ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = running_run(ledger, chunks=4, done=1)
+    ledger.start_chunk(run_id, 1)  # a long chunk: the others may wait behind it
+
+    actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, STALE_S + 1))
+
+    assert (actions, enqueue.calls) == ([], [])
