@@ -13,9 +13,7 @@ No ledger access is needed: consumers need only list and get on the bucket.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
@@ -26,6 +24,7 @@ from typing import IO, Any
 
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.config import Settings
+from etl.domain.encoding import FORMATS, read_part
 from etl.domain.layout import pipeline_prefix
 from etl.domain.outputs import (
     Manifest,
@@ -39,7 +38,7 @@ from etl.domain.outputs import (
     part_problems,
 )
 
-READABLE_FORMATS = frozenset({"jsonl.gz"})
+READABLE_FORMATS = frozenset(FORMATS)
 PART_SPOOL_BYTES = 32 * 1024 * 1024
 _HASH_BLOCK = 1024 * 1024
 
@@ -162,7 +161,10 @@ class RunReader:
         if problems:
             raise IntegrityError(f"{self.uri(run.manifest_key)}: {'; '.join(problems)}")
         if manifest.format not in READABLE_FORMATS:
-            raise OutputError(f"run {run.run_id} is {manifest.format}; this reader reads jsonl.gz")
+            raise OutputError(
+                f"run {run.run_id} is {manifest.format}; this reader reads "
+                + ", ".join(sorted(READABLE_FORMATS))
+            )
         return CommittedRun(run, manifest)
 
     def rows(self, run: CommittedRun) -> Iterator[dict[str, Any]]:
@@ -176,7 +178,7 @@ class RunReader:
                 if problems or downloaded is None:
                     raise IntegrityError("; ".join(problems))
                 count = 0
-                for row in _decode(downloaded[0]):
+                for row in _decode(downloaded[0], run.manifest):
                     count += 1
                     yield row
                 problems = part_problems(part, size=size, sha256=None, rows=count)
@@ -199,7 +201,7 @@ class RunReader:
                 return part_problems(part, size=None, sha256=None, rows=None)
             spool, size, sha256 = downloaded
             try:
-                rows = sum(1 for _ in _decode(spool))
+                rows = sum(1 for _ in _decode(spool, run.manifest))
             except (OSError, EOFError, ValueError, zlib.error) as exc:
                 undecodable = f"{part.key}: not {run.manifest.format} ({exc})"
                 return [*part_problems(part, size=size, sha256=sha256, rows=None), undecodable]
@@ -222,9 +224,6 @@ class RunReader:
             yield spool, size, digest.hexdigest()
 
 
-def _decode(spool: IO[bytes]) -> Iterator[dict[str, Any]]:
+def _decode(spool: IO[bytes], manifest: Manifest) -> Iterator[dict[str, Any]]:
     spool.seek(0)
-    with gzip.GzipFile(fileobj=spool, mode="rb") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
+    yield from read_part(spool, manifest.format, manifest.schema)

@@ -15,7 +15,7 @@ from typing import Any
 from etl import metrics
 from etl.bootstrap import Services
 from etl.domain.chunks import plan_chunks
-from etl.domain.encoding import FORMATS, JsonLinesGzipWriter
+from etl.domain.encoding import FORMATS, make_writer
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import build_manifest
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, chunk_result, commit_problems
@@ -104,7 +104,9 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
     key = part_key(prefix, index, pipeline.output_format)
     rejected: Counter[str] = Counter()
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
-        writer = JsonLinesGzipWriter(spool)
+        writer = make_writer(
+            pipeline.output_format, spool, pipeline.schema, pipeline.compression_level
+        )
         window = CursorWindow.from_dict(run.window)
         for batch in source.read_range(chunk.key_lo, chunk.key_hi, READ_BATCH_ROWS, window):
             result = pipeline.transform(batch)

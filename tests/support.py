@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
-from etl.domain.encoding import read_json_lines_gzip
+from etl.domain.encoding import read_part
 from etl.domain.layout import run_prefix, success_key
 from etl.domain.runs import Run
 from etl.pipelines import get_pipeline
@@ -110,7 +110,8 @@ def assert_run_output_matches_source(services: Services, run: Run) -> dict[str, 
             f"sha256 differs for {part['key']}"
         )
         assert len(data) == part["bytes"]
-        records = read_json_lines_gzip(data)
+        schema = [(c["name"], c["type"]) for c in manifest["schema"]]
+        records = list(read_part(data, manifest["format"], schema))
         assert len(records) == part["rows"]
         found.extend(records)
 

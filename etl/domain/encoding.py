@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
+import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
-FORMATS = {"jsonl.gz": "application/gzip"}
+# Every output format, with its content type.
+FORMATS = {
+    "jsonl.gz": "application/gzip",
+    "csv.gz": "application/gzip",
+    "parquet": "application/vnd.apache.parquet",
+}
+# The compression level each format uses unless the pipeline says otherwise (gzip 1..9;
+# zstd inside parquet 1..22), and the range it accepts.
+DEFAULT_COMPRESSION = {"jsonl.gz": 6, "csv.gz": 6, "parquet": 3}
+COMPRESSION_RANGE = {"jsonl.gz": (1, 9), "csv.gz": (1, 9), "parquet": (1, 22)}
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,14 @@ class _HashingSink:
 
     def flush(self) -> None:
         self._target.flush()
+
+    def close(self) -> None:
+        # Writers close their stream when they finish; the part stays open for upload.
+        self.flush()
+
+    @property
+    def closed(self) -> bool:
+        return False
 
 
 class JsonLinesGzipWriter:
@@ -75,3 +94,165 @@ def read_json_lines_gzip(data: bytes) -> list[dict[str, Any]]:
     """Decode a whole jsonl.gz part (for readers and tests)."""
     text = gzip.decompress(data).decode("utf-8")
     return [json.loads(line) for line in text.splitlines() if line]
+
+
+class PartWriter(Protocol):
+    """What every format's writer does."""
+
+    def write_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records."""
+        ...
+
+    def close(self) -> PartStats:
+        """Finish the part and return what was written."""
+        ...
+
+
+class CsvGzipWriter:
+    """Writes records as gzip-compressed CSV with a header, columns in schema order.
+
+    Deterministic like JsonLinesGzipWriter. A null is an empty field, so CSV cannot tell
+    an empty string from a null: a reader gets None for both.
+    """
+
+    def __init__(self, target: IO[bytes], columns: Sequence[str], compresslevel: int = 6) -> None:
+        self._sink = _HashingSink(target)
+        self._gzip = gzip.GzipFile(
+            filename="", mode="wb", fileobj=self._sink, compresslevel=compresslevel, mtime=0
+        )
+        self._columns = list(columns)
+        self._rows = 0
+        self._write_lines([self._columns])
+
+    def _write_lines(self, rows: Iterable[Sequence[Any]]) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        self._gzip.write(buffer.getvalue().encode("utf-8"))
+
+    def write_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records, one CSV line each."""
+        rows = [[_csv_value(record.get(name)) for name in self._columns] for record in records]
+        if rows:
+            self._write_lines(rows)
+            self._rows += len(rows)
+
+    def close(self) -> PartStats:
+        """Finish the gzip stream and return what was written."""
+        self._gzip.close()
+        return PartStats(rows=self._rows, bytes=self._sink.size, sha256=self._sink.hash.hexdigest())
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return value
+
+
+# The schema's type names, as Arrow types (timestamps stay the ISO strings transforms
+# produce, so a part reads back exactly as it was written).
+_ARROW_TYPES = {
+    "integer": "int64",
+    "bigint": "int64",
+    "number": "float64",
+    "float": "float64",
+    "boolean": "bool",
+}
+
+
+class ParquetPartWriter:
+    """Writes records as a Parquet file (zstd), one row group per batch of records.
+
+    Deterministic for the same records and pyarrow version."""
+
+    def __init__(
+        self, target: IO[bytes], schema: Sequence[tuple[str, str]], compression_level: int = 3
+    ) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self._sink = _HashingSink(target)
+        self._schema = pa.schema(
+            [(name, pa.type_for_alias(_ARROW_TYPES.get(kind, "string"))) for name, kind in schema]
+        )
+        self._writer = pq.ParquetWriter(
+            self._sink,
+            self._schema,
+            compression="zstd",
+            compression_level=compression_level,
+        )
+        self._rows = 0
+
+    def write_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records as one row group."""
+        batch = list(records)
+        if batch:
+            table = self._pa.Table.from_pylist(batch, schema=self._schema)
+            self._writer.write_table(table)
+            self._rows += len(batch)
+
+    def close(self) -> PartStats:
+        """Write the footer and return what was written."""
+        self._writer.close()
+        return PartStats(rows=self._rows, bytes=self._sink.size, sha256=self._sink.hash.hexdigest())
+
+
+def make_writer(
+    output_format: str,
+    target: IO[bytes],
+    schema: Sequence[tuple[str, str]],
+    compression_level: int | None = None,
+) -> PartWriter:
+    """The writer for a format, at its default compression level unless one is given."""
+    level = compression_level or DEFAULT_COMPRESSION[output_format]
+    if output_format == "jsonl.gz":
+        return JsonLinesGzipWriter(target, compresslevel=level)
+    if output_format == "csv.gz":
+        return CsvGzipWriter(target, [name for name, _ in schema], compresslevel=level)
+    if output_format == "parquet":
+        return ParquetPartWriter(target, schema, compression_level=level)
+    raise ValueError(f"unknown output format {output_format!r}")
+
+
+def read_part(
+    data: bytes | IO[bytes], output_format: str, schema: Sequence[tuple[str, str]] = ()
+) -> Iterator[dict[str, Any]]:
+    """The records of a part, whatever its format (CSV values typed by the schema)."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    if output_format == "jsonl.gz":
+        with gzip.GzipFile(fileobj=stream, mode="rb") as lines:
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
+    elif output_format == "csv.gz":
+        kinds = dict(schema)
+        with gzip.GzipFile(fileobj=stream, mode="rb") as raw:
+            reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
+            for row in reader:
+                yield {
+                    name: _typed(value, kinds.get(name, "string")) for name, value in row.items()
+                }
+    elif output_format == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(stream)
+        for batch in table.iter_batches():
+            yield from batch.to_pylist()
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
+
+
+def _typed(value: str, kind: str) -> Any:
+    if value == "":
+        return None
+    if kind in {"integer", "bigint"}:
+        return int(value)
+    if kind in {"number", "float"}:
+        return float(value)
+    if kind == "boolean":
+        return value == "true"
+    return value

@@ -152,6 +152,16 @@ class Manifest:
     total_rows: int
     document: dict[str, Any]
 
+    @property
+    def schema(self) -> tuple[tuple[str, str], ...]:
+        """(name, type) of each column, as the manifest lists them."""
+        columns = self.document.get("schema") or []
+        return tuple(
+            (str(column["name"]), str(column.get("type", "string")))
+            for column in columns
+            if isinstance(column, dict) and "name" in column
+        )
+
 
 def _field(document: dict[str, Any], name: str, kind: type) -> Any:
     value = document.get(name)

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from etl.domain.encoding import FORMATS
+from etl.domain.encoding import COMPRESSION_RANGE, FORMATS
 from etl.domain.schedules import CatchUp, Cron, Schedule
 from etl.domain.transform import Transform
 
@@ -86,6 +86,8 @@ class Pipeline:
     schema: tuple[tuple[str, str], ...]
     chunk_size: int = 50_000
     output_format: str = "jsonl.gz"
+    # None: the format's default (gzip 6; zstd 3 inside parquet).
+    compression_level: int | None = None
     # When Beat starts runs (None: only by hand); see etl.domain.schedules.
     schedule: Schedule | None = field(default_factory=Cron)
     # What Beat does with slots missed while no Beat was running.
@@ -102,7 +104,15 @@ class Pipeline:
         if not _NAME.match(self.name):
             raise ValueError(f"pipeline name {self.name!r} must match {_NAME.pattern}")
         if self.output_format not in FORMATS:
-            raise ValueError(f"unknown output format {self.output_format!r}")
+            raise ValueError(
+                f"unknown output format {self.output_format!r} (one of {', '.join(FORMATS)})"
+            )
+        if self.compression_level is not None:
+            low, high = COMPRESSION_RANGE[self.output_format]
+            if not low <= self.compression_level <= high:
+                raise ValueError(
+                    f"compression_level for {self.output_format} must be {low} to {high}"
+                )
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be positive")
         if self.output_prefix and not _PREFIX.match(self.output_prefix):

@@ -90,7 +90,7 @@ def test_a_run_through_the_cli_writes_every_row_once(
     run_id = completed.stdout.split()[1]
     run = services.ledger.get_run(run_id)
     assert run.state is RunState.SUCCEEDED and run.chunk_count == 8
-    assert "8/8 chunks done" in completed.stdout
+    assert "succeeded [########################] 8/8 chunks" in completed.stdout
     assert_run_output_matches_source(services, run)
     # Both workers took part: chunks were spread over the two processes.
     assert all("etl.transform_chunk" in worker.log() for worker in workers)
