@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROWS   ?= 100000
+BENCH_ROWS ?= 1000000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-integration test-e2e lint format audit demo clean up down
+.PHONY: help install test test-unit test-integration test-e2e lint format audit bench demo clean up down
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +41,9 @@ lint: install ## ruff (lint and format check) and mypy on the product code
 audit: install ## Security: bandit on the code, pip-audit on the dependencies (needs pypi.org)
 	$(BIN)/bandit -q -r etl api beat
 	$(BIN)/pip-audit --strict --progress-spinner off
+
+bench: install ## Benchmark: naive script vs COPY limit vs the pipeline (ROWS=1000000)
+	$(BIN)/python -m bench --rows $(BENCH_ROWS)
 
 format: install ## Format and auto-fix with ruff
 	$(BIN)/ruff format .
