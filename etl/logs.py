@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import signals
+from celery.utils.log import get_multiprocessing_logger
 
 # What the current task is working on; empty outside tasks.
 task_context: ContextVar[dict[str, Any] | None] = ContextVar("etl_task_context", default=None)
@@ -100,9 +101,12 @@ def install_celery_hooks(log_format: str, service: str) -> None:
     messages with their run id, and put each running task's context on its records."""
 
     def _restyle(logger: logging.Logger, **_: Any) -> None:
-        for handler in logger.handlers:
-            handler.setFormatter(formatter_for(log_format, service))
-            handler.addFilter(ContextFilter())
+        # Celery gives billiard's pool logger (a pool child that died, say) handlers of
+        # its own, in Celery's format: restyle those too, or JSON logs get text lines.
+        for one in (logger, get_multiprocessing_logger()):
+            for handler in getattr(one, "handlers", []):
+                handler.setFormatter(formatter_for(log_format, service))
+                handler.addFilter(ContextFilter())
 
     signals.after_setup_logger.connect(_restyle, weak=False)
     signals.after_setup_task_logger.connect(_restyle, weak=False)

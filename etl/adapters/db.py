@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
 from etl.domain.windows import CursorWindow
 from etl.pipelines.base import Source
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+# COPY's CSV of a chunk is held in memory up to this size, then on disk.
+_COPY_SPOOL_BYTES = 64 * 1024 * 1024
+# How much CSV Arrow parses at a time: a batch of roughly 30,000 orders rows.
+_COPY_BLOCK_BYTES = 4 * 1024 * 1024
 
 
 def make_engine(url: str, pool_size: int = 5, ssl_args: dict[str, str] | None = None) -> Engine:
@@ -90,30 +99,95 @@ class SqlSource:
 
         A server-side cursor keeps memory at one batch whatever the chunk size.
         """
-        where, params = self._window_filter(window)
-        clause = " AND " + where.removeprefix(" WHERE ") if where else ""
-        # Identifiers only, validated by Source and quoted; values are bound.
-        sql = text(
-            f"SELECT {self._columns} FROM {self._from} "  # nosec B608
-            f"WHERE {self._key} >= :key_lo AND {self._key} < :key_hi{clause} "
-            f"ORDER BY {self._key}"
-        )
+        query, params = self._range_query(key_lo, key_hi, window, lambda name: f":{name}")
         with self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-                sql, {"key_lo": key_lo, "key_hi": key_hi, **params}
+                text(query), params
             )
             for partition in result.mappings().partitions(batch_size):
                 yield [dict(row) for row in partition]
 
-    def _window_filter(self, window: CursorWindow | None) -> tuple[str, dict[str, Any]]:
-        # The one place a cursor window becomes SQL: `low < cursor <= high`.
+    @property
+    def copies_text(self) -> bool:
+        """Whether read_range_text works here (PostgreSQL's COPY)."""
+        return self._engine.dialect.name == "postgresql"
+
+    def read_range_text(
+        self, key_lo: int, key_hi: int, window: CursorWindow | None = None
+    ) -> Iterator[pa.Table]:
+        """The rows of read_range as PostgreSQL prints them, in Arrow tables of text (the
+        key column as int64, NULL as null), for a pipeline's columnar transform.
+
+        COPY is several times faster than a cursor and makes no Python object per value.
+        Timestamps are printed in UTC, in ISO style, whatever the server's defaults. The
+        chunk's CSV is spooled (in memory up to 64 MiB) and parsed a block at a time.
+        """
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        query, params = self._range_query(key_lo, key_hi, window, lambda name: f"%({name})s")
+        with tempfile.SpooledTemporaryFile(max_size=_COPY_SPOOL_BYTES) as spool:
+            raw = self._engine.raw_connection()
+            try:
+                cursor: Any = raw.cursor()  # psycopg2's, for mogrify and copy_expert
+                cursor.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+                statement = cursor.mogrify(query, params).decode()
+                cursor.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv)", spool)
+                cursor.close()
+                raw.rollback()  # ends the SET LOCALs; nothing was written
+            finally:
+                raw.close()
+            if spool.tell() == 0:
+                return
+            spool.seek(0)
+            columns = list(self._source.columns)
+            reader = pa_csv.open_csv(
+                spool,
+                read_options=pa_csv.ReadOptions(column_names=columns, block_size=_COPY_BLOCK_BYTES),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                # COPY writes NULL as an empty field and an empty string as "".
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={
+                        column: pa.int64() if column == self._source.key_column else pa.string()
+                        for column in columns
+                    },
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+
+    def _range_query(
+        self,
+        key_lo: int,
+        key_hi: int,
+        window: CursorWindow | None,
+        bind: Callable[[str], str],
+    ) -> tuple[str, dict[str, Any]]:
+        # The one place a chunk becomes SQL: its key range and `low < cursor <= high`.
+        # ``bind`` writes a placeholder in the driver's style.
+        where, params = self._window_filter(window, bind)
+        clause = " AND " + where.removeprefix(" WHERE ") if where else ""
+        # Identifiers only, validated by Source and quoted; values are bound.
+        query = (
+            f"SELECT {self._columns} FROM {self._from} "  # nosec B608
+            f"WHERE {self._key} >= {bind('key_lo')} AND {self._key} < {bind('key_hi')}{clause} "
+            f"ORDER BY {self._key}"
+        )
+        return query, {"key_lo": key_lo, "key_hi": key_hi, **params}
+
+    def _window_filter(
+        self, window: CursorWindow | None, bind: Callable[[str], str] = lambda name: f":{name}"
+    ) -> tuple[str, dict[str, Any]]:
         if window is None:
             return "", {}
         cursor = self._engine.dialect.identifier_preparer.quote(window.column)
-        where = f" WHERE {cursor} <= :cursor_high"
+        where = f" WHERE {cursor} <= {bind('cursor_high')}"
         params: dict[str, Any] = {"cursor_high": window.high}
         if window.low is not None:
-            where += f" AND {cursor} > :cursor_low"
+            where += f" AND {cursor} > {bind('cursor_low')}"
             params["cursor_low"] = window.low
         return where, params
 

@@ -9,7 +9,12 @@ import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from etl.domain.columnar import arrow_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Every output format, with its content type.
 FORMATS = {
@@ -84,10 +89,59 @@ class JsonLinesGzipWriter:
             self._gzip.write(("\n".join(lines) + "\n").encode("utf-8"))
             self._rows += len(lines)
 
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of records: the same bytes as write_records, built in
+        Arrow when every column is text, integer or boolean and no text needs more
+        escaping than quotes and backslashes."""
+        lines = _json_lines(table)
+        if lines is None:
+            self.write_records(table.to_pylist())
+        elif lines:
+            self._gzip.write(lines)
+            self._rows += table.num_rows
+
     def close(self) -> PartStats:
         """Finish the gzip stream and return what was written."""
         self._gzip.close()
         return PartStats(rows=self._rows, bytes=self._sink.size, sha256=self._sink.hash.hexdigest())
+
+
+# What json.dumps escapes beyond quotes and backslashes: the control characters.
+_NEEDS_ESCAPE = "[\\x00-\\x1f]"
+
+
+def _json_lines(table: pa.Table) -> bytes | None:
+    """json.dumps(record, separators=(",", ":"), ensure_ascii=False) of each row, a line
+    each, built in Arrow; None when a column or a value needs Python's encoder."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return b""
+    pieces: list[Any] = []
+    for position, name in enumerate(table.column_names):
+        column = table[name]
+        if pa.types.is_integer(column.type):
+            text = pc.cast(column, pa.string())
+        elif pa.types.is_boolean(column.type):
+            text = pc.if_else(column, "true", "false")
+        elif pa.types.is_string(column.type):
+            if pc.any(pc.match_substring_regex(column, _NEEDS_ESCAPE)).as_py():
+                return None
+            escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
+            text = pc.binary_join_element_wise('"', escaped, '"', "")
+        else:
+            return None  # floats, dates, nested values: Python's own formatting
+        opening = "{" if position == 0 else ","
+        pieces += [opening + json.dumps(name, ensure_ascii=False) + ":", pc.fill_null(text, "null")]
+    lines = pc.binary_join_element_wise(*pieces, "}\n", "")
+    return b"".join(chunk.buffers()[2].to_pybytes()[_value_span(chunk)] for chunk in lines.chunks)
+
+
+def _value_span(array: pa.StringArray) -> slice:
+    """Where a string array's values lie in its data buffer."""
+    offsets = array.offsets  # already shifted by the array's own offset
+    return slice(offsets[0].as_py(), offsets[-1].as_py())
 
 
 def read_json_lines_gzip(data: bytes) -> list[dict[str, Any]]:
@@ -101,6 +155,10 @@ class PartWriter(Protocol):
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records."""
+        ...
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of records (the columnar path)."""
         ...
 
     def close(self) -> PartStats:
@@ -136,6 +194,10 @@ class CsvGzipWriter:
             self._write_lines(rows)
             self._rows += len(rows)
 
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of records, through Python's csv module like any other."""
+        self.write_records(table.to_pylist())
+
     def close(self) -> PartStats:
         """Finish the gzip stream and return what was written."""
         self._gzip.close()
@@ -152,17 +214,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-# The schema's type names, as Arrow types (timestamps stay the ISO strings transforms
-# produce, so a part reads back exactly as it was written).
-_ARROW_TYPES = {
-    "integer": "int64",
-    "bigint": "int64",
-    "number": "float64",
-    "float": "float64",
-    "boolean": "bool",
-}
-
-
 class ParquetPartWriter:
     """Writes records as a Parquet file (zstd), one row group per batch of records.
 
@@ -176,9 +227,7 @@ class ParquetPartWriter:
 
         self._pa = pa
         self._sink = _HashingSink(target)
-        self._schema = pa.schema(
-            [(name, pa.type_for_alias(_ARROW_TYPES.get(kind, "string"))) for name, kind in schema]
-        )
+        self._schema = arrow_schema(schema)
         self._writer = pq.ParquetWriter(
             self._sink,
             self._schema,
@@ -194,6 +243,12 @@ class ParquetPartWriter:
             table = self._pa.Table.from_pylist(batch, schema=self._schema)
             self._writer.write_table(table)
             self._rows += len(batch)
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table of records as one row group."""
+        if table.num_rows:
+            self._writer.write_table(table.cast(self._schema))
+            self._rows += table.num_rows
 
     def close(self) -> PartStats:
         """Write the footer and return what was written."""

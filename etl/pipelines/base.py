@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from etl.domain.columnar import ColumnarTransform
 from etl.domain.encoding import COMPRESSION_RANGE, FORMATS
 from etl.domain.schedules import CatchUp, Cron, Schedule
 from etl.domain.transform import Transform
@@ -84,6 +85,11 @@ class Pipeline:
     source: Source
     transform: Transform
     schema: tuple[tuple[str, str], ...]
+    # The fast path (etl.domain.columnar): the same transform over a batch in Arrow, for
+    # the rows it is sure of. Used when the source is PostgreSQL; the other rows reach
+    # ``transform`` as COPY's text (numbers and timestamps as strings), so a pipeline
+    # that gives one has a ``transform`` that also reads text.
+    columnar_transform: ColumnarTransform | None = None
     chunk_size: int = 50_000
     output_format: str = "jsonl.gz"
     # None: the format's default (gzip 6; zstd 3 inside parquet).
