@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ROWS   ?= 100000
 BENCH_ROWS ?= 1000000
+BENCH_SCALE_ROWS ?= 0
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-unit test-integration test-e2e lint format audit bench demo clean up down
@@ -42,8 +43,8 @@ audit: install ## Security: bandit on the code, pip-audit on the dependencies (n
 	$(BIN)/bandit -q -r etl api beat
 	$(BIN)/pip-audit --strict --progress-spinner off
 
-bench: install ## Benchmark: naive script vs COPY limit vs the pipeline (ROWS=1000000)
-	$(BIN)/python -m bench --rows $(BENCH_ROWS)
+bench: install ## Benchmark: naive script vs COPY limit vs the pipeline (BENCH_ROWS=1000000; BENCH_SCALE_ROWS=10000000 adds a 10x run)
+	$(BIN)/python -m bench --rows $(BENCH_ROWS) --scale-rows $(BENCH_SCALE_ROWS)
 
 format: install ## Format and auto-fix with ruff
 	$(BIN)/ruff format .

@@ -10,6 +10,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from etl import metrics
@@ -19,7 +20,15 @@ from etl.domain.columnar import arrow_schema, transform_table
 from etl.domain.encoding import FORMATS, make_writer
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import build_manifest
-from etl.domain.runs import Chunk, ChunkState, Run, RunState, chunk_result, commit_problems
+from etl.domain.runs import (
+    Chunk,
+    ChunkState,
+    Run,
+    RunState,
+    chunk_result,
+    commit_problems,
+    part_result,
+)
 from etl.domain.windows import CursorWindow
 from etl.ledger import WatermarkMoved, now
 from etl.pipelines import get_pipeline
@@ -31,6 +40,8 @@ READ_BATCH_ROWS = 5000
 # A chunk started this many times is given up: a message that kills its worker (out of
 # memory, the hard time limit) is redelivered each time and would loop for ever.
 MAX_CHUNK_ATTEMPTS = 10
+# How many parts commit_run checks in S3 at once (boto3 clients are thread-safe).
+PART_CHECKS_AT_ONCE = 8
 # A part is spooled in memory up to this size, then on disk, before it is uploaded.
 SPOOL_MAX_BYTES = 32 * 1024 * 1024
 
@@ -139,7 +150,8 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
         metrics.ROWS_WRITTEN.labels(pipeline.name).inc(stats.rows)
         metrics.ROWS_REJECTED.labels(pipeline.name).inc(rejected_rows)
         metrics.CHUNK_DURATION.labels(pipeline.name).observe(time.monotonic() - began)
-    # Whichever delivery recorded the chunk first wins; both wrote the same bytes.
+        return part_result(key, stats.rows, stats.bytes, stats.sha256)
+    # Another delivery recorded the chunk first and wins; both wrote the same bytes.
     return chunk_result(ledger.get_chunk(run_id, index))
 
 
@@ -208,16 +220,20 @@ def commit_run(services: Services, run_id: str) -> Run:
 
 def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:
     """Parts that are missing from S3 or differ from what the ledger recorded, by chunk."""
-    problems = {}
-    for chunk in chunks:
-        if chunk.s3_key is None:  # commit_problems already refused a chunk not done
-            problems[chunk.index] = f"chunk {chunk.index} has no part"
-            continue
-        found = services.parts.part_metadata(chunk.s3_key)
-        if found is None:
-            problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"
-        elif found.get("sha256") != chunk.sha256 or found["bytes"] != chunk.bytes:
-            problems[chunk.index] = (
-                f"part of chunk {chunk.index} differs from the ledger: {chunk.s3_key}"
-            )
-    return problems
+    problems = {
+        chunk.index: f"chunk {chunk.index} has no part"  # commit_problems refused it already
+        for chunk in chunks
+        if chunk.s3_key is None
+    }
+    stored = [chunk for chunk in chunks if chunk.s3_key is not None]
+    # One HEAD per part, a few at a time: a run of hundreds of parts commits in seconds.
+    with ThreadPoolExecutor(max_workers=PART_CHECKS_AT_ONCE) as pool:
+        found = pool.map(lambda chunk: services.parts.part_metadata(chunk.s3_key), stored)
+        for chunk, metadata in zip(stored, found, strict=True):
+            if metadata is None:
+                problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"
+            elif metadata.get("sha256") != chunk.sha256 or metadata["bytes"] != chunk.bytes:
+                problems[chunk.index] = (
+                    f"part of chunk {chunk.index} differs from the ledger: {chunk.s3_key}"
+                )
+    return dict(sorted(problems.items()))

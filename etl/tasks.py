@@ -11,7 +11,7 @@ import logging
 import os
 from typing import Any, NoReturn
 
-from celery import Task, chord, shared_task
+from celery import Task, chord, current_app, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 
@@ -44,7 +44,10 @@ _services: dict[tuple[int, int], Services] = {}
 
 def services(task: Task) -> Services:
     """This process's Services for the task's app, built on first use from its Settings."""
-    app: EtlCelery = task.app
+    return _services_for(task.app)
+
+
+def _services_for(app: EtlCelery) -> Services:
     key = (os.getpid(), id(app))
     if key not in _services:
         _services[key] = build_services(app.settings, migrate=False)
@@ -57,9 +60,19 @@ def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
 
 
 @worker_process_init.connect
-def _forget_parent_services(**_: Any) -> None:
-    # A forked pool process must not reuse the parent's pooled connections.
+def _start_pool_process(**_: Any) -> None:
+    # A forked pool process must not reuse the parent's pooled connections...
     _services.clear()
+    # ...and builds its own now, before it takes work, as it loads the fast path's
+    # libraries: a night's first chunks should not each pay for that. (Building opens
+    # no connection; the first chunk does.)
+    import pyarrow.compute
+    import pyarrow.csv
+    import pyarrow.parquet  # noqa: F401
+
+    app = current_app._get_current_object()
+    if isinstance(app, EtlCelery):
+        _services_for(app)
 
 
 def _require(name: str, value: Any, kind: type) -> None:

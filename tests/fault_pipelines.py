@@ -53,12 +53,13 @@ def _flaky(rows: Sequence[Row]) -> BatchResult:
     return transform_orders(rows)
 
 
-SLOW_ORDERS = dataclasses.replace(ORDERS_DAILY, name="slow_orders", transform=_slow, schedule=None)
+# The faults live in the row transforms, so these pipelines have no columnar one (it
+# would take the plain rows past them); the fast path's own faults are tested apart.
+_ROW_PATH = {"columnar_transform": None, "schedule": None}
+SLOW_ORDERS = dataclasses.replace(ORDERS_DAILY, name="slow_orders", transform=_slow, **_ROW_PATH)
 POISON_ORDERS = dataclasses.replace(
-    ORDERS_DAILY, name="poison_orders", transform=_poison, schedule=None
+    ORDERS_DAILY, name="poison_orders", transform=_poison, **_ROW_PATH
 )
-FLAKY_ORDERS = dataclasses.replace(
-    ORDERS_DAILY, name="flaky_orders", transform=_flaky, schedule=None
-)
+FLAKY_ORDERS = dataclasses.replace(ORDERS_DAILY, name="flaky_orders", transform=_flaky, **_ROW_PATH)
 
 PIPELINES = [SLOW_ORDERS, POISON_ORDERS, FLAKY_ORDERS]

@@ -19,10 +19,9 @@ from etl.pipelines.base import Source
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# COPY's CSV of a chunk is held in memory up to this size, then on disk.
-_COPY_SPOOL_BYTES = 64 * 1024 * 1024
-# How much CSV Arrow parses at a time: a batch of roughly 30,000 orders rows.
-_COPY_BLOCK_BYTES = 4 * 1024 * 1024
+# How much of COPY's CSV Arrow parses at a time: about 8,000 orders rows. Larger blocks
+# are barely faster and cost a worker tens of MB more at its peak (docs/performance.md).
+_COPY_BLOCK_BYTES = 1024 * 1024
 
 
 def make_engine(url: str, pool_size: int = 5, ssl_args: dict[str, str] | None = None) -> Engine:
@@ -120,13 +119,14 @@ class SqlSource:
 
         COPY is several times faster than a cursor and makes no Python object per value.
         Timestamps are printed in UTC, in ISO style, whatever the server's defaults. The
-        chunk's CSV is spooled (in memory up to 64 MiB) and parsed a block at a time.
+        chunk's CSV goes to a temporary file (not memory: a worker's peak stays small
+        whatever the chunk size) and is parsed a block at a time.
         """
         import pyarrow as pa
         import pyarrow.csv as pa_csv
 
         query, params = self._range_query(key_lo, key_hi, window, lambda name: f"%({name})s")
-        with tempfile.SpooledTemporaryFile(max_size=_COPY_SPOOL_BYTES) as spool:
+        with tempfile.TemporaryFile() as spool:
             raw = self._engine.raw_connection()
             try:
                 cursor: Any = raw.cursor()  # psycopg2's, for mogrify and copy_expert
@@ -143,7 +143,10 @@ class SqlSource:
             columns = list(self._source.columns)
             reader = pa_csv.open_csv(
                 spool,
-                read_options=pa_csv.ReadOptions(column_names=columns, block_size=_COPY_BLOCK_BYTES),
+                # One thread: a worker process per core is the parallelism.
+                read_options=pa_csv.ReadOptions(
+                    column_names=columns, block_size=_COPY_BLOCK_BYTES, use_threads=False
+                ),
                 parse_options=pa_csv.ParseOptions(newlines_in_values=True),
                 # COPY writes NULL as an empty field and an empty string as "".
                 convert_options=pa_csv.ConvertOptions(

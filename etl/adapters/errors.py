@@ -8,6 +8,8 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from psycopg2 import InterfaceError as DriverInterfaceError
+from psycopg2 import OperationalError as DriverOperationalError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 _RETRYABLE_S3_CODES = frozenset(
@@ -22,6 +24,10 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # The fast path's COPY runs on the driver's own connection, unwrapped by SQLAlchemy:
+    # a terminated backend or a closed connection, as the driver says it.
+    if isinstance(exc, DriverOperationalError | DriverInterfaceError):
         return True
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
         return True

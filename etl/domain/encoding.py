@@ -138,10 +138,10 @@ def _json_lines(table: pa.Table) -> bytes | None:
     return b"".join(chunk.buffers()[2].to_pybytes()[_value_span(chunk)] for chunk in lines.chunks)
 
 
-def _value_span(array: pa.StringArray) -> slice:
-    """Where a string array's values lie in its data buffer."""
-    offsets = array.offsets  # already shifted by the array's own offset
-    return slice(offsets[0].as_py(), offsets[-1].as_py())
+def _value_span(array: pa.Array) -> slice:
+    """Where a string array's values lie in its data buffer (int32 offsets)."""
+    offsets = memoryview(array.buffers()[1]).cast("i")
+    return slice(offsets[array.offset], offsets[array.offset + len(array)])
 
 
 def read_json_lines_gzip(data: bytes) -> list[dict[str, Any]]:

@@ -108,7 +108,14 @@ class Chunk:
 
 def chunk_result(chunk: Chunk) -> dict[str, Any]:
     """The small payload a chunk task returns: S3 key, counts and checksum only."""
-    return {"key": chunk.s3_key, "rows": chunk.rows, "bytes": chunk.bytes, "sha256": chunk.sha256}
+    return part_result(chunk.s3_key, chunk.rows, chunk.bytes, chunk.sha256)
+
+
+def part_result(
+    key: str | None, rows: int | None, size: int | None, sha256: str | None
+) -> dict[str, Any]:
+    """chunk_result of a part just written and recorded."""
+    return {"key": key, "rows": rows, "bytes": size, "sha256": sha256}
 
 
 def commit_problems(chunk_count: int | None, chunks: list[Chunk]) -> list[str]:

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from etl.domain.encoding import JsonLinesGzipWriter, PartStats, read_json_lines_gzip
+from etl.domain.encoding import (
+    JsonLinesGzipWriter,
+    PartStats,
+    _json_lines,
+    read_json_lines_gzip,
+)
 from etl.domain.runs import Chunk, ChunkState, chunk_result
 
 RECORDS = [
@@ -153,3 +158,41 @@ def test_a_pipeline_refuses_a_bad_format_or_level(
 
     with pytest.raises(ValueError, match=problem):
         dataclasses.replace(ORDERS_DAILY, output_format=fmt, compression_level=level)
+
+
+TRICKY_RECORDS = [
+    {"id": 1, "text": 'a "quoted" word', "flag": True},
+    {"id": -2, "text": "back\\slash and é, 中文, 😀", "flag": False},
+    {"id": None, "text": None, "flag": None},
+    {"id": 2**62, "text": "", "flag": True},
+]
+TRICKY_SCHEMA = (("id", "integer"), ("text", "string"), ("flag", "boolean"))
+
+
+@pytest.mark.parametrize(
+    "records",
+    [TRICKY_RECORDS, [*TRICKY_RECORDS, {"id": 3, "text": "tab\there\nnewline", "flag": True}]],
+    ids=["built in Arrow", "control characters: Python's encoder"],
+)
+def test_json_lines_from_an_arrow_table_are_the_bytes_of_json_dumps(
+    records: list[dict[str, Any]],
+) -> None:
+    import pyarrow as pa
+
+    from etl.domain.columnar import arrow_schema
+
+    table = pa.Table.from_pylist(records, schema=arrow_schema(TRICKY_SCHEMA))
+    from_table, from_records = io.BytesIO(), io.BytesIO()
+    writer = JsonLinesGzipWriter(from_table)
+    writer.write_table(table.slice(0, 1))  # a slice: offsets that do not start at zero
+    writer.write_table(table.slice(1))
+    writer.close()
+    writer = JsonLinesGzipWriter(from_records)
+    writer.write_records(records)
+    writer.close()
+
+    assert gzip.decompress(from_table.getvalue()) == gzip.decompress(from_records.getvalue())
+    assert read_json_lines_gzip(from_table.getvalue()) == records
+    # And the fast encoder really was the one used where it can be.
+    built_in_arrow = _json_lines(table) is not None
+    assert built_in_arrow == (len(records) == len(TRICKY_RECORDS))
