@@ -99,16 +99,22 @@ class DeadLetterService:
             for sibling in self.ledger.list_dead_letters(run_id=letter.run_id):
                 self.ledger.mark_dead_letter(sibling.id, DeadLetterState.REPLAYED, replayed=True)
             return ReplayOutcome(letter.id, f"retried run {letter.run_id}")
+        # Marked first, so two replays at once send it once; unmarked if the send fails,
+        # so a broker that refused it does not lose the work.
         if not self.ledger.mark_dead_letter(letter.id, DeadLetterState.REPLAYED, replayed=True):
             return ReplayOutcome(letter.id, "already handled by someone else; nothing sent")
-        republish(
-            self.broker_url,
-            queue=letter.queue,
-            body=letter.body,
-            headers=letter.headers,
-            content_type=letter.content_type,
-            content_encoding=letter.content_encoding,
-        )
+        try:
+            republish(
+                self.broker_url,
+                queue=letter.queue,
+                body=letter.body,
+                headers=letter.headers,
+                content_type=letter.content_type,
+                content_encoding=letter.content_encoding,
+            )
+        except Exception:
+            self.ledger.reopen_dead_letter(letter.id)
+            raise
         return ReplayOutcome(letter.id, f"republished to {letter.queue}")
 
     def replay_all(self, *, run_id: str | None = None) -> list[ReplayOutcome]:

@@ -228,6 +228,10 @@ class RunNotFound(LookupError):
         return f"no run with id {self.args[0]!r}"
 
 
+class ChunkNotFound(LookupError):
+    """No chunk of that index in that run (a message naming a chunk that was never planned)."""
+
+
 class BackfillNotFound(LookupError):
     """No backfill has that id."""
 
@@ -535,7 +539,7 @@ class Ledger:
             return self._get_chunks(conn, run_id)
 
     def get_chunk(self, run_id: str, index: int) -> Chunk:
-        """One chunk; raises LookupError if the run has no such chunk."""
+        """One chunk; raises ChunkNotFound if the run has no such chunk."""
         with self.engine.connect() as conn:
             row = (
                 conn.execute(
@@ -547,7 +551,7 @@ class Ledger:
                 .one_or_none()
             )
         if row is None:
-            raise LookupError(f"run {run_id} has no chunk {index}")
+            raise ChunkNotFound(f"run {run_id} has no chunk {index}")
         return _chunk_from_row(row)
 
     def start_chunk(self, run_id: str, index: int) -> Chunk:
@@ -732,6 +736,22 @@ class Ledger:
                     dead_letters_table.c.state == DeadLetterState.DEAD.value,
                 )
                 .values(values)
+            ).rowcount
+        return moved == 1
+
+    def reopen_dead_letter(self, dead_letter_id: int) -> bool:
+        """Put a dead letter whose replay could not be sent back to ``dead``."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(dead_letters_table)
+                .where(
+                    dead_letters_table.c.id == dead_letter_id,
+                    dead_letters_table.c.state == DeadLetterState.REPLAYED.value,
+                )
+                .values(
+                    state=DeadLetterState.DEAD.value,
+                    replay_count=dead_letters_table.c.replay_count - 1,
+                )
             ).rowcount
         return moved == 1
 

@@ -195,17 +195,28 @@ def commit_run(services: Services, run_id: str) -> Run:
     # the manifest, and one that sees neither knows the run is not complete.
     services.parts.put_json(manifest_key(prefix), manifest)
     services.parts.put_marker(success_key(prefix))
-    succeeded = ledger.succeed_run(
-        run,
-        watermark=(
-            None
-            if cursor_window is None
-            else (cursor_window.column, cursor_window.low, cursor_window.high)
-        ),
-        manifest_key=manifest_key(prefix),
-        rows_written=manifest["total_rows"],
-        rows_rejected=manifest["rejected_rows"],
-    )
+    try:
+        succeeded = ledger.succeed_run(
+            run,
+            watermark=(
+                None
+                if cursor_window is None
+                else (cursor_window.column, cursor_window.low, cursor_window.high)
+            ),
+            manifest_key=manifest_key(prefix),
+            rows_written=manifest["total_rows"],
+            rows_rejected=manifest["rejected_rows"],
+        )
+    except WatermarkMoved as moved:
+        # Another run committed this window meanwhile: this one must not look committed.
+        _withdraw(services, prefix)
+        if ledger.fail_run(run_id, f"commit refused: {moved}"):
+            metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
+        return ledger.get_run(run_id)
+    if not succeeded and ledger.get_run(run_id).state is not RunState.SUCCEEDED:
+        # Cancelled (or failed by the reconciler) while it committed: S3 must agree with
+        # the ledger, so the markers go. (A twin delivery that succeeded keeps them.)
+        _withdraw(services, prefix)
     logger.info(
         "committed run %s: %d rows in %d parts", run_id, manifest["total_rows"], len(chunks)
     )
@@ -216,6 +227,13 @@ def commit_run(services: Services, run_id: str) -> Run:
             seconds = (final.finished_at - final.started_at).total_seconds()
             metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
     return final
+
+
+def _withdraw(services: Services, prefix: str) -> None:
+    """Take back a run's _SUCCESS, then its manifest: readers trust neither any more."""
+    services.parts.delete_keys([success_key(prefix)])
+    services.parts.delete_keys([manifest_key(prefix)])
+    logger.warning("withdrew the manifest and _SUCCESS under %s", prefix)
 
 
 def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:

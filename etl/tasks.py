@@ -31,7 +31,7 @@ from etl.dead_letters import DeadLetterService
 from etl.domain.dates import parse_logical_date
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import Trigger
-from etl.ledger import RunNotFound, now
+from etl.ledger import ChunkNotFound, RunNotFound, now
 from etl.reconcile import reconcile
 from etl.runs import RunService, celery_enqueue, dispatch_waiting_runs
 
@@ -103,7 +103,12 @@ def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoRetur
         raise task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries)
     if transient:
         description = f"retries exhausted ({settings.max_retries}): {description}"
-    on_give_up(description)
+    try:
+        on_give_up(description)
+    except Exception:
+        # The ledger may be the very thing that failed. The message is dead-lettered all
+        # the same, and the reconciler's deadline ends the run from the ledger.
+        logger.exception("could not record the failure in the ledger: %s", description)
     metrics.DEAD_LETTERED.labels(task.name).inc()
     logger.error("giving up, dead-lettering: %s", description)
     raise Reject(description, requeue=False) from exc
@@ -147,7 +152,7 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
     svc = services(self)
     try:
         return steps.transform_chunk(svc, run_id, chunk_index)
-    except (RunNotFound, LookupError) as exc:
+    except (RunNotFound, ChunkNotFound) as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
 

@@ -3,6 +3,7 @@ PostgreSQL, Redis and moto's S3 server."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import date
@@ -16,6 +17,9 @@ from etl.celery_app import TASK_START_SCHEDULED_RUN, TASK_TRANSFORM_CHUNK, EtlCe
 from etl.config import Settings
 from etl.demo import seed_orders
 from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.domain.transform import BatchResult
+from etl.pipelines import PIPELINES
+from etl.pipelines.orders import ORDERS_DAILY
 from etl.runs import RunService, celery_enqueue, wait_for_run
 from etl.steps import plan_run
 
@@ -136,3 +140,29 @@ def test_a_repeated_scheduled_dispatch_starts_one_run(
         if r.trigger is Trigger.SCHEDULE
     ]
     assert [r.id for r in all_scheduled] == [run.id]
+
+
+def test_a_transform_raising_key_error_fails_its_chunk_and_its_run_naming_it(
+    celery_app: EtlCelery, worker: Any, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def reads_a_missing_column(rows: Any) -> BatchResult:
+        return BatchResult(records=[{"x": row["no_such_column"]} for row in rows])
+
+    broken = dataclasses.replace(
+        ORDERS_DAILY,
+        name="broken_orders",
+        transform=reads_a_missing_column,
+        columnar_transform=None,
+        schedule=None,
+    )
+    monkeypatch.setitem(PIPELINES, broken.name, broken)
+    seed_orders(services.source_engine, 1_000)
+    run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
+        broken.name, logical_date=date(2026, 11, 3), params={"chunk_size": 1_000}
+    )
+
+    final = wait_for_run(services.ledger, run.id, timeout_s=60)
+
+    assert final.state is RunState.FAILED
+    assert final.reason is not None and "chunk 0 failed: KeyError" in final.reason
+    assert services.ledger.get_chunk(run.id, 0).state is ChunkState.FAILED

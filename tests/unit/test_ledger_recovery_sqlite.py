@@ -336,3 +336,19 @@ def test_a_purged_dead_letter_is_kept_for_the_record_and_never_replayed(ledger: 
 
 def test_marking_an_unknown_dead_letter_moves_nothing(ledger: Ledger) -> None:
     assert not ledger.mark_dead_letter(4242, DeadLetterState.PURGED)
+
+
+def test_a_replay_the_broker_refuses_leaves_the_dead_letter_dead_for_the_next_try(
+    ledger: Ledger,
+) -> None:
+    from etl.dead_letters import DeadLetterService
+
+    dead_letter_id, _ = ledger.record_dead_letter(letter(run_id=None))
+    # Nothing listens on port 1: the send fails at once.
+    refusing = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", lambda _: None)
+
+    with pytest.raises(OSError):
+        refusing.replay(dead_letter_id)
+
+    stored = ledger.get_dead_letter(dead_letter_id)
+    assert (stored.state, stored.replay_count) == (DeadLetterState.DEAD, 0)

@@ -3,6 +3,7 @@ SQLite ledger and source, moto's S3, a recording enqueue port."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from etl.bootstrap import Services
 from etl.demo import seed_orders
 from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
-from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.pipelines import get_pipeline
 from etl.pipelines.orders import ORDERS_TABLE, transform_orders
 from etl.runs import RunService
@@ -209,3 +210,30 @@ def test_a_retry_repairs_a_part_the_commit_found_missing(seeded: Services) -> No
 
     assert run.state is RunState.SUCCEEDED, run.reason
     assert seeded.parts.part_metadata(lost) is not None
+
+
+def test_a_run_failed_while_it_commits_has_its_manifest_and_success_withdrawn(
+    seeded: Services,
+) -> None:
+    from etl.ledger import Ledger
+
+    class DeadlineArrivesMidCommit(Ledger):
+        """The reconciler failing the run (its deadline passed) after the markers are
+        written and before the ledger moves. (A cancel cannot: committing is past it.)"""
+
+        def succeed_run(self, run: Run, **fields: Any) -> bool:
+            self.fail_run(run.id, "run deadline passed")
+            return super().succeed_run(run, **fields)
+
+    run_id = planned_run(seeded)
+    services = seeded
+    for chunk in services.ledger.get_chunks(run_id):
+        steps.transform_chunk(services, run_id, chunk.index)
+    racing = dataclasses.replace(services, ledger=DeadlineArrivesMidCommit(services.ledger.engine))
+
+    final = steps.commit_run(racing, run_id)
+
+    assert (final.state, final.reason) == (RunState.FAILED, "run deadline passed")
+    prefix = prefix_of(services, run_id)
+    keys = services.parts.list_keys(prefix)
+    assert keys and all("/part-" in key for key in keys)  # parts stay; no manifest, no _SUCCESS
