@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
+
+from etl.domain.schedules import latest_slot
+from etl.pipelines import PIPELINES
 
 if TYPE_CHECKING:
     from etl.ledger import Ledger
@@ -89,6 +93,18 @@ class LedgerCollector(Collector):
         for pipeline, moment in sorted(self.ledger.last_successes().items()):
             success.add_metric([pipeline], moment.timestamp())
         yield success
+        owed = GaugeMetricFamily(
+            "etl_pipeline_last_slot_timestamp_seconds",
+            "When the pipeline's schedule last fired (Unix time): a run is owed since then",
+            labels=["pipeline"],
+        )
+        scrape_time = datetime.now(UTC)
+        for name, definition in sorted(PIPELINES.items()):
+            if definition.schedule is not None:
+                slot = latest_slot(definition.schedule, scrape_time)
+                if slot is not None:
+                    owed.add_metric([name], slot.timestamp())
+        yield owed
         letters = GaugeMetricFamily(
             "etl_dead_letters", "Dead letters recorded, by state", labels=["state"]
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from etl import metrics
 from etl.celery_app import TASK_COMMIT_RUN, TASK_PLAN_RUN
 from etl.domain.runs import ChunkState, RunState
 from etl.ledger import Ledger
@@ -45,6 +46,7 @@ def reconcile(
                 f" with {unfinished} chunks unfinished" if run.chunk_count else ""
             )
             if ledger.fail_run(run.id, reason):
+                metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
                 actions.append(f"failed run {run.id}: {reason}")
             continue
         if idle < stale:

@@ -192,6 +192,25 @@ class Solar:
 Schedule = Cron | Every | Solar
 
 
+def latest_slot(schedule: Schedule, moment: datetime) -> datetime | None:
+    """The last slot at or before ``moment`` (None if there is none in the past year):
+    the run a pipeline owes by now, for staleness alerts."""
+    moment = aware_utc(moment)
+    step = timedelta(hours=1)
+    # Back off until a slot lies between the probe and the moment...
+    probe = moment - step
+    while schedule.next_after(probe) > moment:
+        step *= 2
+        if step > timedelta(days=400):
+            return None
+        probe = moment - step
+    # ...then walk forward to the last one.
+    slot = schedule.next_after(probe)
+    while (following := schedule.next_after(slot)) <= moment:
+        slot = following
+    return slot
+
+
 def logical_date_for(schedule: Schedule, slot: datetime) -> date:
     """The logical date of the run a slot starts: the slot's day in the schedule's
     timezone, less the schedule's lag (a 02:00 nightly run processes yesterday)."""

@@ -13,6 +13,7 @@ from etl.domain.schedules import (
     Every,
     Solar,
     due_slots,
+    latest_slot,
     logical_date_for,
     summarize,
 )
@@ -213,3 +214,40 @@ def test_a_long_downtime_of_a_fast_schedule_stays_cheap() -> None:
     # the three newest missed slots, then the one falling exactly on ``now`` (on time)
     assert decision.slots == [LAST + timedelta(days=2, seconds=-n) for n in (3, 2, 1, 0)]
     assert decision.last_slot == LAST + timedelta(days=2)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "moment", "expected"),
+    [
+        (
+            Cron("0 2 * * *", timezone="UTC"),
+            datetime(2026, 11, 5, 9, tzinfo=UTC),
+            datetime(2026, 11, 5, 2, tzinfo=UTC),
+        ),
+        (
+            Cron("0 2 * * *", timezone="UTC"),
+            datetime(2026, 11, 5, 2, tzinfo=UTC),
+            datetime(2026, 11, 5, 2, tzinfo=UTC),
+        ),  # at the slot itself
+        (
+            Cron("0 2 * * *", timezone="UTC"),
+            datetime(2026, 11, 5, 1, 59, tzinfo=UTC),
+            datetime(2026, 11, 4, 2, tzinfo=UTC),
+        ),
+        (
+            Cron("30 2 * * 1", timezone="Europe/Berlin"),
+            datetime(2026, 11, 5, 12, tzinfo=UTC),
+            datetime(2026, 11, 2, 1, 30, tzinfo=UTC),
+        ),  # weekly, Monday 02:30 Berlin (CET)
+        (
+            Every(900),
+            datetime(2026, 11, 5, 9, 7, tzinfo=UTC),
+            datetime(2026, 11, 5, 9, 0, tzinfo=UTC),
+        ),
+    ],
+    ids=["earlier today", "at the slot", "yesterday's", "weekly in Berlin", "every 15 min"],
+)
+def test_the_latest_slot_is_the_run_a_pipeline_owes_by_now(
+    schedule: Cron | Every, moment: datetime, expected: datetime
+) -> None:
+    assert latest_slot(schedule, moment) == expected

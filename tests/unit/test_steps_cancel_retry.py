@@ -217,23 +217,24 @@ def test_a_run_failed_while_it_commits_has_its_manifest_and_success_withdrawn(
 ) -> None:
     from etl.ledger import Ledger
 
-    class DeadlineArrivesMidCommit(Ledger):
-        """The reconciler failing the run (its deadline passed) after the markers are
-        written and before the ledger moves. (A cancel cannot: committing is past it.)"""
+    class FailedByATwinMidCommit(Ledger):
+        """Another process failing the run (a twin delivery of the commit giving up)
+        after the markers are written and before the ledger moves. (A cancel cannot:
+        a committing run is past cancelling.)"""
 
         def succeed_run(self, run: Run, **fields: Any) -> bool:
-            self.fail_run(run.id, "run deadline passed")
+            self.fail_run(run.id, "commit failed: retries exhausted")
             return super().succeed_run(run, **fields)
 
     run_id = planned_run(seeded)
     services = seeded
     for chunk in services.ledger.get_chunks(run_id):
         steps.transform_chunk(services, run_id, chunk.index)
-    racing = dataclasses.replace(services, ledger=DeadlineArrivesMidCommit(services.ledger.engine))
+    racing = dataclasses.replace(services, ledger=FailedByATwinMidCommit(services.ledger.engine))
 
     final = steps.commit_run(racing, run_id)
 
-    assert (final.state, final.reason) == (RunState.FAILED, "run deadline passed")
+    assert (final.state, final.reason) == (RunState.FAILED, "commit failed: retries exhausted")
     prefix = prefix_of(services, run_id)
     keys = services.parts.list_keys(prefix)
     assert keys and all("/part-" in key for key in keys)  # parts stay; no manifest, no _SUCCESS
