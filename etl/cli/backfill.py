@@ -20,10 +20,10 @@ from etl.cli.common import (
     param,
     positive,
 )
-from etl.cli.progress import ProgressLine, clock
+from etl.cli.progress import ProgressLine, bar, clock
 from etl.config import Settings
 from etl.domain.backfills import BackfillProgress, DatePlan, Reprocess
-from etl.domain.runs import RunState
+from etl.domain.runs import ACTIVE_RUN_STATES, ChunkState, RunState
 
 
 def register(sub: Any) -> None:
@@ -95,9 +95,15 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     started = time.monotonic()
     line = ProgressLine(sys.stdout)
     while True:
-        progress = BackfillProgress.of(services.ledger.backfill_runs(backfill.id))
+        runs = services.ledger.backfill_runs(backfill.id)
+        chunks_done = {
+            run.id: services.ledger.chunk_counts(run.id).get(ChunkState.DONE, 0)
+            for run in runs
+            if run.state in ACTIVE_RUN_STATES
+        }
+        progress = BackfillProgress.of(runs, chunks_done)
         text = progress_text(progress, time.monotonic() - started)
-        line.show(text, " | ".join(text.split(" | ")[:4]))
+        line.show(text, " | ".join(text.split(" | ")[:5]))
         if progress.done:
             break
         if time.monotonic() > deadline:
@@ -119,7 +125,8 @@ def print_plans(plans: list[DatePlan], *, dry_run: bool) -> None:
 
 
 def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:
-    """``3/10 runs ended (3 succeeded) | 2 active | 5 queued | 1,234 rows | 0:42 | ETA 1:38``."""
+    """``[######..........] 12/40 chunks | 3/10 runs ended (3 succeeded) | 2 active |
+    5 queued | 1,234 rows | 29 rows/s | 0:42 | ETA 1:38``."""
     by_state = progress.by_state
     ended = progress.finished
     outcome = ", ".join(
@@ -132,12 +139,16 @@ def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:
         for state in (RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING)
     )
     parts = [
+        f"{bar(progress.chunks_done, progress.chunks_planned)} "
+        f"{progress.chunks_done}/{progress.chunks_planned} chunks",
         f"{ended}/{progress.total} runs ended" + (f" ({outcome})" if outcome else ""),
         f"{active} active",
         f"{by_state.get(RunState.QUEUED, 0)} queued",
         f"{progress.rows_written:,} rows",
-        clock(elapsed_s),
     ]
+    if elapsed_s > 0 and progress.rows_written:
+        parts.append(f"{progress.rows_written / elapsed_s:,.0f} rows/s")
+    parts.append(clock(elapsed_s))
     if 0 < ended < progress.total:
         parts.append("ETA " + clock(elapsed_s / ended * (progress.total - ended)))
     return " | ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -87,14 +88,25 @@ class BackfillProgress:
     total: int
     by_state: dict[RunState, int] = field(default_factory=dict)
     rows_written: int = 0
+    chunks_done: int = 0
+    chunks_planned: int = 0
 
     @classmethod
-    def of(cls, runs: list[Run]) -> BackfillProgress:
-        """Count a backfill's runs by state."""
+    def of(cls, runs: list[Run], chunks_done: Mapping[str, int] | None = None) -> BackfillProgress:
+        """Count a backfill's runs by state, and the chunks of the planned ones
+        (``chunks_done``: done chunks of the runs still active, by run id)."""
+        planned = [run for run in runs if run.chunk_count is not None]
         return cls(
             total=len(runs),
             by_state=dict(Counter(run.state for run in runs)),
             rows_written=sum(run.rows_written or 0 for run in runs),
+            chunks_done=sum(
+                run.chunk_count or 0
+                if run.state is RunState.SUCCEEDED
+                else (chunks_done or {}).get(run.id, 0)
+                for run in planned
+            ),
+            chunks_planned=sum(run.chunk_count or 0 for run in planned),
         )
 
     @property

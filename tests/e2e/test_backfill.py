@@ -66,7 +66,12 @@ def test_a_backfill_runs_each_date_once_with_at_most_max_active(
     lines = done.stdout.splitlines()
     backfill_id = next(line for line in lines if line.startswith("backfill ")).split()[1]
     progress = [line for line in lines if " runs ended" in line]
-    assert progress[-1].startswith(f"{DAYS}/{DAYS} runs ended ({DAYS} succeeded) | 0 active")
+    chunks = DAYS * 4  # 4,000 orders in chunks of 1,000
+    assert progress[-1].startswith(
+        f"[{'#' * 24}] {chunks}/{chunks} chunks | {DAYS}/{DAYS} runs ended ({DAYS} succeeded) | "
+        "0 active"
+    )
+    assert " rows/s | " in progress[-1]
     assert len(progress) >= 3  # plain lines, one per change, off a terminal
 
     runs = services.ledger.backfill_runs(backfill_id)

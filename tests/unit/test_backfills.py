@@ -3,6 +3,7 @@ places free up, already-succeeded dates skipped unless asked (SQLite ledger, mot
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -122,7 +123,28 @@ def test_progress_counts_runs_and_estimates_the_rest() -> None:
         run_in(RunState.QUEUED, D1),
     ]
     text = progress_text(BackfillProgress.of(runs), elapsed_s=60)
-    assert text == ("2/4 runs ended (2 succeeded) | 1 active | 1 queued | 0 rows | 1:00 | ETA 1:00")
+    assert text == (
+        "[........................] 0/0 chunks | 2/4 runs ended (2 succeeded) | 1 active | "
+        "1 queued | 0 rows | 1:00 | ETA 1:00"
+    )
+
+
+def test_progress_shows_chunks_done_of_the_planned_ones_and_rows_per_second() -> None:
+    succeeded = [
+        dataclasses.replace(run_in(RunState.SUCCEEDED, d), chunk_count=4, rows_written=3_000)
+        for d in days(2)
+    ]
+    running = dataclasses.replace(run_in(RunState.RUNNING, D1), id="active", chunk_count=4)
+    queued = run_in(RunState.QUEUED, D1)  # not planned yet: no chunks to count
+
+    progress = BackfillProgress.of([*succeeded, running, queued], chunks_done={"active": 2})
+    text = progress_text(progress, elapsed_s=60)
+
+    assert (progress.chunks_done, progress.chunks_planned) == (10, 12)
+    assert text == (
+        "[####################....] 10/12 chunks | 2/4 runs ended (2 succeeded) | 1 active | "
+        "1 queued | 6,000 rows | 100 rows/s | 1:00 | ETA 1:00"
+    )
 
 
 def test_progress_prints_a_line_per_change_off_a_terminal(

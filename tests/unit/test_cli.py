@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
 
+from etl import steps
 from etl.adapters.db import make_engine
+from etl.bootstrap import Services
 from etl.cli import main
+from etl.demo import seed_orders
+from etl.domain.runs import Trigger
 from etl.ledger import SCHEMA_VERSION, Ledger
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
@@ -141,3 +146,42 @@ def test_a_ledger_that_cannot_be_opened_exits_1_with_one_line(
     monkeypatch.setenv("ETL_DATABASE_URL", "sqlite:///" + str(tmp_path / "missing" / "l.db"))
     assert main(["runs"]) == 1
     assert "cannot open the ledger" in one_error_line(capsys)
+
+
+def test_status_shows_a_table_of_chunks_with_state_rows_duration_and_tries(
+    services: Services,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seed_orders(services.source_engine, 1_000)
+    run, _ = services.ledger.create_run(
+        pipeline="orders_daily",
+        logical_date=date(2026, 11, 1),
+        trigger=Trigger.MANUAL,
+        params={"chunk_size": 500},
+    )
+    steps.plan_run(services, run.id)
+    steps.transform_chunk(services, run.id, 0)  # chunk 1 stays pending
+    monkeypatch.setenv("ETL_DATABASE_URL", str(services.ledger.engine.url))
+
+    assert main(["status", run.id]) == 0
+
+    out = capsys.readouterr().out
+    assert "chunks    1/2 done" in out
+    header, *rows = out[out.index("CHUNK") :].splitlines()
+    assert header.split() == [
+        "CHUNK",
+        "KEYS",
+        "STATE",
+        "ROWS",
+        "REJECTED",
+        "SECONDS",
+        "TRIES",
+        "ERROR",
+    ]
+    done, pending = (row.split() for row in rows)
+    chunk = services.ledger.get_chunk(run.id, 0)
+    assert done[:5] == ["0", "1..500", "done", str(chunk.rows), str(chunk.rows_rejected)]
+    assert float(done[5]) >= 0 and done[6] == "1"
+    assert pending == ["1", "501..1000", "pending", "0"]
