@@ -45,9 +45,15 @@ def build_api_services(settings: Settings) -> ApiServices:
     return ApiServices(
         ledger=services.ledger,
         run_service=run_service,
-        dead_letters=DeadLetterService(services.ledger, settings.broker_url, run_service.retry_run),
-        readiness=lambda: readiness_problems(services, settings.broker_url),
-        queue_stats=lambda: queue_stats(settings.broker_url, [q.name for q in all_queues()]),
+        dead_letters=DeadLetterService(
+            services.ledger, settings.broker_url, run_service.retry_run, settings.broker_use_ssl
+        ),
+        readiness=lambda: readiness_problems(
+            services, settings.broker_url, broker_ssl=settings.broker_use_ssl
+        ),
+        queue_stats=lambda: queue_stats(
+            settings.broker_url, [q.name for q in all_queues()], ssl=settings.broker_use_ssl
+        ),
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from etl.adapters.dead_letters import ParkedMessage, drain_dead_letter_queues, republish
+from etl.adapters.topology import BrokerTls
 from etl.celery_app import TASK_ROUTES
 from etl.domain.dead_letters import DeadLetter, DeadLetterState, explain, run_and_chunk
 from etl.domain.runs import RunState
@@ -28,14 +29,21 @@ class ReplayOutcome:
 class DeadLetterService:
     """Keeps the ledger's record of parked messages and acts on it."""
 
-    def __init__(self, ledger: Ledger, broker_url: str, retry_run: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        broker_url: str,
+        retry_run: Callable[[str], Any],
+        broker_ssl: BrokerTls = False,
+    ) -> None:
         self.ledger = ledger
         self.broker_url = broker_url
         self.retry_run = retry_run
+        self.broker_ssl = broker_ssl
 
     def sync(self) -> int:
         """Move what the dead-letter queues hold into the ledger; returns how many."""
-        return drain_dead_letter_queues(self.broker_url, self._record)
+        return drain_dead_letter_queues(self.broker_url, self._record, ssl=self.broker_ssl)
 
     def _record(self, message: ParkedMessage) -> None:
         task = message.headers.get("task")
@@ -111,6 +119,7 @@ class DeadLetterService:
                 headers=letter.headers,
                 content_type=letter.content_type,
                 content_encoding=letter.content_encoding,
+                ssl=self.broker_ssl,
             )
         except Exception:
             self.ledger.reopen_dead_letter(letter.id)

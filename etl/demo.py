@@ -54,7 +54,9 @@ def seed_orders(engine: Engine, rows: int) -> int:
 def unreachable_services(settings: Settings) -> dict[str, str]:
     """The configured services that do not answer, with the reason."""
     checks = {
-        f"RabbitMQ at {redact_url(settings.broker_url)}": broker_problem(settings.broker_url),
+        f"RabbitMQ at {redact_url(settings.broker_url)}": broker_problem(
+            settings.broker_url, ssl=settings.broker_use_ssl
+        ),
         f"PostgreSQL at {redact_url(settings.database_url)}": database_problem(
             settings.database_url
         ),

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kombu import Connection
 from sqlalchemy import create_engine, text
+
+from etl.adapters.topology import BrokerTls, broker_connection
 
 if TYPE_CHECKING:
     from etl.bootstrap import Services
 
 
-def broker_problem(url: str, timeout: float = 3.0) -> str | None:
-    """None if the broker accepts a connection, else why not."""
+def broker_problem(url: str, timeout: float = 3.0, ssl: BrokerTls = False) -> str | None:
+    """None if the broker accepts a connection (with these TLS options), else why not."""
     try:
-        with Connection(url, connect_timeout=timeout) as connection:
+        with broker_connection(url, ssl, timeout) as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -49,12 +50,12 @@ def result_backend_problem(url: str, timeout: float = 3.0) -> str | None:
 
 
 def readiness_problems(
-    services: Services, broker_url: str, timeout: float = 2.0
+    services: Services, broker_url: str, timeout: float = 2.0, broker_ssl: BrokerTls = False
 ) -> dict[str, str | None]:
     """What the API needs to serve, by name: the broker, the ledger database and the
     bucket. None for a reachable one, else the problem (which may name hosts: log it,
     do not show it to strangers)."""
-    problems: dict[str, str | None] = {"broker": broker_problem(broker_url, timeout)}
+    problems: dict[str, str | None] = {"broker": broker_problem(broker_url, timeout, broker_ssl)}
     try:
         with services.ledger.engine.connect() as conn:
             conn.execute(text("SELECT 1"))

@@ -232,7 +232,9 @@ def reconcile_runs(self: Task) -> dict[str, Any]:
     svc = services(self)
     settings = self.app.settings
     run_service = RunService(svc.ledger, celery_enqueue(self.app))
-    recorded = DeadLetterService(svc.ledger, settings.broker_url, run_service.retry_run).sync()
+    recorded = DeadLetterService(
+        svc.ledger, settings.broker_url, run_service.retry_run, settings.broker_use_ssl
+    ).sync()
     actions = reconcile(
         svc.ledger,
         celery_enqueue(self.app),

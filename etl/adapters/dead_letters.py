@@ -7,9 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from kombu import Connection, Producer, Queue
+from kombu import Producer, Queue
 
-from etl.adapters.topology import WORK_EXCHANGE, WORK_QUEUES, dead_letter_queue_name
+from etl.adapters.topology import (
+    WORK_EXCHANGE,
+    WORK_QUEUES,
+    BrokerTls,
+    broker_connection,
+    dead_letter_queue_name,
+)
 
 # Headers RabbitMQ adds when it dead-letters; a replayed message starts without them.
 _DEATH_HEADERS = frozenset(
@@ -69,14 +75,16 @@ def _raw_body(message: Any) -> bytes:
     return bytes(body)
 
 
-def drain_dead_letter_queues(broker_url: str, record: Callable[[ParkedMessage], None]) -> int:
+def drain_dead_letter_queues(
+    broker_url: str, record: Callable[[ParkedMessage], None], *, ssl: BrokerTls = False
+) -> int:
     """Move every message from the DLQs into ``record``; returns how many.
 
     A message is acknowledged only after ``record`` returns, so a crash in between
     leaves it in the queue for the next drain (``record`` must be idempotent).
     """
     drained = 0
-    with Connection(broker_url, connect_timeout=10) as connection:
+    with broker_connection(broker_url, ssl) as connection:
         channel = connection.channel()
         for source in WORK_QUEUES:
             queue = Queue(dead_letter_queue_name(source), no_declare=True)(channel)
@@ -104,12 +112,11 @@ def republish(
     headers: dict[str, Any],
     content_type: str | None,
     content_encoding: str | None,
+    ssl: BrokerTls = False,
 ) -> None:
     """Publish a parked message's body, as it was, back to its work queue (confirmed)."""
     fresh_headers = {key: value for key, value in headers.items() if key not in _DEATH_HEADERS}
-    with Connection(
-        broker_url, connect_timeout=10, transport_options={"confirm_publish": True}
-    ) as connection:
+    with broker_connection(broker_url, ssl, confirm_publish=True) as connection:
         Producer(connection.channel()).publish(
             body,
             exchange=WORK_EXCHANGE,

@@ -91,11 +91,28 @@ def all_queues(queue_type: str = "classic", delivery_limit: int = 10) -> list[Qu
     ]
 
 
+# Celery's broker_use_ssl (Settings.broker_use_ssl): TLS options, or False for none.
+BrokerTls = dict[str, Any] | bool
+
+
+def broker_connection(
+    url: str, ssl: BrokerTls = False, timeout: float = 10, *, confirm_publish: bool = False
+) -> Connection:
+    """A kombu connection for what Celery does not do itself (topology, queue figures,
+    dead letters, probes), with the same TLS options as Celery's own."""
+    options = {"confirm_publish": True} if confirm_publish else {}
+    return Connection(url, connect_timeout=timeout, ssl=ssl, transport_options=options)
+
+
 def declare_topology(
-    broker_url: str, queue_type: str = "classic", delivery_limit: int = 10
+    broker_url: str,
+    queue_type: str = "classic",
+    delivery_limit: int = 10,
+    *,
+    ssl: BrokerTls = False,
 ) -> None:
     """Declare exchanges and queues; raises if any exists with other arguments."""
-    with Connection(broker_url, connect_timeout=10) as connection:
+    with broker_connection(broker_url, ssl) as connection:
         channel = connection.channel()
         try:
             for queue in all_queues(queue_type, delivery_limit):
@@ -104,11 +121,13 @@ def declare_topology(
             channel.close()
 
 
-def queue_stats(broker_url: str, names: list[str]) -> dict[str, tuple[int, int]]:
+def queue_stats(
+    broker_url: str, names: list[str], *, ssl: BrokerTls = False
+) -> dict[str, tuple[int, int]]:
     """(messages ready, consumers) per queue, by passive declare (creates nothing); a
     queue that does not exist is left out."""
     stats = {}
-    with Connection(broker_url, connect_timeout=5) as connection:
+    with broker_connection(broker_url, ssl, timeout=5) as connection:
         for name in names:
             # The broker closes the channel when the queue is missing: one per queue.
             channel = connection.channel()

@@ -44,7 +44,9 @@ def _service(settings: Settings) -> DeadLetterService:
 
     services = open_services(settings)
     runs = RunService(services.ledger, celery_enqueue(make_celery(settings)))
-    return DeadLetterService(services.ledger, settings.broker_url, runs.retry_run)
+    return DeadLetterService(
+        services.ledger, settings.broker_url, runs.retry_run, settings.broker_use_ssl
+    )
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -72,7 +72,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
     open_services(settings).close()
-    declare_topology(settings.broker_url, settings.queue_type, settings.delivery_limit)
+    declare_topology(
+        settings.broker_url,
+        settings.queue_type,
+        settings.delivery_limit,
+        ssl=settings.broker_use_ssl,
+    )
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "worker")
     concurrency = args.concurrency or settings.worker_concurrency

@@ -1,0 +1,139 @@
+"""Every connection of ours to the broker that Celery does not make itself (declaring the
+topology, queue figures for /metrics, draining and replaying dead letters, the readiness
+probe) uses the TLS settings Celery gets: a stand-in TLS server on loopback, with a
+certificate of a CA of the test's own, sees each one finish its handshake only when
+ETL_BROKER_SSL_CA_FILE names that CA."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from etl.adapters.dead_letters import drain_dead_letter_queues, republish
+from etl.adapters.topology import BrokerTls, declare_topology, queue_stats
+from etl.config import Settings
+from etl.probe import broker_problem
+
+
+class TlsStandIn:
+    """Accepts TLS on a loopback port and records how each handshake went."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.handshakes: list[str] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                with self.context.wrap_socket(raw, server_side=True) as tls:
+                    self.handshakes.append("ok")
+                    tls.recv(8)  # the AMQP greeting; then hang up: we are not a broker
+            except (ssl.SSLError, OSError) as exc:
+                self.handshakes.append(type(exc).__name__)
+            finally:
+                raw.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: its own CA."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test broker CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "broker.pem", folder / "broker.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def stand_in(certificate: tuple[Path, Path]) -> Iterator[TlsStandIn]:
+    server = TlsStandIn(*certificate)
+    yield server
+    server.close()
+
+
+CONNECTIONS: dict[str, Callable[[str, BrokerTls], Any]] = {
+    "readiness probe": lambda url, tls: broker_problem(url, 3, tls),
+    "declare topology": lambda url, tls: declare_topology(url, ssl=tls),
+    "queue figures": lambda url, tls: queue_stats(url, ["etl.plan"], ssl=tls),
+    "drain dead letters": lambda url, tls: drain_dead_letter_queues(url, print, ssl=tls),
+    "replay a dead letter": lambda url, tls: republish(
+        url,
+        queue="etl.plan",
+        body=b"[]",
+        headers={},
+        content_type="application/json",
+        content_encoding="utf-8",
+        ssl=tls,
+    ),
+}
+
+
+@pytest.mark.parametrize("connect", CONNECTIONS.values(), ids=CONNECTIONS.keys())
+@pytest.mark.parametrize("trusted", [True, False], ids=["our CA", "no CA given"])
+def test_each_broker_connection_verifies_tls_with_the_configured_ca(
+    stand_in: TlsStandIn,
+    certificate: tuple[Path, Path],
+    connect: Callable[[str, BrokerTls], Any],
+    trusted: bool,
+) -> None:
+    url = f"amqps://guest:guest@127.0.0.1:{stand_in.port}//"
+    settings = Settings(broker_url=url, broker_ssl_ca_file=str(certificate[0]) if trusted else "")
+
+    # The stand-in is no broker, so each call fails after the handshake, or at it.
+    with contextlib.suppress(Exception):
+        connect(url, settings.broker_use_ssl)
+
+    assert stand_in.handshakes, "no TLS connection was attempted"
+    if trusted:
+        assert stand_in.handshakes[0] == "ok"
+    else:  # the certificate is verified, and nothing vouches for this one
+        assert stand_in.handshakes[0] != "ok"
