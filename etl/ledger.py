@@ -260,10 +260,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def request_fingerprint(pipeline: str, logical_date: date, params: Mapping[str, Any]) -> str:
-    """A stable hash of what a run was asked to do, to tell a retried request from a new one."""
+def request_fingerprint(pipeline: str, logical_date: date | None, params: Mapping[str, Any]) -> str:
+    """A stable hash of what a run was asked to do, to tell a retried request from a new
+    one. ``logical_date`` is None when the request named none (the ledger derived it)."""
     canonical = json.dumps(
-        {"pipeline": pipeline, "logical_date": logical_date.isoformat(), "params": params},
+        {
+            "pipeline": pipeline,
+            "logical_date": None if logical_date is None else logical_date.isoformat(),
+            "params": params,
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -312,14 +317,19 @@ class Ledger:
         trigger: Trigger,
         params: dict[str, Any],
         idempotency_key: str | None = None,
+        logical_date_requested: bool = True,
     ) -> tuple[Run, bool]:
         """Record a new queued run, or find the one this request duplicates.
 
         Returns the run and whether it was created. A scheduled run is unique per
         pipeline and logical date; a request with an idempotency key already used for a
-        different request raises IdempotencyConflict.
+        different request raises IdempotencyConflict. A request that named no logical
+        date (``logical_date_requested`` False: the date was derived from the clock) is
+        the same request the next day too, so a client's retry after midnight finds its run.
         """
-        fingerprint = request_fingerprint(pipeline, logical_date, params)
+        fingerprint = request_fingerprint(
+            pipeline, logical_date if logical_date_requested else None, params
+        )
         moment = now()
         run_id = str(uuid.uuid4())
         values = {

@@ -80,6 +80,7 @@ class RunService:
         validated = pipeline.validate_params(params or {}).model_dump(
             mode="json", exclude_none=True
         )
+        logical_date_requested = logical_date is not None
         if logical_date is None:
             logical_date = (
                 logical_date_for(pipeline.schedule, clock())
@@ -92,6 +93,7 @@ class RunService:
             trigger=trigger,
             params=validated,
             idempotency_key=idempotency_key,
+            logical_date_requested=logical_date_requested,
         )
         if not created:
             # A client repeating a request whose first publish the broker refused gets

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 
 import pytest
 
 from etl.domain.chunks import plan_chunks
 from etl.domain.encoding import PartStats
 from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.ledger import Ledger, RunNotFound
+from etl.ledger import IdempotencyConflict, Ledger, RunNotFound
 from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable, RunService
 
 from support import RecordingEnqueue
@@ -214,3 +215,23 @@ def test_a_run_that_ended_or_is_committing_is_not_cancellable_and_unchanged(
 def test_cancelling_an_unknown_run_is_run_not_found(service: RunService) -> None:
     with pytest.raises(RunNotFound, match="no-such-run"):
         service.cancel_run("no-such-run")
+
+
+def test_a_request_without_a_date_repeated_after_midnight_finds_its_run(
+    service: RunService, enqueue: RecordingEnqueue
+) -> None:
+    def at(day: int) -> Callable[[], datetime]:
+        return lambda: datetime(2026, 11, day, 23, 59, 30, tzinfo=UTC)
+
+    first, created = service.start_run("orders_daily", idempotency_key="k-1", clock=at(5))
+    # The client's retry lands after midnight: the derived date would be a day later.
+    again, created_again = service.start_run("orders_daily", idempotency_key="k-1", clock=at(6))
+
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id and again.logical_date == date(2026, 11, 4)
+    assert len(enqueue.calls) == 1
+    # Naming a date makes it another request, which the key cannot be reused for.
+    with pytest.raises(IdempotencyConflict):
+        service.start_run(
+            "orders_daily", logical_date=date(2026, 11, 4), idempotency_key="k-1", clock=at(6)
+        )
