@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from typing import Any
 
@@ -489,3 +490,30 @@ def test_bad_dead_letter_queries_are_a_400_naming_the_field(
     response = client.get(f"/api/v1/dead-letters?{query}", headers=auth())
     assert response.status_code == 400
     assert sorted(field_names(response)) == fields
+
+
+# Reachable without a token, on purpose: the process and readiness probes.
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static"}
+
+
+def every_route(app: Any) -> list[tuple[str, str]]:
+    """Each method and path the app serves (path parameters filled in): the API, the
+    metrics and the dashboard (whose 401 asks a browser for the token)."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS:
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"some-\1", rule.rule)
+        routes += [(method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return routes
+
+
+def test_every_route_the_app_serves_refuses_a_request_without_a_token(
+    client: FlaskClient, enqueue: RecordingEnqueue
+) -> None:
+    routes = every_route(client.application)
+    assert ("POST", "/api/v1/runs") in routes and len(routes) > 10
+    for method, path in routes:
+        response = client.open(path, method=method, json=GOOD_BODY)
+        assert response.status_code == 401, (method, path, response.status_code)
+    assert enqueue.calls == []
