@@ -447,23 +447,24 @@ class Ledger:
         return self.move_run(run_id, RunState.FAILED, reason=reason[:2000])
 
     def reopen_run(self, run_id: str) -> Run | None:
-        """Take a failed run back for a retry: to queued if it was never planned, else to
-        running with its unfinished chunks pending again (attempts start over).
-        Returns the reopened run, or None if the run is not failed."""
+        """Take a failed run back for a retry: to queued, with its plan and window (if it
+        was planned) kept and its unfinished chunks pending again (attempts start over).
+        Queued, it waits for a place like any run, so a retry cannot overlap another run
+        of a pipeline with max_active_runs. Returns the reopened run, or None if the run
+        is not failed."""
         moment = now()
         with self.engine.begin() as conn:
             run = self._get_run(conn, run_id)
             if run.state is not RunState.FAILED:
                 return None
-            to = RunState.QUEUED if run.chunk_count is None else RunState.RUNNING
             moved = conn.execute(
                 update(runs_table)
                 .where(runs_table.c.id == run_id, runs_table.c.state == RunState.FAILED.value)
-                # started_at restarts: the retried run gets a whole deadline of its own.
+                # Not started until admitted: then it gets a whole deadline of its own.
                 .values(
-                    state=to.value,
+                    state=RunState.QUEUED.value,
                     reason=None,
-                    started_at=moment,
+                    started_at=None,
                     finished_at=None,
                     updated_at=moment,
                 )

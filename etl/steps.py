@@ -51,7 +51,8 @@ class ChunkAttemptsExhausted(RuntimeError):
 
 
 def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
-    """Plan a queued run: fix its window, record its chunks, move it to running.
+    """Plan a queued run: fix its window, record its chunks, move it to running. A
+    retried run, queued again with its plan, keeps that plan and window.
 
     Returns the chunks that still need a transform task, or None when the run has
     nothing to dispatch (it ended, was cancelled, or waits queued because its pipeline
@@ -65,7 +66,12 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
         logger.info("run %s waits: %s has no free place", run_id, run.pipeline)
         return None
     run = ledger.get_run(run_id)
-    if run.state is RunState.PLANNING:
+    if run.state is RunState.PLANNING and run.chunk_count is not None:
+        # A retried run keeps its plan and its window: its chunks read what they first did.
+        chunks = ledger.get_chunks(run_id)
+        ledger.move_run(run_id, RunState.RUNNING)
+        logger.info("resumed run %s: %d chunks planned before", run_id, len(chunks))
+    elif run.state is RunState.PLANNING:
         source = services.source_for(pipeline)
         window: dict[str, Any] = {"key_column": pipeline.source.key_column}
         cursor_window = None

@@ -433,9 +433,9 @@ def test_retrying_a_failed_planned_run_is_a_202_and_enqueues_its_plan(
 
     assert response.status_code == 202
     body = response.get_json()
-    assert (body["id"], body["state"], body["reason"]) == (run_id, "running", None)
+    assert (body["id"], body["state"], body["reason"]) == (run_id, "queued", None)
     assert enqueue.calls == [("etl.plan_run", [run_id])]
-    assert ledger.get_run(run_id).state is RunState.RUNNING
+    assert ledger.get_run(run_id).state is RunState.QUEUED
 
 
 def test_retrying_a_running_run_is_a_409_and_nothing_is_enqueued(

@@ -459,3 +459,29 @@ def test_etl_cancel_backfill_and_runs_backfill(
     assert "cancelled" in capsys.readouterr().out
     assert main(["cancel", "--backfill", "nope"]) == 1
     assert "no backfill with id 'nope'" in capsys.readouterr().err
+
+
+def test_a_retried_run_waits_for_a_place_like_any_other_and_keeps_its_plan(
+    seeded: Services, enqueue: RecordingEnqueue, one_at_a_time: str
+) -> None:
+    service = RunService(seeded.ledger, enqueue)
+    failed, _ = service.start_run(one_at_a_time, logical_date=D1)
+    planned = steps.plan_run(seeded, failed.id)
+    assert planned
+    steps.transform_chunk(seeded, failed.id, planned[0].index)
+    seeded.ledger.fail_run(failed.id, "chunk 1 failed: boom")
+    other, _ = service.start_run(one_at_a_time, logical_date=D1 + timedelta(days=1))
+    assert steps.plan_run(seeded, other.id) is not None  # the other run now holds the place
+
+    service.retry_run(failed.id)
+    assert steps.plan_run(seeded, failed.id) is None  # waits: one run at a time
+    assert seeded.ledger.get_run(failed.id).state is RunState.QUEUED
+    assert seeded.ledger.runs_to_admit(one_at_a_time, 1) == []
+
+    assert finish(seeded, other.id).state is RunState.SUCCEEDED
+    assert seeded.ledger.runs_to_admit(one_at_a_time, 1) == [failed.id]  # its place is free
+    resumed = steps.plan_run(seeded, failed.id)
+    # The same plan, less the chunk done before the failure.
+    assert resumed is not None
+    assert [c.index for c in resumed] == [c.index for c in planned[1:]]
+    assert finish(seeded, failed.id).state is RunState.SUCCEEDED

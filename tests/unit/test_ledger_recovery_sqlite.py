@@ -81,7 +81,7 @@ def test_reopening_a_failed_run_that_was_never_planned_queues_it_again(ledger: L
     assert (reopened.reason, reopened.finished_at) == (None, None)
 
 
-def test_reopening_a_failed_planned_run_resets_its_unfinished_chunks_and_keeps_done_ones(
+def test_reopening_a_failed_planned_run_queues_it_resetting_unfinished_chunks_keeping_done_ones(
     ledger: Ledger,
 ) -> None:
     run_id = planned_run(ledger, chunks=4)
@@ -96,10 +96,11 @@ def test_reopening_a_failed_planned_run_resets_its_unfinished_chunks_and_keeps_d
     reopened = ledger.reopen_run(run_id)
 
     assert reopened is not None
-    assert reopened.state is RunState.RUNNING
-    assert (reopened.reason, reopened.finished_at) == (None, None)
+    # Queued, to wait for a place like any run (max_active_runs), with its plan kept.
+    assert reopened.state is RunState.QUEUED
+    assert (reopened.reason, reopened.started_at, reopened.finished_at) == (None, None, None)
     assert reopened.chunk_count == 4
-    assert ledger.get_run(run_id).state is RunState.RUNNING
+    assert ledger.get_run(run_id).state is RunState.QUEUED
     chunks = ledger.get_chunks(run_id)
     assert chunks[0] == done_before
     assert [(c.index, c.state, c.attempts, c.error) for c in chunks[1:]] == [
@@ -136,7 +137,7 @@ def test_a_failed_run_is_reopened_only_once(ledger: Ledger) -> None:
     run_id = run_in_state(ledger, RunState.FAILED)
     assert ledger.reopen_run(run_id) is not None
     assert ledger.reopen_run(run_id) is None
-    assert ledger.get_run(run_id).state is RunState.RUNNING
+    assert ledger.get_run(run_id).state is RunState.QUEUED
 
 
 # -- active_runs and last_activity ---------------------------------------------------------

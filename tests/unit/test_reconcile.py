@@ -245,7 +245,7 @@ def test_a_run_retried_long_after_it_was_created_is_not_failed_by_its_first_dead
     actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, 60))
 
     assert actions == []
-    assert ledger.get_run(run_id).state is RunState.RUNNING
+    assert ledger.get_run(run_id).state is RunState.QUEUED  # its plan_run admits it
 
 
 # -- runs that ended, and several runs at once ---------------------------------------------

@@ -84,7 +84,7 @@ def test_retrying_a_failed_planned_run_reopens_it_and_enqueues_its_plan_once(
     assert enqueue.calls == [("etl.plan_run", [run_id])]
     run = ledger.get_run(run_id)
     assert returned == run
-    assert run.state is RunState.RUNNING
+    assert run.state is RunState.QUEUED  # plan_run admits it, then resumes its plan
     assert run.reason is None
     assert [c.state for c in ledger.get_chunks(run_id)] == [
         ChunkState.DONE,
@@ -156,7 +156,7 @@ def test_a_retry_the_broker_refuses_fails_the_run_again_with_the_reason(
     assert run.finished_at is not None
     # Failed again, so it can be retried again once the broker is back.
     enqueue.error = None
-    assert service.retry_run(run_id).state is RunState.RUNNING
+    assert service.retry_run(run_id).state is RunState.QUEUED
     assert enqueue.calls == [("etl.plan_run", [run_id])]
 
 
