@@ -19,18 +19,27 @@ from support import ChildProcess
 
 pytestmark = pytest.mark.e2e
 
-RUN = ["run", "orders_daily", "--param", "chunk_size=500", "--wait", "--timeout", "120"]
+# slow_orders (tests/fault_pipelines.py) waits after each batch: a run of the fast
+# orders_daily can end between two polls, and this is about what is seen while it runs.
+RUN = ["run", "slow_orders", "--param", "chunk_size=500", "--wait", "--timeout", "120"]
+SLOW = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "ETL_TEST_SLOW_BATCH_S": "0.4"}
+
+
+@pytest.fixture(scope="module")
+def progress_settings(service_settings: Settings) -> Settings:
+    return service_settings.model_copy(update={"pipeline_modules": "fault_pipelines"})
 
 
 @pytest.fixture(scope="module")
 def worker(
-    service_settings: Settings, services: Services, tmp_path_factory: pytest.TempPathFactory
+    progress_settings: Settings, services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ChildProcess]:
     seed_orders(services.source_engine, 4_000)
     started = ChildProcess.etl(
         ["worker", "--concurrency", "2"],
-        service_settings,
+        progress_settings,
         tmp_path_factory.mktemp("progress") / "worker.log",
+        extra_env=SLOW,
     )
     try:
         started.wait_for_log("ready.")
@@ -40,12 +49,12 @@ def worker(
 
 
 def test_on_a_terminal_the_progress_is_one_line_redrawn(
-    worker: ChildProcess, service_settings: Settings
+    worker: ChildProcess, progress_settings: Settings
 ) -> None:
     controller, terminal = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "etl", *RUN, "--date", "2024-04-01"],
-        env={**os.environ, **settings_env(service_settings)},
+        env={**os.environ, **settings_env(progress_settings), **SLOW},
         stdin=terminal, stdout=terminal, stderr=terminal,
     )  # fmt: skip
     os.close(terminal)
@@ -67,11 +76,11 @@ def test_on_a_terminal_the_progress_is_one_line_redrawn(
 
 
 def test_in_a_pipe_the_progress_is_plain_lines(
-    worker: ChildProcess, service_settings: Settings, tmp_path: Path
+    worker: ChildProcess, progress_settings: Settings, tmp_path: Path
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "etl", *RUN, "--date", "2024-04-02"],
-        env={**os.environ, **settings_env(service_settings)},
+        env={**os.environ, **settings_env(progress_settings), **SLOW},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

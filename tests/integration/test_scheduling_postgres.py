@@ -243,7 +243,9 @@ def test_a_retried_run_whose_window_was_committed_since_is_refused(events: Servi
     assert sorted(rows) == [1, 2, 3, 4]
 
     service.retry_run(stale.id)
-    for chunk in services.ledger.get_chunks(stale.id):
+    resumed = steps.plan_run(services, stale.id)  # admitted again, with its first window
+    assert resumed is not None
+    for chunk in resumed:
         steps.transform_chunk(services, stale.id, chunk.index)
     refused = steps.commit_run(services, stale.id)
 
