@@ -566,19 +566,38 @@ class Ledger:
         return _chunk_from_row(row)
 
     def start_chunk(self, run_id: str, index: int) -> Chunk:
-        """Count an attempt at a chunk that is not done yet; returns the chunk as it is now."""
+        """Count an attempt at a chunk that is not done yet; returns the chunk as it is now
+        (done, and not counted, if another delivery finished it). One transaction: it is
+        on every chunk's path. Raises ChunkNotFound."""
         moment = now()
-        self._update_chunk(
-            run_id,
-            index,
-            chunks_table.c.state != ChunkState.DONE.value,
-            state=ChunkState.RUNNING.value,
-            attempts=chunks_table.c.attempts + 1,
-            moment=moment,
-            started_at=moment,
-            error=None,
-        )
-        return self.get_chunk(run_id, index)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(chunks_table)
+                .where(
+                    chunks_table.c.run_id == run_id,
+                    chunks_table.c.idx == index,
+                    chunks_table.c.state != ChunkState.DONE.value,
+                )
+                .values(
+                    state=ChunkState.RUNNING.value,
+                    attempts=chunks_table.c.attempts + 1,
+                    updated_at=moment,
+                    started_at=moment,
+                    error=None,
+                )
+            )
+            row = (
+                conn.execute(
+                    select(chunks_table).where(
+                        chunks_table.c.run_id == run_id, chunks_table.c.idx == index
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+        if row is None:
+            raise ChunkNotFound(f"run {run_id} has no chunk {index}")
+        return _chunk_from_row(row)
 
     def finish_chunk(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -14,6 +15,8 @@ from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.domain.schedules import logical_date_for
 from etl.ledger import Ledger
 from etl.pipelines import get_pipeline
+
+logger = logging.getLogger(__name__)
 
 # Sends a task by name with positional JSON arguments; raises if the broker refused it.
 Enqueue = Callable[[str, list[Any]], None]
@@ -101,6 +104,15 @@ class RunService:
             if idempotency_key is not None and _never_sent(run):
                 return self.retry_run(run.id), True
             return run, False
+        # Where a run's trail starts: `grep <run id>` over every process's log finds it.
+        logger.info(
+            "created run %s: %s dt=%s (%s)",
+            run.id,
+            run.pipeline,
+            run.logical_date,
+            run.trigger,
+            extra={"run_id": run.id},
+        )
         try:
             self.enqueue(TASK_PLAN_RUN, [run.id])
         except Exception as exc:

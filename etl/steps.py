@@ -105,14 +105,13 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
     run = ledger.get_run(run_id)
     if run.state is RunState.CANCELLED:
         return None
-    chunk = ledger.get_chunk(run_id, index)
+    began = time.monotonic()
+    chunk = ledger.start_chunk(run_id, index)  # an attempt, unless it is done
     if chunk.state is ChunkState.DONE:
         return chunk_result(chunk)
-    began = time.monotonic()
-    started = ledger.start_chunk(run_id, index)
-    if started.attempts > MAX_CHUNK_ATTEMPTS:
+    if chunk.attempts > MAX_CHUNK_ATTEMPTS:
         raise ChunkAttemptsExhausted(
-            f"chunk {index} was started {started.attempts} times without finishing "
+            f"chunk {index} was started {chunk.attempts} times without finishing "
             "(its worker died or hit the hard time limit each time)"
         )
 

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import Any, NoReturn
 
 from etl.cli.common import (
@@ -22,6 +23,10 @@ from etl.cli.common import (
 from etl.config import Settings
 from etl.domain.runs import RunState
 
+# A worker started with (or just before) its broker waits this long for it, as Celery
+# itself would, before it gives up with one line.
+BROKER_WAIT_S = 60.0
+
 
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
@@ -30,6 +35,13 @@ def register(sub: Any) -> None:
     worker.add_argument("--concurrency", type=positive)
     worker.add_argument(
         "--hostname", help="Celery node name (default etl-<pid>@<host>, unique per process)"
+    )
+    worker.add_argument(
+        "--broker-wait",
+        type=float,
+        default=BROKER_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long to wait for RabbitMQ at start-up (default {BROKER_WAIT_S:g})",
     )
     worker.set_defaults(handler=cmd_worker)
 
@@ -58,7 +70,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.topology import declare_topology
     from etl.celery_app import make_celery
     from etl.logs import install_celery_hooks
 
@@ -72,12 +83,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
     open_services(settings).close()
-    declare_topology(
-        settings.broker_url,
-        settings.queue_type,
-        settings.delivery_limit,
-        ssl=settings.broker_use_ssl,
-    )
+    _declare_topology_when_up(settings, args.broker_wait)
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "worker")
     concurrency = args.concurrency or settings.worker_concurrency
@@ -98,6 +104,41 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         ]
     )
     return EXIT_OK
+
+
+def _declare_topology_when_up(settings: Settings, wait_s: float) -> None:
+    """Declare the queues, retrying while the broker is not reachable yet (backing off to
+    10 s) for ``wait_s``; then, or on any other refusal, one line naming the problem."""
+    from kombu.exceptions import OperationalError
+
+    from etl.adapters.db import redact_url
+    from etl.adapters.topology import declare_topology
+
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    while True:
+        try:
+            declare_topology(
+                settings.broker_url,
+                settings.queue_type,
+                settings.delivery_limit,
+                ssl=settings.broker_use_ssl,
+            )
+            return
+        except (OSError, OperationalError) as exc:
+            where = redact_url(settings.broker_url)
+            if time.monotonic() + delay > deadline:
+                raise CliError(f"cannot reach RabbitMQ at {where}: {first_line(exc)}") from None
+            logging.getLogger(__name__).warning(
+                "RabbitMQ at %s is not reachable (%s); trying again in %.0f s",
+                where,
+                first_line(exc),
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except Exception as exc:  # a queue declared with other arguments, a refused user
+            raise CliError(f"cannot declare the queues: {first_line(exc)}") from None
 
 
 def cmd_beat(args: argparse.Namespace, settings: Settings) -> NoReturn:

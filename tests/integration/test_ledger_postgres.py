@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from etl.adapters.db import make_engine
 from etl.bootstrap import Services
+from etl.config import Settings
 from etl.domain.chunks import plan_chunks
 from etl.domain.runs import RunState, Trigger
 from etl.ledger import SCHEMA_VERSION, IdempotencyConflict, upgrade
@@ -115,3 +116,23 @@ def test_concurrent_migrations_of_a_fresh_database_agree(postgres_url: str) -> N
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_etl_seed_creates_and_fills_the_orders_table(
+    services: Services,
+    service_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from etl.cli import main
+    from etl.config import settings_env
+
+    for name, value in settings_env(service_settings).items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["seed", "--rows", "500"]) == 0
+
+    assert "500" in capsys.readouterr().out
+    with services.source_engine.connect() as conn:
+        count, low, high = conn.execute(text("SELECT count(*), min(id), max(id) FROM orders")).one()
+    assert (count, low, high) == (500, 1, 500)

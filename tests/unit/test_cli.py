@@ -185,3 +185,13 @@ def test_status_shows_a_table_of_chunks_with_state_rows_duration_and_tries(
     assert done[:5] == ["0", "1..500", "done", str(chunk.rows), str(chunk.rows_rejected)]
     assert float(done[5]) >= 0 and done[6] == "1"
     assert pending == ["1", "501..1000", "pending", "0"]
+
+
+def test_a_worker_whose_broker_stays_down_retries_then_exits_1_naming_it(
+    ledger_url: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert main(["worker", "--broker-wait", "5"]) == 1  # each attempt takes kombu 2 s
+
+    line = one_error_line(capsys)
+    assert "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1//" in line
+    assert "trying again in 1 s" in caplog.text  # it waited before giving up

@@ -235,3 +235,15 @@ def test_a_request_without_a_date_repeated_after_midnight_finds_its_run(
         service.start_run(
             "orders_daily", logical_date=date(2026, 11, 4), idempotency_key="k-1", clock=at(6)
         )
+
+
+def test_a_new_run_is_logged_with_its_run_id_where_its_trail_starts(
+    service: RunService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="etl.runs")
+
+    run, _ = service.start_run("orders_daily", logical_date=date(2026, 11, 4))
+
+    [record] = [r for r in caplog.records if r.name == "etl.runs"]
+    assert getattr(record, "run_id", None) == run.id
+    assert record.getMessage() == f"created run {run.id}: orders_daily dt=2026-11-04 (manual)"
