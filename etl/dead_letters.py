@@ -12,7 +12,7 @@ from etl.adapters.dead_letters import ParkedMessage, drain_dead_letter_queues, r
 from etl.adapters.topology import BrokerTls
 from etl.celery_app import TASK_ROUTES
 from etl.domain.dead_letters import DeadLetter, DeadLetterState, explain, run_and_chunk
-from etl.domain.runs import RunState
+from etl.domain.runs import TERMINAL_RUN_STATES, ChunkState, RunState
 from etl.ledger import Ledger, RunNotFound
 
 KNOWN_TASKS = frozenset(TASK_ROUTES)
@@ -50,7 +50,15 @@ class DeadLetterService:
         task_id = message.headers.get("id")
         decoded, args = _decode_args(message)
         run_id, chunk_index = run_and_chunk(task, args) if decoded else (None, None)
-        self.ledger.record_dead_letter(
+        reason = explain(
+            task=task,
+            known_tasks=KNOWN_TASKS,
+            decoded=decoded,
+            content_type=message.content_type,
+            death_reason=message.death_reason,
+            ledger_error=self._ledger_error(run_id, chunk_index),
+        )
+        _, created = self.ledger.record_dead_letter(
             {
                 "fingerprint": str(task_id or message.message_id or _digest(message)),
                 "queue": message.queue,
@@ -58,14 +66,7 @@ class DeadLetterService:
                 "task_id": task_id,
                 "run_id": run_id,
                 "chunk_index": chunk_index,
-                "reason": explain(
-                    task=task,
-                    known_tasks=KNOWN_TASKS,
-                    decoded=decoded,
-                    content_type=message.content_type,
-                    death_reason=message.death_reason,
-                    ledger_error=self._ledger_error(run_id, chunk_index),
-                ),
+                "reason": reason,
                 "death_reason": message.death_reason,
                 "death_count": message.death_count,
                 "content_type": message.content_type,
@@ -74,6 +75,26 @@ class DeadLetterService:
                 "body": message.body,
             }
         )
+        if created and run_id is not None:
+            self._fail_what_it_left_undone(run_id, chunk_index, reason)
+
+    def _fail_what_it_left_undone(self, run_id: str, chunk_index: int | None, reason: str) -> None:
+        # The broker parks a message on its own too (a quorum queue's delivery limit, an
+        # expiry): then no worker failed the run, which would wait for its deadline.
+        try:
+            run = self.ledger.get_run(run_id)
+            if run.state in TERMINAL_RUN_STATES:
+                return
+            if chunk_index is not None:
+                if self.ledger.get_chunk(run_id, chunk_index).state is ChunkState.DONE:
+                    return  # a spare copy of finished work
+                self.ledger.fail_chunk(run_id, chunk_index, f"dead-lettered: {reason}")
+                why = f"chunk {chunk_index} dead-lettered: {reason}"
+            else:
+                why = f"dead-lettered: {reason}"
+        except LookupError:
+            return
+        self.ledger.fail_run(run_id, why)
 
     def _ledger_error(self, run_id: str | None, chunk_index: int | None) -> str | None:
         if run_id is None:

@@ -148,8 +148,9 @@ def test_sigkill_of_one_pool_child_redelivers_its_chunk(
 ) -> None:
     worker = start_worker(concurrency=2)
     run = start(fault_services, app, "slow_orders", 2_500)
+    # Both pool processes busy, so the one killed is surely mid-chunk.
     wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
+        lambda: running_chunks(fault_services, run.id) >= 2, timeout_s=60, what="two chunks running"
     )
     children = subprocess.run(
         ["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True, check=True
@@ -162,6 +163,9 @@ def test_sigkill_of_one_pool_child_redelivers_its_chunk(
     assert final.state is RunState.SUCCEEDED, final.reason
     assert worker.alive()
     assert_run_output_matches_source(fault_services, final)
+    # The killed child's chunk was delivered again and finished on the second attempt.
+    attempts = sorted(c.attempts for c in fault_services.ledger.get_chunks(run.id))
+    assert attempts[-1] == 2 and attempts[:-1] == [1] * (len(attempts) - 1), attempts
 
 
 def test_a_poison_chunk_is_dead_lettered_and_fails_the_run_naming_it(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import date
 
 import pytest
 from kombu import Connection, Producer, Queue
@@ -15,7 +16,9 @@ from etl.bootstrap import Services
 from etl.cli import main
 from etl.config import Settings, settings_env
 from etl.dead_letters import DeadLetterService
+from etl.domain.chunks import plan_chunks
 from etl.domain.dead_letters import DeadLetterState
+from etl.domain.runs import ChunkState, RunState, Trigger
 
 from support import RABBITMQ_URL, scratch_vhost, wait_until
 
@@ -105,3 +108,30 @@ def test_a_parked_message_is_recorded_shown_replayed_once_and_purged(
     assert main(["dlq", "purge", "--run", "no-such-run"]) == 0
     assert services.ledger.get_dead_letter(letter.id).state is DeadLetterState.PURGED
     assert [x for x in dead_letters.list_letters() if x.task_id == task_id] == []
+
+
+def test_a_chunk_the_broker_parks_on_its_own_fails_its_active_run_naming_it(
+    idle_broker: str, services: Services
+) -> None:
+    # As a quorum queue's delivery limit would: parked with no worker failing the run.
+    ledger = services.ledger
+    run, _ = ledger.create_run(
+        pipeline="orders_daily",
+        logical_date=date(2026, 11, 20),
+        trigger=Trigger.MANUAL,
+        params={},
+        idempotency_key=f"dlq-{uuid.uuid4()}",
+    )
+    ledger.move_run(run.id, RunState.PLANNING)
+    ledger.record_plan(run.id, plan_chunks(1, 10, 5), {"key_column": "id"})
+    ledger.move_run(run.id, RunState.RUNNING)
+    body = json.dumps([[run.id, 1], {}, {}]).encode()
+    park(idle_broker, body, {"task": "etl.transform_chunk", "id": str(uuid.uuid4())})
+
+    DeadLetterService(services.ledger, idle_broker, lambda run_id: None).sync()
+
+    failed = ledger.get_run(run.id)
+    assert failed.state is RunState.FAILED
+    assert failed.reason is not None and failed.reason.startswith("chunk 1 dead-lettered: ")
+    chunks = ledger.get_chunks(run.id)
+    assert [c.state for c in chunks] == [ChunkState.PENDING, ChunkState.FAILED]
