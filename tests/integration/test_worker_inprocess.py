@@ -74,23 +74,37 @@ def test_a_run_completes_with_every_row_once(
     ]
 
 
+@pytest.mark.parametrize(
+    ("rows", "chunk_size"), [(20_000, 1_000_000), (2_000, 100)], ids=["one big", "twenty small"]
+)
 def test_a_chunk_result_on_the_result_backend_is_under_1kb(
-    celery_app: EtlCelery, worker: Any, services: Services, redis_url: str
+    celery_app: EtlCelery,
+    worker: Any,
+    services: Services,
+    redis_url: str,
+    rows: int,
+    chunk_size: int,
 ) -> None:
-    seed_orders(services.source_engine, 20_000)
+    seed_orders(services.source_engine, rows)
     run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
-        "orders_daily", logical_date=date(2026, 11, 2), params={"chunk_size": 1_000_000}
+        "orders_daily", logical_date=date(2026, 11, 2), params={"chunk_size": chunk_size}
     )
     final = wait_for_run(services.ledger, run.id, timeout_s=60)
-    assert final.state is RunState.SUCCEEDED and final.chunk_count == 1
+    assert final.state is RunState.SUCCEEDED and final.chunk_count == -(-rows // chunk_size)
 
-    # Re-sending the done chunk returns its recorded result: read it raw from Redis.
-    result = celery_app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
-    payload = result.get(timeout=30)
-    assert set(payload) == {"key", "rows", "bytes", "sha256"} and payload["rows"] > 19_000
-    raw = redis.Redis.from_url(redis_url).get(f"celery-task-meta-{result.id}")
-    assert raw is not None and len(raw) < 1024, f"{len(raw or b'')} bytes on the result backend"
-    assert json.loads(raw)["result"] == payload
+    # What the chord's chunk tasks stored during the run, read raw from Redis.
+    backend = redis.Redis.from_url(redis_url)
+    stored = []
+    for key in backend.scan_iter("celery-task-meta-*", count=1000):
+        raw = backend.get(key)
+        result = json.loads(raw or b"{}").get("result")
+        if isinstance(result, dict) and f"run={run.id}/" in str(result.get("key")):
+            stored.append((raw, result))
+    assert len(stored) == final.chunk_count
+    for raw, result in stored:
+        assert set(result) == {"key", "rows", "bytes", "sha256"}
+        assert raw is not None and len(raw) < 1024, f"{len(raw or b'')} bytes on the backend"
+    assert sum(result["rows"] for _, result in stored) == final.rows_written
 
 
 def test_a_pickle_message_is_refused_and_the_worker_keeps_serving(
