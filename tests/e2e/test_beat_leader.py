@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from etl.adapters.topology import PLAN_QUEUE, queue_stats
 from etl.beat_state import BeatState
 from etl.bootstrap import Services, build_services
+from etl.celery_app import TASK_START_SCHEDULED_RUN
 from etl.config import Settings
 from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
@@ -94,6 +96,17 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
             beat.stop()
 
     ticks = state.ticks(ENTRY)
+    # Each recorded slot reached the worker once, from whichever Beat sent it: count
+    # the messages it received once nothing is left in its queue.
+    wait_until(
+        lambda: queue_stats(beat_settings.broker_url, [PLAN_QUEUE]) == {PLAN_QUEUE: (0, 1)},
+        timeout_s=30,
+        what="the plan queue drained",
+    )
+    received = len(
+        re.findall(rf"{re.escape(TASK_START_SCHEDULED_RUN)}\[\S+\] received", worker.log())
+    )
+    assert received == len(ticks), (received, len(ticks))
     slots = [tick.slot for tick in ticks]
     holders = [tick.dispatched_by for tick in ticks]
     # every slot from the first to the last, once each: none lost in the takeover
@@ -102,8 +115,8 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
     switch = holders.index(next(h for h in holders if h != leader_holder))
     assert set(holders[:switch]) == {leader_holder} and leader_holder not in holders[switch:]
     print(
-        f"\n{len(ticks)} slots sent, {switch} by the first leader, {len(ticks) - switch} by "
-        f"the second; takeover {takeover_s:.1f}s after SIGKILL"
+        f"\n{len(ticks)} slots sent and {received} received, {switch} by the first leader, "
+        f"{len(ticks) - switch} by the second; takeover {takeover_s:.1f}s after SIGKILL"
     )
     assert takeover_s < 15
 
