@@ -55,7 +55,7 @@ from etl.domain.runs import (
     Trigger,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Any constants work; they only have to be the same in every process.
 _MIGRATION_LOCK_ID = 0x6E657463
 _ADMISSION_LOCK_ID = 0x6E657464
@@ -119,6 +119,7 @@ chunks_table = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("etag", String(100)),
 )
 
 dead_letters_table = Table(
@@ -213,11 +214,19 @@ def _migrate_to_3(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _migrate_to_4(conn: Connection) -> None:
+    # Each part's ETag, so the commit checks all parts with one listing (#7).
+    columns = {column["name"] for column in inspect(conn).get_columns(chunks_table.name)}
+    if "etag" not in columns:
+        conn.execute(text("ALTER TABLE etl_chunks ADD COLUMN etag VARCHAR(100)"))
+
+
 # Later schema changes go here as (version, callable(conn)); a fresh database is created
 # from the current metadata and stamped with SCHEMA_VERSION directly.
 MIGRATIONS: list[tuple[int, Any]] = [
     (2, lambda conn: dead_letters_table.create(conn, checkfirst=True)),
     (3, _migrate_to_3),
+    (4, _migrate_to_4),
 ]
 
 
@@ -607,6 +616,7 @@ class Ledger:
         s3_key: str,
         stats: PartStats,
         rejected_by_reason: dict[str, int],
+        etag: str | None = None,
     ) -> bool:
         """Record a chunk's part once; False if another delivery recorded it first."""
         moment = now()
@@ -616,6 +626,7 @@ class Ledger:
             chunks_table.c.state != ChunkState.DONE.value,
             state=ChunkState.DONE.value,
             s3_key=s3_key,
+            etag=etag,
             rows=stats.rows,
             bytes=stats.bytes,
             sha256=stats.sha256,
@@ -1155,6 +1166,7 @@ def _chunk_from_row(row: RowMapping) -> Chunk:
         error=row["error"],
         started_at=aware_utc(row["started_at"]),
         finished_at=aware_utc(row["finished_at"]),
+        etag=row["etag"],
     )
 
 

@@ -10,7 +10,6 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from etl import metrics
@@ -40,8 +39,6 @@ READ_BATCH_ROWS = 5000
 # A chunk started this many times is given up: a message that kills its worker (out of
 # memory, the hard time limit) is redelivered each time and would loop for ever.
 MAX_CHUNK_ATTEMPTS = 10
-# How many parts commit_run checks in S3 at once (boto3 clients are thread-safe).
-PART_CHECKS_AT_ONCE = 8
 # A part is spooled in memory up to this size, then on disk, before it is uploaded.
 SPOOL_MAX_BYTES = 32 * 1024 * 1024
 
@@ -140,7 +137,7 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
                 writer.write_records(result.records)
                 rejected.update(result.rejected_by_reason())
         stats = writer.close()
-        services.parts.put_part(
+        etag = services.parts.put_part(
             key,
             spool,
             content_type=FORMATS[pipeline.output_format],
@@ -148,7 +145,7 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
             rows=stats.rows,
         )
     if ledger.finish_chunk(
-        run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected)
+        run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected), etag=etag
     ):  # counted once, by the delivery that recorded the chunk
         rejected_rows = sum(rejected.values())
         metrics.ROWS_READ.labels(pipeline.name).inc(stats.rows + rejected_rows)
@@ -169,10 +166,12 @@ def commit_run(services: Services, run_id: str) -> Run:
     run = ledger.get_run(run_id)
     if run.state is not RunState.COMMITTING:
         return run
+    pipeline = get_pipeline(run.pipeline)
+    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
     chunks = ledger.get_chunks(run_id)
     problems = commit_problems(run.chunk_count, chunks)
     if not problems:
-        bad_parts = _part_problems(services, chunks)
+        bad_parts = _part_problems(services, chunks, prefix)
         problems = list(bad_parts.values())
         # Done, but its part is not as recorded: a retry must transform it again.
         for index, problem in bad_parts.items():
@@ -187,7 +186,6 @@ def commit_run(services: Services, run_id: str) -> Run:
             metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
         return ledger.get_run(run_id)
 
-    pipeline = get_pipeline(run.pipeline)
     manifest = build_manifest(
         run,
         chunks,
@@ -195,7 +193,6 @@ def commit_run(services: Services, run_id: str) -> Run:
         schema=pipeline.schema_document(),
         created_at=now(),
     )
-    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
     # The manifest goes first and _SUCCESS last: a reader that sees _SUCCESS can trust
     # the manifest, and one that sees neither knows the run is not complete.
     services.parts.put_json(manifest_key(prefix), manifest)
@@ -241,22 +238,30 @@ def _withdraw(services: Services, prefix: str) -> None:
     logger.warning("withdrew the manifest and _SUCCESS under %s", prefix)
 
 
-def _part_problems(services: Services, chunks: list[Chunk]) -> dict[int, str]:
-    """Parts that are missing from S3 or differ from what the ledger recorded, by chunk."""
-    problems = {
-        chunk.index: f"chunk {chunk.index} has no part"  # commit_problems refused it already
-        for chunk in chunks
-        if chunk.s3_key is None
-    }
-    stored = [chunk for chunk in chunks if chunk.s3_key is not None]
-    # One HEAD per part, a few at a time: a run of hundreds of parts commits in seconds.
-    with ThreadPoolExecutor(max_workers=PART_CHECKS_AT_ONCE) as pool:
-        found = pool.map(lambda chunk: services.parts.part_metadata(chunk.s3_key), stored)
-        for chunk, metadata in zip(stored, found, strict=True):
-            if metadata is None:
-                problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"
-            elif metadata.get("sha256") != chunk.sha256 or metadata["bytes"] != chunk.bytes:
+def _part_problems(services: Services, chunks: list[Chunk], prefix: str) -> dict[int, str]:
+    """Parts that are missing from S3 or differ from what the ledger recorded, by chunk.
+
+    One listing of the run's prefix answers for every part whose ETag the ledger holds
+    (a part's ETag changes with its bytes); a part recorded before ETags were kept gets
+    a HEAD, its sha256 checked against the ledger's.
+    """
+    listed = {stored.key: stored for stored in services.parts.list_objects(prefix + "/")}
+    problems = {}
+    for chunk in chunks:
+        if chunk.s3_key is None:  # commit_problems already refused a chunk not done
+            problems[chunk.index] = f"chunk {chunk.index} has no part"
+            continue
+        stored = listed.get(chunk.s3_key)
+        if stored is None:
+            problems[chunk.index] = f"part of chunk {chunk.index} is missing: {chunk.s3_key}"
+        elif stored.size != chunk.bytes or (chunk.etag is not None and stored.etag != chunk.etag):
+            problems[chunk.index] = (
+                f"part of chunk {chunk.index} differs from the ledger: {chunk.s3_key}"
+            )
+        elif chunk.etag is None:
+            found = services.parts.part_metadata(chunk.s3_key)
+            if found is None or found.get("sha256") != chunk.sha256:
                 problems[chunk.index] = (
                     f"part of chunk {chunk.index} differs from the ledger: {chunk.s3_key}"
                 )
-    return dict(sorted(problems.items()))
+    return problems

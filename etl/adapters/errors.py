@@ -12,6 +12,8 @@ from psycopg2 import InterfaceError as DriverInterfaceError
 from psycopg2 import OperationalError as DriverOperationalError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from etl.adapters.s3 import PartNotStored
+
 _RETRYABLE_S3_CODES = frozenset(
     {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
      "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
@@ -28,6 +30,8 @@ def is_transient(exc: BaseException) -> bool:
     # The fast path's COPY runs on the driver's own connection, unwrapped by SQLAlchemy:
     # a terminated backend or a closed connection, as the driver says it.
     if isinstance(exc, DriverOperationalError | DriverInterfaceError):
+        return True
+    if isinstance(exc, PartNotStored):  # read back wrong: write it again
         return True
     if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError):
         return True

@@ -35,6 +35,10 @@ def make_s3_client(endpoint_url: str, region: str) -> S3Client:
     return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
 
 
+class PartNotStored(RuntimeError):
+    """Reading a part back right after writing it found other bytes (or none)."""
+
+
 class S3PartWriter:
     """Puts a run's objects into one bucket, each under a deterministic key."""
 
@@ -59,10 +63,12 @@ class S3PartWriter:
 
     def put_part(
         self, key: str, body: IO[bytes], *, content_type: str, sha256: str, rows: int
-    ) -> None:
-        """Upload a part; its sha256 and row count ride along as object metadata."""
+    ) -> str:
+        """Upload a part, its sha256 and row count riding along as object metadata, and
+        read it back: returns its ETag. Raises PartNotStored if S3 holds other bytes."""
+        size = body.seek(0, 2)
         body.seek(0)
-        self.client.upload_fileobj(
+        self.client.upload_fileobj(  # which may close ``body``
             body,
             self.bucket,
             key,
@@ -72,6 +78,10 @@ class S3PartWriter:
             },
             Config=_TRANSFER,
         )
+        stored = self.part_metadata(key)
+        if stored is None or stored.get("sha256") != sha256 or stored["bytes"] != size:
+            raise PartNotStored(f"S3 does not hold the part just written at {key}")
+        return str(stored["etag"])
 
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         """Upload a small JSON document."""
@@ -92,7 +102,7 @@ class S3PartWriter:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
-        return {"bytes": head["ContentLength"], **head.get("Metadata", {})}
+        return {"bytes": head["ContentLength"], "etag": head["ETag"], **head.get("Metadata", {})}
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object."""
@@ -112,7 +122,7 @@ class S3PartWriter:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             found.extend(
-                StoredObject(item["Key"], item["Size"], item["LastModified"])
+                StoredObject(item["Key"], item["Size"], item["LastModified"], item["ETag"])
                 for item in page.get("Contents", [])
             )
         return found

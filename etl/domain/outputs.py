@@ -31,6 +31,7 @@ class StoredObject:
     key: str
     size: int
     last_modified: datetime
+    etag: str = ""  # as S3 reports it, quotes and all; changes when the bytes do
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,8 @@ class Chunk:
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The part's ETag as stored, so the commit can check every part with one listing.
+    etag: str | None = None
 
 
 def chunk_result(chunk: Chunk) -> dict[str, Any]:

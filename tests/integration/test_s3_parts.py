@@ -22,7 +22,7 @@ def test_a_part_round_trips_with_its_checksum_as_metadata(services: Services) ->
     stats = writer.close()
     key = f"it/{uuid.uuid4()}/part-00000.jsonl.gz"
 
-    services.parts.put_part(
+    etag = services.parts.put_part(
         key, buffer, content_type="application/gzip", sha256=stats.sha256, rows=stats.rows
     )
 
@@ -31,9 +31,12 @@ def test_a_part_round_trips_with_its_checksum_as_metadata(services: Services) ->
     assert read_json_lines_gzip(data)[999] == {"order_id": 999, "note": "é"}
     assert services.parts.part_metadata(key) == {
         "bytes": stats.bytes,
+        "etag": etag,
         "sha256": stats.sha256,
         "rows": "1000",
     }
+    [listed] = services.parts.list_objects(key)
+    assert (listed.size, listed.etag) == (stats.bytes, etag)  # one listing checks a run
 
 
 def test_missing_objects_have_no_metadata_and_listing_is_by_prefix(services: Services) -> None:

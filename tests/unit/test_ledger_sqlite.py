@@ -41,6 +41,21 @@ def test_upgrade_twice_is_harmless_and_reports_the_schema_version(sqlite_engine:
     assert upgrade(sqlite_engine) == SCHEMA_VERSION
 
 
+def test_a_version_3_ledger_is_migrated_to_keep_part_etags(sqlite_engine: Engine) -> None:
+    from sqlalchemy import delete, inspect, text
+
+    from etl.ledger import schema_version_table
+
+    with sqlite_engine.begin() as conn:  # back to what version 3 created
+        conn.execute(text("ALTER TABLE etl_chunks DROP COLUMN etag"))
+        conn.execute(delete(schema_version_table).where(schema_version_table.c.version > 3))
+
+    assert upgrade(sqlite_engine) == SCHEMA_VERSION == 4
+
+    columns = {column["name"] for column in inspect(sqlite_engine).get_columns("etl_chunks")}
+    assert "etag" in columns
+
+
 def test_a_new_run_is_queued_with_what_was_asked(ledger: Ledger) -> None:
     run, created = ledger.create_run(
         pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={"chunk_size": 10}

@@ -203,6 +203,55 @@ def test_commit_fails_the_run_naming_a_chunk_whose_part_differs(seeded: Services
     assert run.reason is not None and "chunk 1" in run.reason and "differs" in run.reason
 
 
+def test_commit_checks_every_part_with_one_listing_and_catches_same_size_tampering(
+    seeded: Services,
+) -> None:
+    run_id = create_run(seeded)
+    steps.plan_run(seeded, run_id)
+    results = run_every_chunk(seeded, run_id)
+    assert results[2] is not None
+    recorded = seeded.ledger.get_chunk(run_id, 2)
+    assert recorded.etag  # kept from reading the part back after writing it
+    key = results[2]["key"]
+    original = seeded.parts.get_bytes(key)
+    # Other bytes of the very same size, and the sha256 metadata left as it was.
+    head = seeded.parts.client.head_object(Bucket="unit-bucket", Key=key)
+    seeded.parts.client.put_object(
+        Bucket="unit-bucket", Key=key, Body=bytes(reversed(original)), Metadata=head["Metadata"]
+    )
+
+    run = steps.commit_run(seeded, run_id)
+
+    assert run.state is RunState.FAILED
+    assert run.reason is not None and "chunk 2" in run.reason and "differs" in run.reason
+    assert seeded.ledger.get_chunk(run_id, 2).state is not ChunkState.DONE  # to redo
+
+
+def test_a_part_recorded_before_etags_were_kept_is_checked_by_its_sha256(
+    seeded: Services,
+) -> None:
+    from sqlalchemy import update
+
+    from etl.ledger import chunks_table
+
+    run_id = create_run(seeded)
+    steps.plan_run(seeded, run_id)
+    results = run_every_chunk(seeded, run_id)
+    with seeded.ledger.engine.begin() as conn:  # as a ledger migrated from version 3 holds it
+        conn.execute(update(chunks_table).where(chunks_table.c.run_id == run_id).values(etag=None))
+    assert results[0] is not None
+    key = results[0]["key"]
+    original = seeded.parts.get_bytes(key)
+    seeded.parts.client.put_object(
+        Bucket="unit-bucket", Key=key, Body=bytes(reversed(original)), Metadata={"sha256": "0" * 64}
+    )
+
+    run = steps.commit_run(seeded, run_id)
+
+    assert run.state is RunState.FAILED
+    assert run.reason is not None and "chunk 0" in run.reason and "differs" in run.reason
+
+
 def test_commit_fails_the_run_naming_a_chunk_that_is_not_done(seeded: Services) -> None:
     run_id = create_run(seeded)
     steps.plan_run(seeded, run_id)
