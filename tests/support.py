@@ -117,6 +117,12 @@ def assert_run_output_matches_source(services: Services, run: Run) -> dict[str, 
 
     expected, rejected = expected_records(services, run.pipeline)
     ids = [record["order_id"] for record in found]
+    # The figures, for `pytest -rP` (and a failure's captured output).
+    print(
+        f"rows of {run.pipeline} run {run.id}: {len(expected)} expected, {len(ids)} found "
+        f"({len(ids) - len(set(ids))} duplicates) in {len(manifest['parts'])} parts; "
+        f"{rejected} rejected"
+    )
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicate rows in the output"
     missing = {r["order_id"] for r in expected} - set(ids)
     assert not missing, f"{len(missing)} rows missing, e.g. {sorted(missing)[:5]}"
