@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -31,6 +32,10 @@ from etl.probe import broker_problem, database_problem, result_backend_problem
 from etl.runs import RunService, celery_enqueue, wait_for_run
 
 DEMO_PIPELINE = "orders_daily"
+
+
+class DemoWorkerFailed(RuntimeError):
+    """The demo's worker process did not start."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +182,13 @@ def _worker(
         return f"the worker exited with status {process.returncode}; its log is {log.name}"
 
     try:
+        # The clock starts at the trigger, not while the worker boots.
+        deadline = time.monotonic() + 60
+        while b"ready." not in Path(log.name).read_bytes():
+            problem = still_working()
+            if problem is not None or time.monotonic() > deadline:
+                raise DemoWorkerFailed(problem or f"the worker did not start; see {log.name}")
+            time.sleep(0.1)
         yield still_working
     finally:
         process.terminate()

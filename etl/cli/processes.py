@@ -228,9 +228,12 @@ def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.demo import run_demo
+    from etl.demo import DemoWorkerFailed, run_demo
 
-    outcome = run_demo(settings, args.rows, embedded=True if args.embedded else None)
+    try:
+        outcome = run_demo(settings, args.rows, embedded=True if args.embedded else None)
+    except DemoWorkerFailed as exc:
+        raise CliError(str(exc)) from None
     run = outcome.run
     rows_read = (run.rows_written or 0) + (run.rows_rejected or 0)
     rate = rows_read / outcome.wall_s if outcome.wall_s else 0.0
