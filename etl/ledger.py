@@ -561,18 +561,7 @@ class Ledger:
     def get_chunk(self, run_id: str, index: int) -> Chunk:
         """One chunk; raises ChunkNotFound if the run has no such chunk."""
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(chunks_table).where(
-                        chunks_table.c.run_id == run_id, chunks_table.c.idx == index
-                    )
-                )
-                .mappings()
-                .one_or_none()
-            )
-        if row is None:
-            raise ChunkNotFound(f"run {run_id} has no chunk {index}")
-        return _chunk_from_row(row)
+            return self._get_chunk(conn, run_id, index)
 
     def start_chunk(self, run_id: str, index: int) -> Chunk:
         """Count an attempt at a chunk that is not done yet; returns the chunk as it is now
@@ -595,18 +584,7 @@ class Ledger:
                     error=None,
                 )
             )
-            row = (
-                conn.execute(
-                    select(chunks_table).where(
-                        chunks_table.c.run_id == run_id, chunks_table.c.idx == index
-                    )
-                )
-                .mappings()
-                .one_or_none()
-            )
-        if row is None:
-            raise ChunkNotFound(f"run {run_id} has no chunk {index}")
-        return _chunk_from_row(row)
+            return self._get_chunk(conn, run_id, index)
 
     def finish_chunk(
         self,
@@ -1100,6 +1078,21 @@ class Ledger:
         if row is None:
             raise RunNotFound(run_id)
         return _run_from_row(row)
+
+    @staticmethod
+    def _get_chunk(conn: Connection, run_id: str, index: int) -> Chunk:
+        row = (
+            conn.execute(
+                select(chunks_table).where(
+                    chunks_table.c.run_id == run_id, chunks_table.c.idx == index
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise ChunkNotFound(f"run {run_id} has no chunk {index}")
+        return _chunk_from_row(row)
 
     @staticmethod
     def _get_chunks(conn: Connection, run_id: str) -> list[Chunk]:

@@ -165,6 +165,9 @@ class RunService:
         for run in sorted(runs, key=lambda r: r.state is not RunState.QUEUED):
             if not run.is_terminal:
                 self.ledger.move_run(run.id, RunState.CANCELLED, reason="backfill cancelled")
+        # Places it held are free now: runs of the pipeline waiting for one get their plan.
+        for pipeline in {run.pipeline for run in runs}:
+            dispatch_waiting_runs(self.ledger, self.enqueue, pipeline)
         return self.ledger.backfill_runs(backfill_id)
 
     def start_backfill(

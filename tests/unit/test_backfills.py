@@ -485,3 +485,21 @@ def test_a_retried_run_waits_for_a_place_like_any_other_and_keeps_its_plan(
     assert resumed is not None
     assert [c.index for c in resumed] == [c.index for c in planned[1:]]
     assert finish(seeded, failed.id).state is RunState.SUCCEEDED
+
+
+def test_cancelling_a_backfill_sends_a_run_that_waited_behind_it_its_plan(
+    seeded: Services, enqueue: RecordingEnqueue, one_at_a_time: str
+) -> None:
+    service = RunService(seeded.ledger, enqueue)
+    backfill, _ = service.start_backfill(one_at_a_time, start=D1, end=D1, max_active=1)
+    assert backfill is not None
+    [backfilled] = seeded.ledger.backfill_runs(backfill.id)
+    assert steps.plan_run(seeded, backfilled.id) is not None  # holds the pipeline's place
+    waiting, _ = service.start_run(one_at_a_time, logical_date=D1 + timedelta(days=5))
+    assert steps.plan_run(seeded, waiting.id) is None
+    enqueue.calls.clear()
+
+    service.cancel_backfill(backfill.id)
+
+    assert enqueue.calls == [("etl.plan_run", [waiting.id])]
+    assert steps.plan_run(seeded, waiting.id) is not None  # and now it has the place
