@@ -246,12 +246,13 @@ class CreateBackfillRequest(BaseModel):
     pipeline: str = Field(min_length=1, max_length=63)
     start: date = Field(description="first logical date, YYYY-MM-DD")
     end: date = Field(description="last logical date, YYYY-MM-DD")
-    max_active: int = Field(default=1, ge=1, le=100, description="runs active at once")
+    # Strict: a JSON body says 2 and true, and "2", 2.0, "yes" or 1 are mistakes to name.
+    max_active: int = Field(default=1, ge=1, le=100, strict=True, description="runs active at once")
     reprocess: Reprocess = Field(
         default=Reprocess.NONE, description="dates that already have a run: none, failed, all"
     )
     params: dict[str, Any] = Field(default_factory=dict)
-    dry_run: bool = False
+    dry_run: bool = Field(default=False, strict=True)
 
     @field_validator("start", "end", mode="before")
     @classmethod

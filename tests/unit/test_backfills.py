@@ -398,6 +398,15 @@ def test_the_api_starts_a_backfill_and_reports_its_progress(
             },
             "params.chunk_size",
         ),
+        *(
+            ({"pipeline": "orders_daily", "start": "2026-10-01", "end": "2026-10-01", **bad}, name)
+            for bad, name in [
+                ({"max_active": "2"}, "max_active"),
+                ({"max_active": 2.0}, "max_active"),
+                ({"dry_run": "yes"}, "dry_run"),
+                ({"dry_run": 1}, "dry_run"),
+            ]
+        ),
     ],
 )
 def test_a_bad_backfill_request_is_a_400_naming_the_field_and_starts_nothing(
