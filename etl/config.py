@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ssl
+from ipaddress import IPv4Address
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, IPvAnyAddress, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ETL_"
@@ -102,6 +103,9 @@ class Settings(BaseSettings):
     # `etl worker` serves Prometheus metrics on this port (0: off); the API serves its
     # own at /metrics.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # ...on this address. Loopback by default: the worker's metrics have no
+    # authentication, so only a private network (compose's) should reach them.
+    metrics_bind: IPvAnyAddress = Field(default=IPv4Address("127.0.0.1"))
 
     @property
     def database_ssl_args(self) -> dict[str, str]:

@@ -54,12 +54,12 @@ TASK_RETRIES = Counter("etl_task_retries", "Transient failures retried", ["task"
 DEAD_LETTERED = Counter("etl_tasks_dead_lettered", "Task messages sent to a DLQ", ["task"])
 
 
-def serve_worker_metrics(port: int) -> None:
-    """Serve the sum of every pool process's metrics on ``port`` (the worker's main
+def serve_worker_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve the sum of every pool process's metrics on ``addr:port`` (the worker's main
     process). PROMETHEUS_MULTIPROC_DIR must have been set before the metrics were made."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=addr, registry=registry)
 
 
 def forget_process(pid: int) -> None:

@@ -79,7 +79,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="etl-metrics-")
         from etl.metrics import serve_worker_metrics
 
-        serve_worker_metrics(settings.metrics_port)
+        serve_worker_metrics(settings.metrics_port, str(settings.metrics_bind))
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
     open_services(settings).close()
