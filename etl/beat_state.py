@@ -181,6 +181,9 @@ class LeaderLock:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT 1"))
+                # Not idle in a transaction: that would pin the database's oldest
+                # snapshot (vacuum cannot clean up behind it) for as long as we lead.
+                self._conn.commit()
                 return True
             except Exception:  # the connection broke, and the lock went with it
                 self._drop()

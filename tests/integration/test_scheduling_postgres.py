@@ -47,6 +47,29 @@ def test_one_process_holds_the_leader_lock_and_another_takes_over_when_it_goes(
         second.release()
 
 
+def test_a_leader_holds_no_transaction_open_between_its_checks(services: Services) -> None:
+    # Idle in a transaction, it would pin the oldest snapshot (vacuum stalls behind it)
+    # and be cut off by an idle_in_transaction_session_timeout.
+    lock = LeaderLock(services.settings.database_url)
+    try:
+        assert lock.hold() and lock.hold()  # took the lead, then checked it
+        with services.ledger.engine.connect() as conn:
+            states = (
+                conn.execute(
+                    text(
+                        "SELECT state FROM pg_stat_activity "
+                        "WHERE application_name = 'nightly-etl-beat-leader' "
+                        "AND datname = current_database()"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert states == ["idle"]
+    finally:
+        lock.release()
+
+
 def test_a_leader_whose_connection_is_killed_loses_the_lead_to_the_other(
     services: Services,
 ) -> None:
