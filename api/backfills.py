@@ -15,7 +15,7 @@ from api.models import (
     CreateBackfillResponse,
     FieldError,
 )
-from etl.ledger import BackfillNotFound
+from etl.ledger import BackfillConflict, BackfillNotFound
 from etl.pipelines import UnknownPipeline
 from etl.runs import EnqueueFailed
 
@@ -64,6 +64,8 @@ def create_backfill() -> tuple[Response, int]:
         raise ApiError(
             400, "invalid request", [FieldError(field="end", message=str(exc))]
         ) from None
+    except BackfillConflict as exc:
+        raise ApiError(409, str(exc)) from None
     except EnqueueFailed as exc:
         raise ApiError(503, str(exc)) from None
     document = CreateBackfillResponse(

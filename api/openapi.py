@@ -124,7 +124,7 @@ OPERATIONS = [
         "/api/v1/backfills",
         "Start one run per logical date over a range",
         {200: CreateBackfillResponse, 202: CreateBackfillResponse}
-        | _errors(400, 403, 413, 415, 503),
+        | _errors(400, 403, 409, 413, 415, 503),
         body=CreateBackfillRequest,
     ),
     Operation(

@@ -59,6 +59,7 @@ SCHEMA_VERSION = 4
 # Any constants work; they only have to be the same in every process.
 _MIGRATION_LOCK_ID = 0x6E657463
 _ADMISSION_LOCK_ID = 0x6E657464
+_BACKFILL_LOCK_ID = 0x6E657465
 
 _json = JSON().with_variant(JSONB(), "postgresql")
 metadata = MetaData()
@@ -258,6 +259,11 @@ class WatermarkMoved(RuntimeError):
             f"not this run's window start ({low.isoformat() if low else 'unset'}): "
             "a later run has already committed this window"
         )
+
+
+class BackfillConflict(RuntimeError):
+    """Runs of the backfill's dates appeared after it was planned (another backfill or
+    run at the same moment); planning it again decides on what is there now."""
 
 
 class IdempotencyConflict(Exception):
@@ -976,11 +982,38 @@ class Ledger:
         reprocess: str,
         params: dict[str, Any],
         dates: Sequence[date],
+        planned_on: Mapping[date, str | None] | None = None,
     ) -> tuple[Backfill, list[Run]]:
-        """Record a backfill and one queued run per date, in one transaction."""
+        """Record a backfill and one queued run per date, in one transaction.
+
+        ``planned_on``: the latest run id of each date in ``[start, end]`` that the plan
+        was decided on (None: none). Under a per-pipeline lock, if any date's latest run
+        is no longer that one, nothing is recorded and BackfillConflict is raised: two
+        backfills planned at once cannot both start the same date.
+        """
         moment = now()
         backfill_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
+            if planned_on is not None:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:space, hashtext(:pipeline))"),
+                        {"space": _BACKFILL_LOCK_ID, "pipeline": pipeline},
+                    )
+                now_latest = {
+                    day: run.id
+                    for day, run in self._latest_runs_by_date(conn, pipeline, start, end).items()
+                }
+                changed = sorted(
+                    day
+                    for day in set(now_latest) | set(planned_on)
+                    if now_latest.get(day) != planned_on.get(day)
+                )
+                if changed:
+                    raise BackfillConflict(
+                        f"runs of {pipeline} for {', '.join(map(str, changed[:5]))} started "
+                        "while this backfill was planned; plan it again"
+                    )
             conn.execute(
                 backfills_table.insert().values(
                     id=backfill_id,
@@ -1031,6 +1064,13 @@ class Ledger:
 
     def latest_runs_by_date(self, pipeline: str, start: date, end: date) -> dict[date, Run]:
         """The most recently created run of each logical date in ``[start, end]``."""
+        with self.engine.connect() as conn:
+            return self._latest_runs_by_date(conn, pipeline, start, end)
+
+    @staticmethod
+    def _latest_runs_by_date(
+        conn: Connection, pipeline: str, start: date, end: date
+    ) -> dict[date, Run]:
         query = (
             select(runs_table)
             .where(
@@ -1038,13 +1078,12 @@ class Ledger:
                 runs_table.c.logical_date >= start,
                 runs_table.c.logical_date <= end,
             )
-            .order_by(runs_table.c.created_at)
+            .order_by(runs_table.c.created_at, runs_table.c.id)
         )
-        with self.engine.connect() as conn:
-            return {
-                run.logical_date: run
-                for run in (_run_from_row(row) for row in conn.execute(query).mappings())
-            }
+        return {
+            run.logical_date: run
+            for run in (_run_from_row(row) for row in conn.execute(query).mappings())
+        }
 
     @staticmethod
     def _get_backfill(conn: Connection, backfill_id: str) -> Backfill:

@@ -196,9 +196,8 @@ class RunService:
             mode="json", exclude_none=True
         )
         dates = dates_between(start, end)
-        plans = plan_backfill(
-            dates, self.ledger.latest_runs_by_date(pipeline.name, start, end), reprocess
-        )
+        latest = self.ledger.latest_runs_by_date(pipeline.name, start, end)
+        plans = plan_backfill(dates, latest, reprocess)
         to_run = [plan.logical_date for plan in plans if plan.run]
         if dry_run or not to_run:
             return None, plans
@@ -210,6 +209,7 @@ class RunService:
             reprocess=reprocess.value,
             params=validated,
             dates=to_run,
+            planned_on={day: run.id for day, run in latest.items()},
         )
         try:
             dispatch_waiting_runs(self.ledger, self.enqueue, pipeline.name)

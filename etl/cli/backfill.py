@@ -59,6 +59,7 @@ def register(sub: Any) -> None:
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from etl.celery_app import make_celery
+    from etl.ledger import BackfillConflict
     from etl.pipelines import UnknownPipeline
     from etl.runs import EnqueueFailed, RunService, celery_enqueue
 
@@ -80,7 +81,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    except EnqueueFailed as exc:
+    except (BackfillConflict, EnqueueFailed) as exc:
         raise CliError(str(exc)) from None
     print_plans(plans, dry_run=args.dry_run)
     if backfill is None:

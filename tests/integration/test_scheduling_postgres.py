@@ -19,6 +19,7 @@ from etl.bootstrap import Services
 from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.runs import RunState, Trigger
 from etl.domain.windows import CursorWindow
+from etl.ledger import BackfillConflict
 from etl.pipelines import PIPELINES
 from etl.runs import RunService
 
@@ -288,3 +289,46 @@ def test_full_refresh_pipelines_record_no_cursor_window(services: Services) -> N
     window: dict[str, Any] = services.ledger.get_run(run.id).window or {}
     assert "cursor_column" not in window and window["key_min"] == 1
     services.ledger.fail_run(run.id, "test over")
+
+
+def test_two_backfills_of_the_same_dates_at_once_start_each_date_once(
+    services: Services,
+) -> None:
+    ledger = services.ledger
+    days = [date(2025, 3, d) for d in range(1, 4)]
+    # Both planned on the same ledger (no runs yet), then recorded at the same moment.
+    planned_on = {
+        day: run.id
+        for day, run in ledger.latest_runs_by_date("orders_daily", days[0], days[-1]).items()
+    }
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def record() -> None:
+        barrier.wait()
+        try:
+            backfill, _ = ledger.create_backfill(
+                pipeline="orders_daily",
+                start=days[0],
+                end=days[-1],
+                max_active=1,
+                reprocess="none",
+                params={},
+                dates=days,
+                planned_on=planned_on,
+            )
+            outcomes.append(f"started {backfill.id}")
+        except BackfillConflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=record) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(o.split()[0] for o in outcomes) == ["conflict", "started"]
+    runs = ledger.list_runs(pipeline="orders_daily", date_from=days[0], date_to=days[-1])
+    assert sorted(run.logical_date for run in runs) == days  # each date once
+    for run in runs:  # leave nothing active for the other tests
+        ledger.fail_run(run.id, "test over")

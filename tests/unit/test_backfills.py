@@ -30,7 +30,7 @@ from etl.domain.backfills import (
     plan_backfill,
 )
 from etl.domain.runs import Run, RunState, Trigger
-from etl.ledger import Ledger
+from etl.ledger import BackfillConflict, Ledger
 from etl.pipelines import PIPELINES, get_pipeline
 from etl.runs import EnqueueFailed, RunService, dispatch_waiting_runs
 
@@ -512,3 +512,29 @@ def test_cancelling_a_backfill_sends_a_run_that_waited_behind_it_its_plan(
 
     assert enqueue.calls == [("etl.plan_run", [waiting.id])]
     assert steps.plan_run(seeded, waiting.id) is not None  # and now it has the place
+
+
+def test_two_backfills_planned_at_once_cannot_both_start_a_date(
+    seeded: Services, enqueue: RecordingEnqueue
+) -> None:
+    service = RunService(seeded.ledger, enqueue)
+    # The second backfill decided on the ledger as it was before the first one started.
+    stale = {
+        day: run.id
+        for day, run in seeded.ledger.latest_runs_by_date("orders_daily", D1, D1).items()
+    }
+    first, _ = service.start_backfill("orders_daily", start=D1, end=D1, max_active=1)
+    assert first is not None
+
+    with pytest.raises(BackfillConflict, match=f"orders_daily for {D1} started"):
+        seeded.ledger.create_backfill(
+            pipeline="orders_daily",
+            start=D1,
+            end=D1,
+            max_active=1,
+            reprocess=Reprocess.NONE.value,
+            params={},
+            dates=[D1],
+            planned_on=stale,
+        )
+    assert [run.backfill_id for run in seeded.ledger.list_runs()] == [first.id]
