@@ -753,30 +753,30 @@ class Ledger:
         if replayed:
             values["replayed_at"] = now()
             values["replay_count"] = dead_letters_table.c.replay_count + 1
-        with self.engine.begin() as conn:
-            moved = conn.execute(
-                update(dead_letters_table)
-                .where(
-                    dead_letters_table.c.id == dead_letter_id,
-                    dead_letters_table.c.state == DeadLetterState.DEAD.value,
-                )
-                .values(values)
-            ).rowcount
-        return moved == 1
+        return self._move_dead_letter(dead_letter_id, DeadLetterState.DEAD, values)
 
     def reopen_dead_letter(self, dead_letter_id: int) -> bool:
         """Put a dead letter whose replay could not be sent back to ``dead``."""
+        return self._move_dead_letter(
+            dead_letter_id,
+            DeadLetterState.REPLAYED,
+            {
+                "state": DeadLetterState.DEAD.value,
+                "replay_count": dead_letters_table.c.replay_count - 1,
+            },
+        )
+
+    def _move_dead_letter(
+        self, dead_letter_id: int, only_from: DeadLetterState, values: dict[str, Any]
+    ) -> bool:
         with self.engine.begin() as conn:
             moved = conn.execute(
                 update(dead_letters_table)
                 .where(
                     dead_letters_table.c.id == dead_letter_id,
-                    dead_letters_table.c.state == DeadLetterState.REPLAYED.value,
+                    dead_letters_table.c.state == only_from.value,
                 )
-                .values(
-                    state=DeadLetterState.DEAD.value,
-                    replay_count=dead_letters_table.c.replay_count - 1,
-                )
+                .values(values)
             ).rowcount
         return moved == 1
 
