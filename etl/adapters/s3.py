@@ -42,9 +42,10 @@ class PartNotStored(RuntimeError):
 class S3PartWriter:
     """Puts a run's objects into one bucket, each under a deterministic key."""
 
-    def __init__(self, client: S3Client, bucket: str) -> None:
+    def __init__(self, client: S3Client, bucket: str, transfer: TransferConfig = _TRANSFER) -> None:
         self.client = client
         self.bucket = bucket
+        self.transfer = transfer
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it is missing (local stand-ins; real buckets are provisioned)."""
@@ -76,7 +77,7 @@ class S3PartWriter:
                 "ContentType": content_type,
                 "Metadata": {"sha256": sha256, "rows": str(rows)},
             },
-            Config=_TRANSFER,
+            Config=self.transfer,
         )
         stored = self.part_metadata(key)
         if stored is None or stored.get("sha256") != sha256 or stored["bytes"] != size:
@@ -130,7 +131,7 @@ class S3PartWriter:
     def download(self, key: str, target: IO[bytes]) -> bool:
         """Write the object into ``target`` (streamed); False if it does not exist."""
         try:
-            self.client.download_fileobj(self.bucket, key, target, Config=_TRANSFER)
+            self.client.download_fileobj(self.bucket, key, target, Config=self.transfer)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return False

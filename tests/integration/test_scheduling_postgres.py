@@ -296,7 +296,8 @@ def test_two_backfills_of_the_same_dates_at_once_start_each_date_once(
 ) -> None:
     ledger = services.ledger
     days = [date(2025, 3, d) for d in range(1, 4)]
-    # Both planned on the same ledger (no runs yet), then recorded at the same moment.
+    before = {run.id for run in ledger.list_runs(date_from=days[0], date_to=days[-1])}
+    # Both planned on the same ledger, then recorded at the same moment.
     planned_on = {
         day: run.id
         for day, run in ledger.latest_runs_by_date("orders_daily", days[0], days[-1]).items()
@@ -328,7 +329,11 @@ def test_two_backfills_of_the_same_dates_at_once_start_each_date_once(
         thread.join()
 
     assert sorted(o.split()[0] for o in outcomes) == ["conflict", "started"]
-    runs = ledger.list_runs(pipeline="orders_daily", date_from=days[0], date_to=days[-1])
+    [started] = [o.split()[1] for o in outcomes if o.startswith("started")]
+    runs = [
+        run for run in ledger.list_runs(date_from=days[0], date_to=days[-1]) if run.id not in before
+    ]
     assert sorted(run.logical_date for run in runs) == days  # each date once
+    assert {run.backfill_id for run in runs} == {started}
     for run in runs:  # leave nothing active for the other tests
         ledger.fail_run(run.id, "test over")
