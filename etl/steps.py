@@ -182,9 +182,7 @@ def commit_run(services: Services, run_id: str) -> Run:
         # Committing would publish rows a later run has already published.
         problems.append(str(WatermarkMoved(run.pipeline, cursor_window.low, watermark)))
     if problems:
-        if ledger.fail_run(run_id, "commit refused: " + "; ".join(problems)):
-            metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
-        return ledger.get_run(run_id)
+        return fail_run(services, run_id, "commit refused: " + "; ".join(problems))
 
     manifest = build_manifest(
         run,
@@ -212,12 +210,11 @@ def commit_run(services: Services, run_id: str) -> Run:
     except WatermarkMoved as moved:
         # Another run committed this window meanwhile: this one must not look committed.
         _withdraw(services, prefix)
-        if ledger.fail_run(run_id, f"commit refused: {moved}"):
-            metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
-        return ledger.get_run(run_id)
+        return fail_run(services, run_id, f"commit refused: {moved}")
     if not succeeded and ledger.get_run(run_id).state is not RunState.SUCCEEDED:
-        # Cancelled (or failed by the reconciler) while it committed: S3 must agree with
-        # the ledger, so the markers go. (A twin delivery that succeeded keeps them.)
+        # Failed by another process while it committed (a twin delivery of the commit
+        # giving up): S3 must agree with the ledger, so the markers go. (A twin delivery
+        # that succeeded keeps them.)
         _withdraw(services, prefix)
     logger.info(
         "committed run %s: %d rows in %d parts", run_id, manifest["total_rows"], len(chunks)
@@ -229,6 +226,16 @@ def commit_run(services: Services, run_id: str) -> Run:
             seconds = (final.finished_at - final.started_at).total_seconds()
             metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
     return final
+
+
+def fail_run(services: Services, run_id: str, reason: str) -> Run:
+    """Fail a run that has not ended, with the reason; counted once, by whichever
+    process moved it. Returns the run as it is now."""
+    if services.ledger.fail_run(run_id, reason):
+        failed = services.ledger.get_run(run_id)
+        metrics.RUNS_FINISHED.labels(failed.pipeline, RunState.FAILED.value).inc()
+        return failed
+    return services.ledger.get_run(run_id)
 
 
 def _withdraw(services: Services, prefix: str) -> None:

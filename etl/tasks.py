@@ -30,7 +30,7 @@ from etl.config import MAX_RETRY_BACKOFF_S
 from etl.dead_letters import DeadLetterService
 from etl.domain.dates import parse_logical_date
 from etl.domain.retry import backoff_seconds
-from etl.domain.runs import RunState, Trigger
+from etl.domain.runs import Trigger
 from etl.ledger import ChunkNotFound, RunNotFound, now
 from etl.reconcile import reconcile
 from etl.runs import RunService, celery_enqueue, dispatch_waiting_runs
@@ -83,12 +83,6 @@ def _require(name: str, value: Any, kind: type) -> None:
         )
 
 
-def _fail_run(svc: Services, run_id: str, reason: str) -> None:
-    if svc.ledger.fail_run(run_id, reason):  # counted by the one delivery that failed it
-        pipeline = svc.ledger.get_run(run_id).pipeline
-        metrics.RUNS_FINISHED.labels(pipeline, RunState.FAILED.value).inc()
-
-
 def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoReturn:
     """Retry transient errors with backoff; otherwise record the failure and send the
     message to the dead-letter exchange (never acknowledge it silently)."""
@@ -132,7 +126,7 @@ def plan_run(self: Task, run_id: str) -> dict[str, Any]:
     except Exception as exc:
 
         def give_up(why: str) -> None:
-            _fail_run(svc, run_id, f"planning failed: {why}")
+            steps.fail_run(svc, run_id, f"planning failed: {why}")
             _admit_waiting(self, svc, run_id)
 
         _retry_or_reject(self, exc, give_up)
@@ -164,7 +158,7 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
 
         def give_up(why: str) -> None:
             svc.ledger.fail_chunk(run_id, chunk_index, why)
-            _fail_run(svc, run_id, f"chunk {chunk_index} failed: {why}")
+            steps.fail_run(svc, run_id, f"chunk {chunk_index} failed: {why}")
             _admit_waiting(self, svc, run_id)
 
         _retry_or_reject(self, exc, give_up)
@@ -182,7 +176,7 @@ def commit_run(self: Task, run_id: str) -> dict[str, Any]:
     except Exception as exc:
 
         def give_up(why: str) -> None:
-            _fail_run(svc, run_id, f"commit failed: {why}")
+            steps.fail_run(svc, run_id, f"commit failed: {why}")
             _admit_waiting(self, svc, run_id)
 
         _retry_or_reject(self, exc, give_up)
