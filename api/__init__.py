@@ -45,8 +45,8 @@ def build_api_services(settings: Settings) -> ApiServices:
     return ApiServices(
         ledger=services.ledger,
         run_service=run_service,
-        dead_letters=DeadLetterService(
-            services.ledger, settings.broker_url, run_service.retry_run, settings.broker_use_ssl
+        dead_letters=DeadLetterService.for_settings(
+            services.ledger, settings, run_service.retry_run
         ),
         readiness=lambda: readiness_problems(
             services, settings.broker_url, broker_ssl=settings.broker_use_ssl

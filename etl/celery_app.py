@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 from celery.worker.consumer import Consumer
+from kombu import compression
+from kombu.serialization import prepare_accept_content
 
 from etl.adapters.topology import (
     COMMIT_QUEUE,
@@ -15,16 +19,29 @@ from etl.adapters.topology import (
     WORK_EXCHANGE,
     work_queues,
 )
-from etl.config import Settings
+from etl.config import MAX_ETA_AHEAD_S, Settings
+from etl.domain.task_messages import (
+    TASK_COMMIT_RUN,
+    TASK_PLAN_RUN,
+    TASK_RECONCILE,
+    TASK_START_SCHEDULED_RUN,
+    TASK_TRANSFORM_CHUNK,
+    InvalidTaskMessage,
+    check_headers,
+    check_json_body,
+)
 from etl.logs import tag_messages_with_run_id
 
-# Task names are the contract between the processes that send tasks (API, CLI, Beat) and
-# the workers that run them; senders use these names and never import the tasks module.
-TASK_PLAN_RUN = "etl.plan_run"
-TASK_TRANSFORM_CHUNK = "etl.transform_chunk"
-TASK_COMMIT_RUN = "etl.commit_run"
-TASK_START_SCHEDULED_RUN = "etl.start_scheduled_run"
-TASK_RECONCILE = "etl.reconcile"
+__all__ = [
+    "TASK_COMMIT_RUN",
+    "TASK_PLAN_RUN",
+    "TASK_RECONCILE",
+    "TASK_ROUTES",
+    "TASK_START_SCHEDULED_RUN",
+    "TASK_TRANSFORM_CHUNK",
+    "EtlCelery",
+    "make_celery",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,21 +75,90 @@ class EtlCelery(Celery):  # type: ignore[misc]
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
-    """Celery's consumer, but a message it cannot decode is dead-lettered, not acked.
+    """Celery's consumer, but it checks every message before Celery reads any of it, and
+    what it refuses is dead-lettered, never acked and never requeued.
 
-    Celery acknowledges an undecodable message (so it cannot loop); rejecting it without
-    requeue does the same for the queue and also parks it in the dead-letter queue,
-    where it is visible and can be inspected.
+    Celery trusts a message's headers: a ``task`` header that is a list made its task
+    lookup raise ``TypeError`` and stopped the worker, and the requeued message then
+    stopped the next one. Here the headers (and, for JSON, the body and its arguments)
+    are checked against ``etl.domain.task_messages`` first; a message that fails is
+    rejected without requeue, so RabbitMQ parks it in the queue's DLQ, where the
+    dead-letter sync runs the same check and records the reason.
     """
 
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _never_inflate_bodies()
+        super().__init__(*args, **kwargs)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        celery_handler = super().create_task_handler(*args, **kwargs)
+        accepted_types = prepare_accept_content(self.app.conf.accept_content)
+        json_bodies = accepted_types == {"application/json"}
+
+        def on_task_received(message: Any) -> Any:
+            try:
+                _check_message(message, accepted_types, json_bodies)
+            except InvalidTaskMessage as exc:
+                return self._refuse(message, str(exc))
+            try:
+                return celery_handler(message)
+            except self.connection_errors:
+                raise
+            except (TypeError, ValueError, LookupError, AttributeError) as exc:
+                # A shape the check above does not know yet: refuse it rather than let
+                # it stop the worker (and then every worker it is redelivered to).
+                return self._refuse(message, f"Celery could not read it: {exc!r}")
+
+        return on_task_received
+
+    def _refuse(self, message: Any, reason: str) -> None:
         logger.error(
-            "dead-lettering a message that cannot be decoded: %r (content type %r, headers %r)",
-            exc,
-            message.content_type,
-            message.headers,
+            "refused a task message and dead-lettered it: %s (queue %r, content type %r)",
+            reason[:500],
+            (message.delivery_info or {}).get("routing_key"),
+            str(message.content_type)[:100],
         )
         message.reject(requeue=False)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        # Celery acknowledges a message it cannot decode (so it cannot loop); rejecting it
+        # without requeue does the same for the queue and parks it where it can be seen.
+        self._refuse(message, f"it cannot be decoded: {exc!r}")
+
+
+def _never_inflate_bodies() -> None:
+    # kombu inflates the body of a message with a 'compression' header while it builds
+    # the Message, before any code of ours sees it: 200 kB of zlib became 200 MB in every
+    # worker it reached. We never compress, so a worker's kombu decompresses nothing; the
+    # check then refuses the message by its header.
+    for content_type in compression.encoders():
+        encoder, _ = compression.get_encoder(content_type)
+        compression.register(encoder, _refuse_to_inflate, content_type)
+
+
+def _refuse_to_inflate(body: bytes) -> bytes:
+    raise ValueError("compressed task messages are refused")
+
+
+def _check_message(message: Any, accepted_types: set[str], json_bodies: bool) -> None:
+    headers = message.headers
+    check_headers(
+        headers,
+        message.properties,
+        now=datetime.now(UTC),
+        max_eta_s=MAX_ETA_AHEAD_S,
+    )
+    if message.content_type not in accepted_types:
+        raise InvalidTaskMessage(
+            f"content type {str(message.content_type)[:100]!r} is refused "
+            f"(accepted: {', '.join(sorted(accepted_types))})"
+        )
+    if json_bodies:
+        # A signed body is checked in the task, after its signature is verified.
+        body = message.body
+        if isinstance(body, str):  # kombu hands some transports' bodies back as text
+            body = body.encode(message.content_encoding or "utf-8")
+        check_json_body(headers["task"], bytes(body))
 
 
 def make_celery(settings: Settings) -> EtlCelery:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from ipaddress import IPv4Address
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, IPvAnyAddress, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "ETL_"
 # The longest a transient failure waits before its retry (see etl.domain.retry).
 MAX_RETRY_BACKOFF_S = 300
+# A worker holds a message with an ETA unacknowledged until it is due, so it refuses one
+# due later than the longest retry wait (plus a minute of clock skew between hosts): no
+# message of ours waits longer, and a forged one must not sit in a worker until the
+# broker's consumer timeout closes the channel.
+MAX_ETA_AHEAD_S = MAX_RETRY_BACKOFF_S + 60
 
 
 class SettingsError(Exception):
@@ -83,6 +89,10 @@ class Settings(BaseSettings):
     # message unacked while it waits out a retry countdown and then runs the task, so
     # the broker must allow longer than both together.
     rabbitmq_consumer_timeout_s: int = Field(default=1800, ge=60)
+    # A plan with more chunks than this is refused before anything is recorded: a tiny
+    # chunk_size on a big table would otherwise queue tens of thousands of messages
+    # ahead of every other run.
+    max_chunks_per_run: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Extra modules whose PIPELINES list is added to the registry, comma-separated
     # (e.g. "mycompany.pipelines"): how a deployment brings its own pipelines.
@@ -122,7 +132,12 @@ class Settings(BaseSettings):
         """Celery's broker_use_ssl: verified TLS for amqps:// URLs, off otherwise."""
         if not self.broker_url.startswith("amqps://"):
             return False
-        options: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED}
+        options: dict[str, Any] = {
+            "cert_reqs": ssl.CERT_REQUIRED,
+            # py-amqp checks the certificate's name only when it is given the name to
+            # check: without it, any certificate the CA signed, for any host, would do.
+            "server_hostname": urlsplit(self.broker_url).hostname,
+        }
         if self.broker_ssl_ca_file:
             options["ca_certs"] = self.broker_ssl_ca_file
         if self.broker_ssl_cert_file:
@@ -169,11 +184,11 @@ class Settings(BaseSettings):
                 "ETL_TASK_SOFT_TIME_LIMIT_S must be below ETL_TASK_TIME_LIMIT_S "
                 f"({self.task_soft_time_limit_s} >= {self.task_time_limit_s})"
             )
-        needed = self.task_time_limit_s + MAX_RETRY_BACKOFF_S
+        needed = self.task_time_limit_s + MAX_ETA_AHEAD_S
         if needed >= self.rabbitmq_consumer_timeout_s:
             raise ValueError(
-                "ETL_TASK_TIME_LIMIT_S plus the longest retry wait "
-                f"({self.task_time_limit_s} + {MAX_RETRY_BACKOFF_S} s) must stay below "
+                "ETL_TASK_TIME_LIMIT_S plus the longest a message may wait for its ETA "
+                f"({self.task_time_limit_s} + {MAX_ETA_AHEAD_S} s) must stay below "
                 f"ETL_RABBITMQ_CONSUMER_TIMEOUT_S ({self.rabbitmq_consumer_timeout_s} s), or "
                 "RabbitMQ closes the channel under a task that is still working"
             )

@@ -55,7 +55,7 @@ from etl.domain.runs import (
     Trigger,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Any constants work; they only have to be the same in every process.
 _MIGRATION_LOCK_ID = 0x6E657463
 _ADMISSION_LOCK_ID = 0x6E657464
@@ -146,7 +146,11 @@ dead_letters_table = Table(
     Column("content_type", String(200)),
     Column("content_encoding", String(64)),
     Column("headers", _json, nullable=False),
+    # At most the first 64 KiB of the body (etl.domain.dead_letters.BODY_KEPT_BYTES),
+    # with the whole body's size and SHA-256.
     Column("body", LargeBinary, nullable=False),
+    Column("body_size", BigInteger),
+    Column("body_sha256", String(64)),
 )
 Index("ix_etl_dead_letters_run", dead_letters_table.c.run_id)
 
@@ -222,12 +226,24 @@ def _migrate_to_4(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE etl_chunks ADD COLUMN etag VARCHAR(100)"))
 
 
+def _migrate_to_5(conn: Connection) -> None:
+    # A dead letter keeps a bounded excerpt of its body, with the whole body's size and
+    # SHA-256 (#12); a body recorded before was kept whole.
+    columns = {column["name"] for column in inspect(conn).get_columns(dead_letters_table.name)}
+    if "body_size" not in columns:
+        conn.execute(text("ALTER TABLE etl_dead_letters ADD COLUMN body_size BIGINT"))
+        conn.execute(text("UPDATE etl_dead_letters SET body_size = length(body)"))
+    if "body_sha256" not in columns:
+        conn.execute(text("ALTER TABLE etl_dead_letters ADD COLUMN body_sha256 VARCHAR(64)"))
+
+
 # Later schema changes go here as (version, callable(conn)); a fresh database is created
 # from the current metadata and stamped with SCHEMA_VERSION directly.
 MIGRATIONS: list[tuple[int, Any]] = [
     (2, lambda conn: dead_letters_table.create(conn, checkfirst=True)),
     (3, _migrate_to_3),
     (4, _migrate_to_4),
+    (5, _migrate_to_5),
 ]
 
 
@@ -673,8 +689,12 @@ class Ledger:
 
     def record_dead_letter(self, values: dict[str, Any]) -> tuple[int, bool]:
         """Record a parked message, or update the record of the same message seen before
-        (it is dead again, e.g. after a replay). Returns (id, created)."""
+        (it is dead again, e.g. after a replay). Returns (id, created).
+
+        The values must fit the columns (etl.dead_letters bounds and cleans them); the
+        body's size defaults to the body's own, as a body given here whole."""
         moment = now()
+        values = {"body_size": len(values["body"]), "body_sha256": None, **values}
         with self.engine.begin() as conn:
             existing = conn.execute(
                 select(dead_letters_table.c.id, dead_letters_table.c.death_count).where(
@@ -707,6 +727,8 @@ class Ledger:
                     last_seen_at=moment,
                     headers=values["headers"],
                     body=values["body"],
+                    body_size=values["body_size"],
+                    body_sha256=values["body_sha256"],
                 )
             )
             return int(existing.id), False
@@ -1223,4 +1245,6 @@ def _dead_letter_from_row(row: RowMapping) -> DeadLetter:
         content_encoding=row["content_encoding"],
         headers=dict(row["headers"] or {}),
         body=bytes(row["body"]),
+        body_size=len(row["body"]) if row["body_size"] is None else row["body_size"],
+        body_sha256=row["body_sha256"],
     )

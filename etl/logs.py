@@ -17,12 +17,20 @@ from typing import Any
 from celery import signals
 from celery.utils.log import get_multiprocessing_logger
 
+from etl.domain.task_messages import (
+    TASK_COMMIT_RUN,
+    TASK_PLAN_RUN,
+    TASK_TRANSFORM_CHUNK,
+    InvalidTaskMessage,
+    check_run_id,
+)
+
 # What the current task is working on; empty outside tasks.
 task_context: ContextVar[dict[str, Any] | None] = ContextVar("etl_task_context", default=None)
 
 # Task names whose first argument is a run id, and the one whose second is a chunk.
-_RUN_TASKS = ("etl.plan_run", "etl.transform_chunk", "etl.commit_run")
-_CHUNK_TASK = "etl.transform_chunk"
+_RUN_TASKS = (TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, TASK_COMMIT_RUN)
+_CHUNK_TASK = TASK_TRANSFORM_CHUNK
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -131,15 +139,30 @@ def _tag_with_run_id(
 
 
 def _enter_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
-    context: dict[str, Any] = {"task_id": task_id, "task": getattr(task, "name", None)}
+    # Every line the task logs carries this context, and a signed message's arguments
+    # are checked only inside the task: take only values that are what they claim (a
+    # 20 MB "run id" once prefixed every line of a worker's log).
+    context: dict[str, Any] = {"task_id": _short(task_id), "task": getattr(task, "name", None)}
     run_id = getattr(getattr(task, "request", None), "run_id", None)
     if run_id is None and task is not None and task.name in _RUN_TASKS and args:
         run_id = args[0]
     if run_id is not None:
-        context["run_id"] = run_id
+        context["run_id"] = run_id if _is_run_id(run_id) else "(invalid)"
     if task is not None and task.name == _CHUNK_TASK and args and len(args) > 1:
-        context["chunk"] = args[1]
+        context["chunk"] = args[1] if type(args[1]) is int else "(invalid)"
     task_context.set(context)
+
+
+def _is_run_id(value: Any) -> bool:
+    try:
+        check_run_id(value)
+    except InvalidTaskMessage:
+        return False
+    return True
+
+
+def _short(value: Any) -> Any:
+    return value[:100] if isinstance(value, str) else value
 
 
 def _leave_task(**_: Any) -> None:

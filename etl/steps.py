@@ -10,11 +10,12 @@ import logging
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from etl import metrics
 from etl.bootstrap import Services
-from etl.domain.chunks import plan_chunks
+from etl.domain.chunks import PlanTooLarge, check_chunk_count, plan_chunks
 from etl.domain.columnar import arrow_schema, transform_table
 from etl.domain.encoding import FORMATS, make_writer
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
@@ -41,6 +42,9 @@ READ_BATCH_ROWS = 5000
 MAX_CHUNK_ATTEMPTS = 10
 # A part is spooled in memory up to this size, then on disk, before it is uploaded.
 SPOOL_MAX_BYTES = 32 * 1024 * 1024
+# Chunk messages go out this many at a time, and the run is read again between batches,
+# so a cancel stops the publishing within one batch (about 0.6 s of publishing here).
+DISPATCH_BATCH = 500
 
 
 class ChunkAttemptsExhausted(RuntimeError):
@@ -55,6 +59,8 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
     nothing to dispatch (it ended, was cancelled, or waits queued because its pipeline
     or backfill already has its most active runs). A run already running is returned
     its unfinished chunks again: re-dispatching them is harmless, losing them is not.
+    A plan of more than ``max_chunks_per_run`` chunks records nothing: the run is
+    failed with the reason, and PlanTooLarge raised.
     """
     ledger = services.ledger
     run = ledger.get_run(run_id)
@@ -81,7 +87,21 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
             )
             window |= cursor_window.as_dict()
         key_min, key_max = source.key_bounds(cursor_window)
-        planned = plan_chunks(key_min, key_max, pipeline.chunk_size_for(run.params))
+        chunk_size = pipeline.chunk_size_for(run.params)
+        try:
+            check_chunk_count(
+                pipeline.name,
+                key_min,
+                key_max,
+                chunk_size,
+                services.settings.max_chunks_per_run,
+            )
+        except PlanTooLarge as refused:
+            # Counted from the key range: not one chunk of it is recorded or sent.
+            logger.warning("run %s refused: %s", run_id, refused)
+            fail_run(services, run_id, f"plan refused: {refused}")
+            raise
+        planned = plan_chunks(key_min, key_max, chunk_size)
         window |= {"key_min": key_min, "key_max": key_max}
         chunks = ledger.record_plan(run_id, planned, window)
         ledger.move_run(run_id, RunState.RUNNING)
@@ -93,6 +113,55 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
     else:
         return None
     return [chunk for chunk in chunks if chunk.state is not ChunkState.DONE]
+
+
+class ChunkDispatch:
+    """The chunks of a running run to publish, a batch at a time.
+
+    Between batches the run is read again, and iteration stops once it is no longer
+    running (cancelled, failed by a chunk, or finished by a twin dispatch), so a cancel
+    stops the publishing of a large plan. ``sent`` counts the chunks handed out.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        run_id: str,
+        chunks: list[Chunk],
+        batch_size: int = DISPATCH_BATCH,
+    ) -> None:
+        self.services = services
+        self.run_id = run_id
+        self.chunks = chunks
+        self.batch_size = batch_size
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for start in range(0, len(self.chunks), self.batch_size):
+            if start:
+                state = self._run_state()
+                if state is not None and state is not RunState.RUNNING:
+                    logger.info(
+                        "run %s is %s: stopped dispatching after %d of %d chunks",
+                        self.run_id,
+                        state.value,
+                        self.sent,
+                        len(self.chunks),
+                    )
+                    return
+            for chunk in self.chunks[start : start + self.batch_size]:
+                self.sent += 1
+                yield chunk
+
+    def _run_state(self) -> RunState | None:
+        try:
+            return self.services.ledger.get_run(self.run_id).state
+        except Exception:
+            # Not knowing, keep publishing: a chunk of a cancelled run skips itself at
+            # once, while a dispatch cut short by a failed read loses chunks until the
+            # reconciler re-sends them.
+            logger.warning("could not read run %s between batches", self.run_id, exc_info=True)
+            return None
 
 
 def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, Any] | None:

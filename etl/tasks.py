@@ -28,9 +28,11 @@ from etl.celery_app import (
 )
 from etl.config import MAX_RETRY_BACKOFF_S
 from etl.dead_letters import DeadLetterService
+from etl.domain.chunks import PlanTooLarge
 from etl.domain.dates import parse_logical_date
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import Trigger
+from etl.domain.task_messages import InvalidTaskMessage, check_arguments
 from etl.ledger import ChunkNotFound, RunNotFound, now
 from etl.reconcile import reconcile
 from etl.runs import RunService, celery_enqueue, dispatch_waiting_runs
@@ -75,12 +77,13 @@ def _start_pool_process(**_: Any) -> None:
         _services_for(app)
 
 
-def _require(name: str, value: Any, kind: type) -> None:
-    # JSON carries whatever a publisher put in it; a wrong type is a permanent error.
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise Reject(
-            f"argument {name} must be {kind.__name__}, got {type(value).__name__}", requeue=False
-        )
+def _check_arguments(task: Task, *args: Any) -> None:
+    # The consumer checked a JSON message before it got here; a signed one is checked only
+    # now, after its signature. A wrong argument is permanent: dead-letter it.
+    try:
+        check_arguments(task.name, args, {})
+    except InvalidTaskMessage as exc:
+        raise Reject(str(exc), requeue=False) from exc
 
 
 def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoReturn:
@@ -117,12 +120,17 @@ def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoRetur
 @shared_task(name=TASK_PLAN_RUN, bind=True)
 def plan_run(self: Task, run_id: str) -> dict[str, Any]:
     """Plan a run and dispatch its chunks as a chord whose callback commits the run."""
-    _require("run_id", run_id, str)
+    _check_arguments(self, run_id)
     svc = services(self)
     try:
         pending = steps.plan_run(svc, run_id)
     except RunNotFound as exc:
         raise Reject(str(exc), requeue=False) from exc
+    except PlanTooLarge:
+        # The step failed the run with the reason, and recorded nothing else: a refusal
+        # to act on, not a message to dead-letter. The run's place is free again.
+        _admit_waiting(self, svc, run_id)
+        return {"run_id": run_id, "dispatched": 0}
     except Exception as exc:
 
         def give_up(why: str) -> None:
@@ -133,22 +141,28 @@ def plan_run(self: Task, run_id: str) -> dict[str, Any]:
     if pending is None:
         return {"run_id": run_id, "dispatched": 0}
     commit = self.app.signature(TASK_COMMIT_RUN, args=[run_id], immutable=True)
-    if pending:
-        header = [
-            self.app.signature(TASK_TRANSFORM_CHUNK, args=[run_id, c.index], immutable=True)
-            for c in pending
-        ]
-        chord(header)(commit)
-    else:
+    if not pending:
         commit.apply_async()
-    return {"run_id": run_id, "dispatched": len(pending)}
+        return {"run_id": run_id, "dispatched": 0}
+    # The header is a generator, so the chord is published as it is iterated: Celery
+    # sends each header task as it is yielded and records the chord's size with the last
+    # one (group._apply_tasks; lazy headers since Celery 5.2, #6576). ChunkDispatch reads
+    # the run between batches and ends early once it is no longer running: the chord
+    # then counts only what was sent, and its commit finds the run ended and does
+    # nothing. (Dropping the chord for "the last chunk sends the commit" would work too,
+    # but moves the run's completion out of one place for no gain.)
+    dispatch = steps.ChunkDispatch(svc, run_id, pending)
+    chord(
+        self.app.signature(TASK_TRANSFORM_CHUNK, args=[run_id, chunk.index], immutable=True)
+        for chunk in dispatch
+    )(commit)
+    return {"run_id": run_id, "dispatched": dispatch.sent}
 
 
 @shared_task(name=TASK_TRANSFORM_CHUNK, bind=True)
 def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any] | None:
     """Transform one chunk into one part; returns only its key, rows, bytes and sha256."""
-    _require("run_id", run_id, str)
-    _require("chunk_index", chunk_index, int)
+    _check_arguments(self, run_id, chunk_index)
     svc = services(self)
     try:
         return steps.transform_chunk(svc, run_id, chunk_index)
@@ -167,7 +181,7 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
 @shared_task(name=TASK_COMMIT_RUN, bind=True, ignore_result=True)
 def commit_run(self: Task, run_id: str) -> dict[str, Any]:
     """Commit a run whose chunks are all done: manifest, then _SUCCESS."""
-    _require("run_id", run_id, str)
+    _check_arguments(self, run_id)
     svc = services(self)
     try:
         run = steps.commit_run(svc, run_id)
@@ -203,9 +217,8 @@ def start_scheduled_run(
 ) -> dict[str, Any]:
     """Beat's entry: start the run of a pipeline for the logical date of a schedule slot
     (a duplicate dispatch finds the existing run)."""
-    _require("pipeline", pipeline, str)
+    _check_arguments(self, pipeline, logical_date)
     if logical_date is not None:
-        _require("logical_date", logical_date, str)
         try:
             day = parse_logical_date(logical_date)
         except ValueError as exc:
@@ -226,9 +239,7 @@ def reconcile_runs(self: Task) -> dict[str, Any]:
     svc = services(self)
     settings = self.app.settings
     run_service = RunService(svc.ledger, celery_enqueue(self.app))
-    recorded = DeadLetterService(
-        svc.ledger, settings.broker_url, run_service.retry_run, settings.broker_use_ssl
-    ).sync()
+    recorded = DeadLetterService.for_settings(svc.ledger, settings, run_service.retry_run).sync()
     actions = reconcile(
         svc.ledger,
         celery_enqueue(self.app),

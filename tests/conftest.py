@@ -4,6 +4,11 @@ Each test session gets its own RabbitMQ vhost and its own PostgreSQL database, b
 removed at the end, so sessions cannot disturb each other. S3 is moto's server on a
 free loopback port, reachable from worker subprocesses. Locally a test whose service
 is down is skipped with the reason; in CI (CI=true) it fails instead.
+
+A test whose fault reaches past a vhost or a database gets its own of what it breaks:
+a RabbitMQ node of its own to stop (support.scratch_rabbitmq_node), a Redis database
+of its own to flush (support.scratch_redis_db); and it terminates only backends of its
+session's database.
 """
 
 from __future__ import annotations

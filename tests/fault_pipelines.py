@@ -11,6 +11,16 @@ and applies the real orders transform, plus one fault:
 - flaky_orders: a transient error (ConnectionError) on the first ETL_TEST_FLAKY_FAILURES
   attempts at the chunk holding key 1, counted in files under ETL_TEST_FAULTS_DIR
   (shared by every worker process).
+
+Those take the row path. Two more take the fast path (COPY's text into Arrow and the
+orders' columnar transform), each table they transform counted in
+ETL_TEST_FAULTS_DIR/columnar-tables so a test can check the path it ran:
+
+- slow_orders_columnar: waits ETL_TEST_SLOW_BATCH_S after transforming each table, as
+  slow_orders does after each batch;
+- slow_copy_orders: reads the view SLOW_COPY_VIEW, whose COPY stalls, so a test can act
+  while a worker's COPY is in flight (the fast path holds no database connection while
+  it transforms: it reads the whole chunk first). The test module creates the view.
 """
 
 from __future__ import annotations
@@ -20,9 +30,13 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from etl.domain.transform import BatchResult, Row
-from etl.pipelines.orders import ORDERS_DAILY, transform_orders
+from etl.pipelines.orders import ORDERS_DAILY, transform_orders, transform_orders_columnar
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def _slow(rows: Sequence[Row]) -> BatchResult:
@@ -53,13 +67,50 @@ def _flaky(rows: Sequence[Row]) -> BatchResult:
     return transform_orders(rows)
 
 
-# The faults live in the row transforms, so these pipelines have no columnar one (it
-# would take the plain rows past them); the fast path's own faults are tested apart.
+COLUMNAR_TABLES = "columnar-tables"
+
+
+def _columnar(table: pa.Table) -> tuple[pa.Table, pa.Array]:
+    with (Path(os.environ["ETL_TEST_FAULTS_DIR"]) / COLUMNAR_TABLES).open("a") as log:
+        log.write("x")  # one byte per table: appends from several processes stay whole
+    return transform_orders_columnar(table)
+
+
+def _slow_columnar(table: pa.Table) -> tuple[pa.Table, pa.Array]:
+    result = _columnar(table)
+    time.sleep(float(os.environ.get("ETL_TEST_SLOW_BATCH_S", "1.0")))
+    return result
+
+
+# The orders, except that a COPY of them (the fast path's read) waits at every 1,000th
+# row; other reads (the plan's key bounds, a test's expected rows) do not.
+SLOW_COPY_VIEW = "orders_slow_copy"
+SLOW_COPY_VIEW_SQL = f"""
+CREATE OR REPLACE VIEW {SLOW_COPY_VIEW} AS
+SELECT * FROM orders
+WHERE CASE WHEN id % 1000 = 500 AND current_query() LIKE 'COPY (%'
+           THEN pg_sleep(0.2) IS NOT NULL ELSE true END
+"""
+
+# The faults of these three live in the row transforms, so they have no columnar one
+# (it would take the plain rows past them).
 _ROW_PATH = {"columnar_transform": None, "schedule": None}
 SLOW_ORDERS = dataclasses.replace(ORDERS_DAILY, name="slow_orders", transform=_slow, **_ROW_PATH)
 POISON_ORDERS = dataclasses.replace(
     ORDERS_DAILY, name="poison_orders", transform=_poison, **_ROW_PATH
 )
 FLAKY_ORDERS = dataclasses.replace(ORDERS_DAILY, name="flaky_orders", transform=_flaky, **_ROW_PATH)
+# The row transform stays the plain orders one: the fast path hands it the rows the
+# columnar transform is not sure of.
+SLOW_ORDERS_COLUMNAR = dataclasses.replace(
+    ORDERS_DAILY, name="slow_orders_columnar", columnar_transform=_slow_columnar, schedule=None
+)
+SLOW_COPY_ORDERS = dataclasses.replace(
+    ORDERS_DAILY,
+    name="slow_copy_orders",
+    source=dataclasses.replace(ORDERS_DAILY.source, table=SLOW_COPY_VIEW),
+    columnar_transform=_columnar,
+    schedule=None,
+)
 
-PIPELINES = [SLOW_ORDERS, POISON_ORDERS, FLAKY_ORDERS]
+PIPELINES = [SLOW_ORDERS, POISON_ORDERS, FLAKY_ORDERS, SLOW_ORDERS_COLUMNAR, SLOW_COPY_ORDERS]

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 from sqlalchemy import text
 
 from etl.bootstrap import Services
@@ -63,6 +68,166 @@ def scratch_vhost(name: str) -> Iterator[str]:
         yield name
     finally:
         rabbitmqctl("delete_vhost", name)
+
+
+# Claims on Redis databases, in the database of the URL they are made through (0): each
+# names the session using that database, so no other session uses or flushes it.
+_REDIS_DB_CLAIM = "etl-test:redis-db:{db}"
+_REDIS_DB_CLAIM_S = 6 * 3600  # a claim left by a killed session lapses
+_RELEASE_CLAIM = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end"
+
+
+@contextmanager
+def scratch_redis_db(redis_url: str) -> Iterator[str]:
+    """A Redis database of this session's own (its URL), for a test that flushes it:
+    one empty when claimed, claimed in ``redis_url``'s database so no other session
+    takes it, flushed and released at the end."""
+    claims = redis.Redis.from_url(redis_url)
+    in_use = claims.connection_pool.connection_kwargs.get("db", 0)
+    try:
+        for db in range(_redis_databases(claims) - 1, 0, -1):
+            claim = _REDIS_DB_CLAIM.format(db=db)
+            if db == in_use or not claims.set(claim, SESSION_TAG, nx=True, ex=_REDIS_DB_CLAIM_S):
+                continue
+            url = urlsplit(redis_url)._replace(path=f"/{db}").geturl()
+            with redis.Redis.from_url(url) as scratch:
+                if scratch.dbsize() == 0:  # nobody's data, not even a stale session's
+                    try:
+                        yield url
+                    finally:
+                        scratch.flushdb()
+                        claims.eval(_RELEASE_CLAIM, 1, claim, SESSION_TAG)
+                    return
+            claims.eval(_RELEASE_CLAIM, 1, claim, SESSION_TAG)
+        require_service("a Redis database of the session's own", "every database is in use")
+    finally:
+        claims.close()
+
+
+def _redis_databases(client: redis.Redis) -> int:
+    try:
+        databases = client.config_get("databases").get("databases")
+    except redis.ResponseError:  # CONFIG disabled
+        databases = None
+    return int(databases or 16)  # 16: Redis's default
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on the loopback interface that nothing listens on now."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:  # all bound at once, so the kernel gives distinct ports
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+class RabbitMQNode:
+    """A RabbitMQ node of a test's own beside the machine's broker: its own node name,
+    ports and files, so stopping it disturbs no other session. Its CLI calls go
+    through the machine's rabbitmqctl (same Erlang cookie), with ``-n``."""
+
+    def __init__(self, name: str, base_dir: Path) -> None:
+        self.name = f"{name}@localhost"
+        self.base_dir = base_dir
+        self.port, self.dist_port = free_ports(2)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The AMQP URL of its default vhost, as guest (allowed over loopback)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl on this node."""
+        return rabbitmqctl("-n", self.name, *args)
+
+    def environment(self) -> dict[str, str]:
+        """The variables that make ``rabbitmq-server`` this node and no other."""
+        files = self.base_dir
+        return {
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),  # else the AMQP port + 20000
+            # Not the machine's rabbitmq.conf: its listener is the shared broker's port.
+            "RABBITMQ_CONFIG_FILE": str(files / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(files / "advanced.config"),
+            # No plugins, so no management or Prometheus port either.
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(files / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(files / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(files / "log"),
+            "RABBITMQ_LOGS": "-",  # to the log file of the process
+            "RABBITMQ_PID_FILE": str(files / "node.pid"),
+        }
+
+    def start(self, timeout_s: float = 90) -> None:
+        """Start the node and wait until it serves AMQP."""
+        for directory in (self.base_dir / "mnesia", self.base_dir / "log"):
+            directory.mkdir(parents=True)
+        (self.base_dir / "rabbitmq.conf").write_text("")
+        (self.base_dir / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:  # the packaged scripts run the node as the rabbitmq user
+            for path in [self.base_dir, *self.base_dir.rglob("*")]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        with (self.base_dir / "server.log").open("wb") as log:
+            process = subprocess.Popen(
+                ["rabbitmq-server"],
+                env={**os.environ, **self.environment()},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.process = process
+        # The AMQP listener opens last; polling the port is cheaper than the CLI.
+        wait_until(
+            lambda: self._accepts() or process.poll() is not None,
+            timeout_s=timeout_s,
+            what=f"RabbitMQ node {self.name} on port {self.port}",
+        )
+        if process.poll() is not None:  # e.g. not root nor rabbitmq: the scripts refuse
+            last_lines = "\n".join(self.log().strip().splitlines()[-5:])
+            require_service(f"RabbitMQ node {self.name}", f"it exited at start:\n{last_lines}")
+        self.ctl("await_startup")
+
+    def _accepts(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    def log(self) -> str:
+        """What the node has printed."""
+        return (self.base_dir / "server.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Stop the node (the whole node, not only its app); kill it if it will not go."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.ctl("stop")
+            self.process.wait(timeout=30)
+        except (subprocess.SubprocessError, OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@contextmanager
+def scratch_rabbitmq_node(name: str) -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node of a test's own (RabbitMQNode), started; stopped and its files
+    removed at the end, even on failure."""
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        require_service("rabbitmq-server", "not on PATH (needed for a node of the test's own)")
+    node = RabbitMQNode(name, Path(tempfile.mkdtemp(prefix=f"{name}-")))
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(node.base_dir, ignore_errors=True)
 
 
 class RecordingEnqueue:

@@ -14,9 +14,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl.adapters.s3 import PartNotStored
 
+# BadDigest: S3 refused bytes that did not match the checksum sent with them (corrupted
+# on the way); the part is written again from the spool.
 _RETRYABLE_S3_CODES = frozenset(
     {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
-     "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+     "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+     "BadDigest"}
 )  # fmt: skip
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import logging
 from typing import IO, TYPE_CHECKING, Any
@@ -15,8 +18,10 @@ from etl.domain.outputs import StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-# Parts above 64 MiB go up as a multipart upload, streamed from the spooled file.
+# Parts from 64 MiB go up as a multipart upload, 16 MiB a request, read from the
+# spooled file.
 _TRANSFER = TransferConfig(
     multipart_threshold=64 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024
 )
@@ -65,24 +70,90 @@ class S3PartWriter:
     def put_part(
         self, key: str, body: IO[bytes], *, content_type: str, sha256: str, rows: int
     ) -> str:
-        """Upload a part, its sha256 and row count riding along as object metadata, and
-        read it back: returns its ETag. Raises PartNotStored if S3 holds other bytes."""
+        """Upload a part with S3's own SHA-256 checksum, so S3 verifies the bytes it
+        receives against the hash computed while the part was written and refuses them
+        (BadDigest) if they differ; read it back and return its ETag. The sha256 and row
+        count ride along as object metadata. Raises PartNotStored if S3 holds other
+        bytes."""
         size = body.seek(0, 2)
         body.seek(0)
-        self.client.upload_fileobj(  # which may close ``body``
-            body,
-            self.bucket,
-            key,
-            ExtraArgs={
-                "ContentType": content_type,
-                "Metadata": {"sha256": sha256, "rows": str(rows)},
-            },
-            Config=self.transfer,
-        )
-        stored = self.part_metadata(key)
-        if stored is None or stored.get("sha256") != sha256 or stored["bytes"] != size:
+        extra: dict[str, Any] = {
+            "ContentType": content_type,
+            "Metadata": {"sha256": sha256, "rows": str(rows)},
+        }
+        if size < self.transfer.multipart_threshold:
+            expected = _base64_digest(bytes.fromhex(sha256))
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=expected,
+                **extra,
+            )
+            parts = 1
+        else:
+            expected, parts = self._put_multipart(key, body, sha256, extra)
+        head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        # A multipart object's checksum is the checksum of its parts' checksums, which
+        # S3 shows as "<base64>-<parts>" (and moto without the suffix).
+        found = head.get("ChecksumSHA256")
+        if (
+            found not in {expected, f"{expected}-{parts}"}
+            or head["ContentLength"] != size
+            or head.get("Metadata", {}).get("sha256") != sha256
+        ):
             raise PartNotStored(f"S3 does not hold the part just written at {key}")
-        return str(stored["etag"])
+        return str(head["ETag"])
+
+    def _put_multipart(
+        self, key: str, body: IO[bytes], sha256: str, extra: dict[str, Any]
+    ) -> tuple[str, int]:
+        """A multipart upload, each part with its SHA-256 checksum for S3 to verify;
+        returns the object's (composite) checksum and its number of parts. The bytes
+        sent must hash to ``sha256`` as a whole, or the upload is abandoned."""
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **extra
+        )["UploadId"]
+        whole = hashlib.sha256()
+        digests: list[bytes] = []
+        parts: list[CompletedPartTypeDef] = []
+        try:
+            while data := body.read(self.transfer.multipart_chunksize):
+                whole.update(data)
+                digest = hashlib.sha256(data).digest()
+                checksum = _base64_digest(digest)
+                number = len(parts) + 1
+                etag = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=checksum,
+                )["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum})
+                digests.append(digest)
+            if whole.hexdigest() != sha256:
+                # S3 checked each part against what was read; this ties what was read
+                # to what was written.
+                raise PartNotStored(
+                    f"the part for {key} read back from its spool file is not the part "
+                    "that was written"
+                )
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            # Parts of an abandoned upload are stored (and billed) until aborted.
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            raise
+        return _base64_digest(hashlib.sha256(b"".join(digests)).digest()), len(parts)
 
     def put_json(self, key: str, document: dict[str, Any]) -> None:
         """Upload a small JSON document."""
@@ -153,6 +224,11 @@ class S3PartWriter:
                     f"S3 refused to delete {len(errors)} objects, e.g. {first.get('Key')}: "
                     f"{first.get('Code')} {first.get('Message')}"
                 )
+
+
+def _base64_digest(digest: bytes) -> str:
+    # S3's checksum headers carry the digest in base64, not hex.
+    return base64.b64encode(digest).decode("ascii")
 
 
 class LocalS3:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from amqp import spec
 from kombu import Connection, Exchange, Queue
 
 PLAN_QUEUE = "etl.plan"
@@ -25,7 +26,10 @@ UNROUTABLE_EXCHANGE = Exchange(UNROUTABLE_QUEUE, type="fanout", durable=True)
 WORK_EXCHANGE = Exchange(
     "etl", type="direct", durable=True, arguments={"alternate-exchange": UNROUTABLE_QUEUE}
 )
-DEAD_LETTER_EXCHANGE = Exchange("etl.dlx", type="direct", durable=True)
+# Internal: no client may publish to it (a forged dead letter), while the broker still
+# dead-letters into it. kombu cannot declare an internal exchange, so declare_topology
+# declares it itself and the queues bound to it leave it alone.
+DEAD_LETTER_EXCHANGE = Exchange("etl.dlx", type="direct", durable=True, no_declare=True)
 
 
 def dead_letter_queue_name(queue: str) -> str:
@@ -115,10 +119,21 @@ def declare_topology(
     with broker_connection(broker_url, ssl) as connection:
         channel = connection.channel()
         try:
+            _declare_internal(channel, DEAD_LETTER_EXCHANGE)
             for queue in all_queues(queue_type, delivery_limit):
                 queue.bind(channel).declare()
         finally:
             channel.close()
+
+
+def _declare_internal(channel: Any, exchange: Exchange) -> None:
+    # exchange.declare with its "internal" bit set, which py-amqp always sends unset.
+    channel.send_method(
+        spec.Exchange.Declare,
+        "BssbbbbbF",
+        (0, exchange.name, exchange.type, False, exchange.durable, False, True, False, {}),
+        wait=spec.Exchange.DeclareOk,
+    )
 
 
 def queue_stats(

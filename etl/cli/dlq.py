@@ -44,9 +44,7 @@ def _service(settings: Settings) -> DeadLetterService:
 
     services = open_services(settings)
     runs = RunService(services.ledger, celery_enqueue(make_celery(settings)))
-    return DeadLetterService(
-        services.ledger, settings.broker_url, runs.retry_run, settings.broker_use_ssl
-    )
+    return DeadLetterService.for_settings(services.ledger, settings, runs.retry_run)
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -75,6 +73,9 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     document = _summary(letter)
     document["headers"] = letter.headers
     document["body"] = letter.body.decode("utf-8", errors="replace")
+    # The ledger keeps at most the first 64 KiB of a body: its whole size and SHA-256.
+    document["body_size"] = letter.body_size
+    document["body_sha256"] = letter.body_sha256
     print(json.dumps(document, indent=2))
     return EXIT_OK
 

@@ -234,9 +234,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     services = open_services(settings)
     enqueue = celery_enqueue(make_celery(settings))
     retry = RunService(services.ledger, enqueue).retry_run
-    recorded = DeadLetterService(
-        services.ledger, settings.broker_url, retry, settings.broker_use_ssl
-    ).sync()
+    recorded = DeadLetterService.for_settings(services.ledger, settings, retry).sync()
     actions = reconcile(
         services.ledger,
         enqueue,

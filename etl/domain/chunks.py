@@ -1,4 +1,4 @@
-"""Splitting a source's key range into fixed chunks."""
+"""Splitting a source's key range into fixed chunks, and the most a run may have."""
 
 from __future__ import annotations
 
@@ -14,24 +14,70 @@ class ChunkRange:
     key_hi: int
 
 
+class PlanTooLarge(ValueError):
+    """A plan would make more chunks than a run may have."""
+
+    def __init__(
+        self, pipeline: str, key_min: int, key_max: int, chunk_size: int, max_chunks: int
+    ) -> None:
+        super().__init__(pipeline, key_min, key_max, chunk_size, max_chunks)
+        self.pipeline = pipeline
+        self.key_min = key_min
+        self.key_max = key_max
+        self.chunk_size = chunk_size
+        self.max_chunks = max_chunks
+        self.chunks = count_chunks(key_min, key_max, chunk_size)
+
+    def __str__(self) -> str:
+        keys = self.key_max - self.key_min + 1
+        smallest_size = -(-keys // self.max_chunks)  # the least that fits under the limit
+        return (
+            f"pipeline {self.pipeline} would plan {self.chunks:,} chunks "
+            f"(keys {self.key_min}..{self.key_max} at chunk_size {self.chunk_size:,}), "
+            f"over the limit of {self.max_chunks:,} chunks a run: use a chunk_size of at "
+            f"least {smallest_size:,}, or raise ETL_MAX_CHUNKS_PER_RUN"
+        )
+
+
+def count_chunks(key_min: int | None, key_max: int | None, chunk_size: int) -> int:
+    """How many chunks ``plan_chunks`` would make, without making them."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if key_min is None or key_max is None:
+        return 0
+    if key_max < key_min:
+        raise ValueError(f"key_max {key_max} is below key_min {key_min}")
+    return -(-(key_max - key_min + 1) // chunk_size)
+
+
+def check_chunk_count(
+    pipeline: str, key_min: int | None, key_max: int | None, chunk_size: int, max_chunks: int
+) -> int:
+    """The number of chunks of the plan; raises PlanTooLarge above ``max_chunks``.
+
+    Counted from the key range alone, so a runaway plan is refused before a single
+    chunk of it exists.
+    """
+    count = count_chunks(key_min, key_max, chunk_size)
+    if key_min is not None and key_max is not None and count > max_chunks:
+        raise PlanTooLarge(pipeline, key_min, key_max, chunk_size, max_chunks)
+    return count
+
+
 def plan_chunks(key_min: int | None, key_max: int | None, chunk_size: int) -> list[ChunkRange]:
     """Cover ``[key_min, key_max]`` with consecutive ranges of ``chunk_size`` keys.
 
     The ranges are fixed at planning time, so every chunk task reads a window that does
     not move under it, and a redelivered chunk reads the same keys again.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    count = count_chunks(key_min, key_max, chunk_size)  # refuses a bad size or range
     if key_min is None or key_max is None:
         return []
-    if key_max < key_min:
-        raise ValueError(f"key_max {key_max} is below key_min {key_min}")
-    chunks = []
-    lo = key_min
-    index = 0
-    while lo <= key_max:
-        hi = min(lo + chunk_size, key_max + 1)
-        chunks.append(ChunkRange(index=index, key_lo=lo, key_hi=hi))
-        lo = hi
-        index += 1
-    return chunks
+    return [
+        ChunkRange(
+            index=index,
+            key_lo=key_min + index * chunk_size,
+            key_hi=min(key_min + (index + 1) * chunk_size, key_max + 1),
+        )
+        for index in range(count)
+    ]

@@ -10,16 +10,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from kombu import Connection, Producer
+from fault_pipelines import COLUMNAR_TABLES, SLOW_COPY_VIEW, SLOW_COPY_VIEW_SQL
+from kombu import Connection
 from sqlalchemy import text
 
 from api import create_app
-from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE, WORK_EXCHANGE
+from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE
 from etl.bootstrap import Services, build_services
 from etl.celery_app import TASK_COMMIT_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
 from etl.config import Settings, settings_env
@@ -27,14 +28,19 @@ from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.layout import run_prefix
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.pipelines import get_pipeline
 from etl.runs import RunService, celery_enqueue, wait_for_run
 from etl.steps import plan_run
 
 from support import (
     API_TOKEN,
+    SESSION_TAG,
     ChildProcess,
+    RabbitMQNode,
     assert_run_output_matches_source,
     rabbitmqctl,
+    scratch_rabbitmq_node,
+    scratch_redis_db,
     scratch_vhost,
     wait_until,
 )
@@ -45,15 +51,18 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 SOURCE_ROWS = 20_000
 
 
-# A Redis database of this module's own, so a test may flush it (the result backend lost).
-FAULT_REDIS_DB = 13
+@pytest.fixture(scope="module")
+def fault_redis_url(redis_url: str) -> Iterator[str]:
+    """A Redis database of this session's own, so a test may flush it (the result backend
+    lost) without touching another session's keys."""
+    with scratch_redis_db(redis_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def fault_settings(service_settings: Settings) -> Settings:
-    backend = service_settings.result_backend.rsplit("/", 1)[0] + f"/{FAULT_REDIS_DB}"
+def fault_settings(service_settings: Settings, fault_redis_url: str) -> Settings:
     return service_settings.model_copy(
-        update={"pipeline_modules": "fault_pipelines", "result_backend": backend}
+        update={"pipeline_modules": "fault_pipelines", "result_backend": fault_redis_url}
     )
 
 
@@ -62,8 +71,21 @@ def fault_services(fault_settings: Settings) -> Iterator[Services]:
     built = build_services(fault_settings)
     built.parts.ensure_bucket()
     seed_orders(built.source_engine, SOURCE_ROWS)
+    with built.source_engine.begin() as conn:
+        conn.execute(text(SLOW_COPY_VIEW_SQL))  # slow_copy_orders' source
     yield built
+    with built.source_engine.begin() as conn:
+        # It depends on orders, which other modules drop and create again.
+        conn.execute(text(f"DROP VIEW IF EXISTS {SLOW_COPY_VIEW}"))
     built.close()
+
+
+@pytest.fixture(scope="module")
+def own_broker() -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node of this session's own, for the test that stops a broker: stopping
+    the machine's would stop it for every session."""
+    with scratch_rabbitmq_node(f"etl-fault-{SESSION_TAG}") as node:
+        yield node
 
 
 @pytest.fixture
@@ -85,7 +107,12 @@ def start_worker(
     """Start `etl worker` processes that load the fault pipelines; all stopped at the end."""
     started: list[ChildProcess] = []
 
-    def start(concurrency: int = 1, queues: str | None = None, **env: str) -> ChildProcess:
+    def start(
+        concurrency: int = 1,
+        queues: str | None = None,
+        settings: Settings | None = None,
+        **env: str,
+    ) -> ChildProcess:
         # Short retry waits keep the suite quick; backoff itself is unit-tested.
         env.setdefault("ETL_RETRY_BACKOFF_BASE_S", "0.2")
         args = ["worker", "--concurrency", str(concurrency)]
@@ -97,7 +124,10 @@ def start_worker(
             **env,
         }
         worker = ChildProcess.etl(
-            args, fault_settings, tmp_path / f"worker-{len(started)}.log", extra_env=extra
+            args,
+            settings or fault_settings,
+            tmp_path / f"worker-{len(started)}.log",
+            extra_env=extra,
         )
         started.append(worker)
         worker.wait_for_log("ready.")
@@ -123,12 +153,36 @@ def max_attempts(services: Services, run_id: str) -> int:
     return max(chunk.attempts for chunk in services.ledger.get_chunks(run_id))
 
 
+# A fault marked so runs on both read paths: the row path (a server-side cursor and the
+# row transform) and the fast path (COPY's text into Arrow and the columnar transform),
+# each slowed down by a second per batch so the fault lands mid-chunk.
+ON_BOTH_PATHS = pytest.mark.parametrize(
+    "pipeline", ["slow_orders", "slow_orders_columnar"], ids=["row-path", "fast-path"]
+)
+
+
+def assert_read_path(faults_dir: Path, pipeline: str) -> None:
+    """The run's chunks took the path its pipeline names: the fault pipelines' columnar
+    transforms count the tables they transform."""
+    counted = faults_dir / COLUMNAR_TABLES
+    tables = counted.stat().st_size if counted.exists() else 0
+    if get_pipeline(pipeline).columnar_transform is None:
+        assert tables == 0, f"{pipeline} went through the columnar transform"
+    else:
+        assert tables > 0, f"{pipeline} never went through the columnar transform"
+
+
+@ON_BOTH_PATHS
 def test_sigkill_of_a_worker_process_group_mid_chunk_loses_and_doubles_nothing(
-    fault_services: Services, app: EtlCelery, start_worker: Callable[..., ChildProcess]
+    fault_services: Services,
+    app: EtlCelery,
+    faults_dir: Path,
+    start_worker: Callable[..., ChildProcess],
+    pipeline: str,
 ) -> None:
     victim = start_worker(concurrency=1)
     start_worker(concurrency=1)
-    run = start(fault_services, app, "slow_orders", 2_500)
+    run = start(fault_services, app, pipeline, 2_500)
     wait_until(
         lambda: running_chunks(fault_services, run.id) >= 2,
         timeout_s=60,
@@ -140,14 +194,20 @@ def test_sigkill_of_a_worker_process_group_mid_chunk_loses_and_doubles_nothing(
     final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
     assert final.state is RunState.SUCCEEDED, final.reason
     assert max_attempts(fault_services, run.id) == 2  # the killed chunk ran again elsewhere
+    assert_read_path(faults_dir, pipeline)
     assert_run_output_matches_source(fault_services, final)
 
 
+@ON_BOTH_PATHS
 def test_sigkill_of_one_pool_child_redelivers_its_chunk(
-    fault_services: Services, app: EtlCelery, start_worker: Callable[..., ChildProcess]
+    fault_services: Services,
+    app: EtlCelery,
+    faults_dir: Path,
+    start_worker: Callable[..., ChildProcess],
+    pipeline: str,
 ) -> None:
     worker = start_worker(concurrency=2)
-    run = start(fault_services, app, "slow_orders", 2_500)
+    run = start(fault_services, app, pipeline, 2_500)
     # Both pool processes busy, so the one killed is surely mid-chunk.
     wait_until(
         lambda: running_chunks(fault_services, run.id) >= 2, timeout_s=60, what="two chunks running"
@@ -162,6 +222,7 @@ def test_sigkill_of_one_pool_child_redelivers_its_chunk(
     final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
     assert final.state is RunState.SUCCEEDED, final.reason
     assert worker.alive()
+    assert_read_path(faults_dir, pipeline)
     assert_run_output_matches_source(fault_services, final)
     # The killed child's chunk was delivered again and finished on the second attempt.
     attempts = sorted(c.attempts for c in fault_services.ledger.get_chunks(run.id))
@@ -283,70 +344,105 @@ def test_rabbitmq_connections_closed_mid_run_do_not_lose_the_run(
     assert_run_output_matches_source(fault_services, final)
 
 
+@ON_BOTH_PATHS
 def test_rabbitmq_stopped_and_started_mid_run_does_not_lose_the_run(
-    fault_services: Services, app: EtlCelery, start_worker: Callable[..., ChildProcess]
+    fault_services: Services,
+    fault_settings: Settings,
+    own_broker: RabbitMQNode,
+    faults_dir: Path,
+    start_worker: Callable[..., ChildProcess],
+    pipeline: str,
 ) -> None:
-    start_worker(concurrency=2)
-    run = start(fault_services, app, "slow_orders", 2_500)
+    settings = fault_settings.model_copy(update={"broker_url": own_broker.url})
+    start_worker(concurrency=2, settings=settings)
+    run = start(fault_services, make_celery(settings), pipeline, 2_500)
     wait_until(
         lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
     )
 
-    rabbitmqctl("stop_app")
+    own_broker.ctl("stop_app")
     try:
         # The broker is really down: a connection attempt is refused.
-        with pytest.raises(Exception), Connection(app.conf.broker_url, connect_timeout=2) as conn:  # noqa: B017
+        with pytest.raises(Exception), Connection(own_broker.url, connect_timeout=2) as conn:  # noqa: B017
+            conn.ensure_connection(max_retries=1)
+        # The machine's broker, which every other session uses, is not.
+        with Connection(fault_settings.broker_url, connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1)
     finally:
-        rabbitmqctl("start_app")
-    rabbitmqctl("await_startup")
+        own_broker.ctl("start_app")
+    own_broker.ctl("await_startup")
 
     final = wait_for_run(fault_services.ledger, run.id, timeout_s=240)
     assert final.state is RunState.SUCCEEDED, final.reason
+    assert_read_path(faults_dir, pipeline)
     assert_run_output_matches_source(fault_services, final)
 
 
-def test_postgres_backend_terminated_mid_chunk_is_retried(
-    fault_services: Services, app: EtlCelery, start_worker: Callable[..., ChildProcess]
-) -> None:
+@dataclass(frozen=True)
+class SlowRead:
+    """A pipeline whose chunks read slowly on one path, and what a worker's backend
+    looks like in the middle of such a read."""
+
+    pipeline: str
+    worker_env: dict[str, str]
+    mid_read: str  # a condition on pg_stat_activity
+
+
+SLOW_READS = [
     # Two 5,000-row batches per chunk: the worker pauses between them with its
-    # server-side cursor open, and that is when its backend is terminated.
-    start_worker(concurrency=2, ETL_TEST_SLOW_BATCH_S="2")
-    run = start(fault_services, app, "slow_orders", 10_000)
+    # server-side cursor open, idle in a transaction.
+    pytest.param(
+        SlowRead("slow_orders", {"ETL_TEST_SLOW_BATCH_S": "2"}, "state = 'idle in transaction'"),
+        id="row-path",
+    ),
+    # The fast path reads a whole chunk with one COPY before transforming it; this
+    # pipeline's COPY waits at every 1,000th row, active the while.
+    pytest.param(
+        SlowRead("slow_copy_orders", {}, "state = 'active' AND query LIKE 'COPY (SELECT%'"),
+        id="fast-path",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SLOW_READS)
+def test_postgres_backend_terminated_mid_chunk_is_retried(
+    fault_services: Services,
+    app: EtlCelery,
+    faults_dir: Path,
+    start_worker: Callable[..., ChildProcess],
+    case: SlowRead,
+) -> None:
+    start_worker(concurrency=2, **case.worker_env)
+    run = start(fault_services, app, case.pipeline, 10_000)
     wait_until(
         lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
     )
-    # A worker between two fetches of its server-side cursor is idle in a transaction.
-    wait_until(lambda: _reading_backends(fault_services), timeout_s=30, what="a worker mid-read")
+    wait_until(
+        lambda: _worker_backends(fault_services, case.mid_read),
+        timeout_s=30,
+        what="a worker mid-read",
+    )
 
-    with fault_services.ledger.engine.connect() as conn:
-        terminated = conn.execute(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND application_name = 'nightly-etl' AND state = 'idle in transaction'"
-            )
-        ).scalar()
-    assert terminated and terminated >= 1
+    terminated = _worker_backends(fault_services, case.mid_read, terminate=True)
+    assert terminated >= 1
 
     final = wait_for_run(fault_services.ledger, run.id, timeout_s=180)
     assert final.state is RunState.SUCCEEDED, final.reason
     assert max_attempts(fault_services, run.id) >= 2
+    assert_read_path(faults_dir, case.pipeline)
     assert_run_output_matches_source(fault_services, final)
 
 
-def _reading_backends(services: Services) -> int:
+def _worker_backends(services: Services, condition: str, *, terminate: bool = False) -> int:
+    """How many workers' backends match ``condition``, terminating them if asked. Only
+    in this session's database: other sessions' workers are not ours to stop."""
+    counted = "pg_terminate_backend(pid)" if terminate else "*"
+    query = (
+        f"SELECT count({counted}) FROM pg_stat_activity WHERE datname = current_database() "
+        f"AND application_name = 'nightly-etl' AND pid <> pg_backend_pid() AND {condition}"
+    )
     with services.ledger.engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = 'nightly-etl' AND state = 'idle in transaction' "
-                    "AND pid <> pg_backend_pid()"
-                )
-            ).scalar()
-            or 0
-        )
+        return int(conn.execute(text(query)).scalar() or 0)
 
 
 def test_a_crash_between_the_last_chunk_and_the_commit_is_recovered_by_the_reconciler(
@@ -472,81 +568,6 @@ def test_the_same_chunk_delivered_twice_at_once_gives_one_part_and_one_manifest_
     assert len(manifest["parts"]) == 1
     prefix = run_prefix(fault_settings.s3_prefix, "slow_orders", final.logical_date, run.id)
     assert len([key for key in fault_services.parts.list_keys(prefix) if "/part-" in key]) == 1
-
-
-def test_hostile_messages_are_not_executed_and_end_dead_lettered(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    worker = start_worker(concurrency=2)
-    victim_run, _ = fault_services.ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 9, 3), trigger=Trigger.MANUAL,
-        params={"chunk_size": 5_000},
-    )  # fmt: skip
-    plan_run(fault_services, victim_run.id)  # chunks recorded, nothing dispatched
-
-    sent = 0
-    for queue in (PLAN_QUEUE, TRANSFORM_QUEUE, COMMIT_QUEUE):
-        # A pickle body for a real task and real arguments: it must not run.
-        app.send_task(
-            TASK_TRANSFORM_CHUNK, args=[victim_run.id, 0], serializer="pickle", queue=queue
-        )
-        # An unknown task name.
-        app.send_task("etl.drop_all_tables", args=[], queue=queue)
-        # Wrong argument types.
-        app.send_task(TASK_TRANSFORM_CHUNK, args=[12345, "zero"], queue=queue)
-        # Malformed JSON under a real task name.
-        _publish_raw(app, queue, b'[["run", 0], {}, {', TASK_TRANSFORM_CHUNK)
-        sent += 4
-
-    # The worker keeps serving: a real run queued behind them completes.
-    run = start(fault_services, app, "orders_daily", 5_000)
-    assert wait_for_run(fault_services.ledger, run.id, timeout_s=120).state is RunState.SUCCEEDED
-    assert worker.alive()
-
-    # None executed: the victim's chunks were never started.
-    assert all(chunk.attempts == 0 for chunk in fault_services.ledger.get_chunks(victim_run.id))
-    dead_letters = DeadLetterService(
-        fault_services.ledger, fault_settings.broker_url, lambda run_id: None
-    )
-
-    def hostile() -> list[Any]:
-        letters = dead_letters.list_letters()
-        return (
-            [x for x in letters if x.run_id in {victim_run.id, None}]
-            if len(letters) >= sent
-            else []
-        )
-
-    letters = wait_until(hostile, timeout_s=60, what=f"{sent} dead letters")
-    reasons = sorted(letter.reason for letter in letters)
-    assert len(letters) == sent, reasons
-    assert (
-        sum("content type 'application/x-python-serialize' is refused" in r for r in reasons) == 3
-    )
-    assert sum("unknown task 'etl.drop_all_tables'" in r for r in reasons) == 3
-    assert sum("not valid JSON" in r for r in reasons) == 3
-    assert sum("wrong type" in r for r in reasons) == 3
-
-
-def _publish_raw(app: EtlCelery, queue: str, body: bytes, task: str) -> None:
-    with Connection(app.conf.broker_url) as connection:
-        Producer(connection.channel()).publish(
-            body,
-            exchange=WORK_EXCHANGE,
-            routing_key=queue,
-            headers={
-                "task": task,
-                "id": str(uuid.uuid4()),
-                "lang": "py",
-                "argsrepr": "",
-                "kwargsrepr": "",
-            },
-            content_type="application/json",
-            content_encoding="utf-8",
-        )
 
 
 def _etl(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -700,7 +721,8 @@ def test_losing_the_result_backend_mid_run_never_loses_the_run(
     )
     import redis
 
-    redis.Redis.from_url(fault_settings.result_backend).flushdb()  # the chord's counter is gone
+    # The chord's counter is gone. The database is this session's own (fault_redis_url).
+    redis.Redis.from_url(fault_settings.result_backend).flushdb()
 
     wait_until(
         lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] == 8,

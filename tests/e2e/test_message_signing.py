@@ -1,6 +1,8 @@
 """Message signing with Celery's "auth" serializer, between real processes: a signed run
 completes; unsigned, tampered and unknown-signer messages are not run, and are parked in
-the dead-letter queue instead."""
+the dead-letter queue instead, where the dead-letter sync verifies each with the workers'
+certificate store and records exactly why it was refused; a genuinely signed message a
+task gave up on is recorded with its run."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from etl.adapters.topology import PLAN_QUEUE, WORK_EXCHANGE
 from etl.bootstrap import Services
 from etl.celery_app import TASK_PLAN_RUN, make_celery
 from etl.config import Settings, settings_env
+from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
 from etl.runs import wait_for_run
@@ -111,16 +114,19 @@ def tampered(body: bytes, old: str, new: str) -> bytes:
     return base64.b64encode(raw.replace(old.encode(), new.encode()))
 
 
-def publish(broker_url: str, body: bytes, content_type: str) -> None:
+def publish(broker_url: str, body: bytes, content_type: str) -> str:
+    """A plan_run message with this body; returns its task id."""
+    task_id = str(uuid.uuid4())
     with Connection(broker_url) as connection:
         Producer(connection.channel()).publish(
             body,
             exchange=WORK_EXCHANGE,
             routing_key=PLAN_QUEUE,
-            headers={"task": TASK_PLAN_RUN, "id": str(uuid.uuid4()), "lang": "py"},
+            headers={"task": TASK_PLAN_RUN, "id": task_id, "lang": "py"},
             content_type=content_type,
             content_encoding="utf-8",
         )
+    return task_id
 
 
 def dead_letter_depth(vhost: str) -> int:
@@ -161,18 +167,27 @@ def test_only_messages_signed_by_a_trusted_certificate_run(
 
         store = signed_settings.security_cert_store
         control, unsigned, changed, stranger, target = (queued_run(d) for d in range(1, 6))
+        missing_run = str(uuid.uuid4())
         # 2. not signed: a plain JSON task, as an app without the key sends it
         plain = signed_settings.model_copy(
             update={"security_key_file": "", "security_certificate_file": "",
                     "security_cert_store": ""}
         )  # fmt: skip
-        make_celery(plain).send_task(TASK_PLAN_RUN, args=[unsigned])
+        sent = {"unsigned": make_celery(plain).send_task(TASK_PLAN_RUN, args=[unsigned]).id}
         # 3. signed for one run, then changed to another: the signature no longer matches
         genuine = signed_body(identities["trusted"], store, changed)
-        publish(signed_settings.broker_url, tampered(genuine, changed, target), "application/data")
+        sent["tampered"] = publish(
+            signed_settings.broker_url, tampered(genuine, changed, target), "application/data"
+        )
         # 4. signed by a certificate the workers do not trust
         foreign = signed_body(identities["stranger"], str(identities["stranger"][1]), stranger)
-        publish(signed_settings.broker_url, foreign, "application/data")
+        sent["stranger"] = publish(signed_settings.broker_url, foreign, "application/data")
+        # 5. genuinely signed, for a run the ledger does not have: the task gives up on it
+        sent["genuine"] = publish(
+            signed_settings.broker_url,
+            signed_body(identities["trusted"], store, missing_run),
+            "application/data",
+        )
         # the control: crafted like 3 and 4 but genuinely signed, so it runs
         publish(
             signed_settings.broker_url,
@@ -182,15 +197,38 @@ def test_only_messages_signed_by_a_trusted_certificate_run(
 
         final = wait_for_run(services.ledger, control, timeout_s=120)
         assert final.state is RunState.SUCCEEDED, final.reason
-        wait_until(lambda: dead_letter_depth(vhost) == 3, timeout_s=60, what="3 dead letters")
+        wait_until(lambda: dead_letter_depth(vhost) == 4, timeout_s=60, what="4 dead letters")
     finally:
         worker.stop()
 
     for run_id in (unsigned, changed, stranger, target):
         run = services.ledger.get_run(run_id)
         assert run.state is RunState.QUEUED and run.chunk_count is None, run
+    # The consumer refused 2, 3 and 4 itself (rejected, so RabbitMQ dead-lettered them).
     log = worker.log_path.read_text()
-    # each refused for its own reason (and rejected, so RabbitMQ dead-lettered it)
-    assert "Refusing to deserialize untrusted content of type json" in log
-    assert "Unknown certificate" in log and "stranger" in log
-    assert log.count("dead-lettering a message that cannot be decoded") == 2
+    assert log.count("refused a task message and dead-lettered it") >= 3, log[-3000:]
+
+    # The dead-letter sync verifies each against the workers' store and says exactly why.
+    dead_letters = DeadLetterService.for_settings(services.ledger, signed_settings, print)
+    dead_letters.sync()
+    letters = {
+        name: next(
+            x
+            for x in services.ledger.list_dead_letters(state=None, limit=100_000)
+            if x.task_id == id_
+        )
+        for name, id_ in sent.items()
+    }
+    assert letters["unsigned"].reason.startswith(
+        "not signed: content type 'application/json', and the workers run only signed messages"
+    )
+    assert letters["tampered"].reason.startswith("the signature does not verify")
+    assert letters["stranger"].reason.startswith(
+        "signed by a certificate the workers do not trust: 'stranger "
+    )
+    assert {letters[name].run_id for name in ("unsigned", "tampered", "stranger")} == {None}
+    # The genuinely signed one names its run: a run the ledger does not have.
+    assert letters["genuine"].run_id == missing_run
+    assert letters["genuine"].reason == f"run {missing_run} is not in the ledger"
+    for run_id in (unsigned, changed, stranger, target):
+        assert services.ledger.get_run(run_id).state is RunState.QUEUED

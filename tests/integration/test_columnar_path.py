@@ -190,8 +190,9 @@ def test_a_backend_terminated_during_copy_is_a_transient_error_and_the_pool_reco
     engine = services.source_engine
     replace_table(engine, ORDERS_TABLE, sample_orders(200_000))
     source = SqlSource(engine, ORDERS_DAILY.source)
-    # Terminate every backend reading orders from COPY, from a connection of our own,
-    # as soon as one is seen: the read fails on the driver's connection, unwrapped.
+    # Terminate every backend of this session's database reading orders from COPY, from
+    # a connection of our own, as soon as one is seen: the read fails on the driver's
+    # connection, unwrapped. (Other sessions' COPYs are not ours to stop.)
     stop = threading.Event()
 
     def terminate_copies() -> None:
@@ -200,7 +201,8 @@ def test_a_backend_terminated_during_copy_is_a_transient_error_and_the_pool_reco
                 killed = conn.execute(
                     text(
                         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                        "WHERE query LIKE 'COPY (SELECT%' AND pid <> pg_backend_pid()"
+                        "WHERE datname = current_database() AND query LIKE 'COPY (SELECT%' "
+                        "AND pid <> pg_backend_pid()"
                     )
                 ).scalar_one()
                 conn.commit()

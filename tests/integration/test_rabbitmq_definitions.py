@@ -20,6 +20,7 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from etl.adapters.dead_letters import drain_dead_letter_queues
 from etl.adapters.topology import (
+    DEAD_LETTER_EXCHANGE,
     TRANSFORM_QUEUE,
     WORK_EXCHANGE,
     dead_letter_queue_name,
@@ -34,7 +35,7 @@ from deploy_support import (
     ImportedDefinitions,
     load_compose,
 )
-from support import RABBITMQ_URL, rabbitmqctl, scratch_vhost
+from support import RABBITMQ_URL, rabbitmqctl, scratch_vhost, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -189,10 +190,24 @@ def test_the_api_and_beat_can_send_work_but_not_take_it(imported: ImportedDefini
         assert "etl.other" in reason
 
 
+def park(url: str, queue: str) -> None:
+    """Publish to a work queue and reject the message, as a worker would: the broker
+    dead-letters it (through etl.dlx) into the queue's DLQ."""
+    publish(url, WORK_EXCHANGE, queue)
+    with Connection(url, connect_timeout=10) as connection:
+        work = Queue(queue, no_declare=True)(connection.channel())
+        wait_until(lambda: work.get(no_ack=False), timeout_s=10, what=queue).reject(requeue=False)
+
+
+def dead_letter_depth(vhost: str, queue: str) -> int:
+    rows = listing(vhost, "list_queues", "name", "messages")
+    return int(next(row["messages"] for row in rows if row["name"] == queue))
+
+
 def test_the_api_drains_the_dead_letter_queues_and_beat_cannot(
     imported: ImportedDefinitions,
 ) -> None:
-    publish(imported.url("etl-admin"), Exchange("etl.dlx", type="direct"), TRANSFORM_QUEUE)
+    park(imported.url("etl-admin"), TRANSFORM_QUEUE)
     drained: list[object] = []
 
     refused(lambda: drain_dead_letter_queues(imported.url("etl-beat"), drained.append))
@@ -209,6 +224,44 @@ def test_the_worker_works_its_queues_and_nothing_outside_them(
     consume_one(worker, dead_letter_queue_name(TRANSFORM_QUEUE))  # the reconciler drains
 
     assert "other.queue" in refused(lambda: declare_queue(worker, "other.queue"))
+
+
+def test_no_role_can_put_a_message_into_a_dead_letter_queue_but_the_broker(
+    imported: ImportedDefinitions,
+) -> None:
+    dlq = dead_letter_queue_name(TRANSFORM_QUEUE)
+    dead_letter_exchange = Exchange(DEAD_LETTER_EXCHANGE.name, type="direct", no_declare=True)
+    for role in ("etl-admin", "etl-worker", "etl-api", "etl-beat", "etl-flower"):
+        url = imported.url(role)
+        # etl.dlx is internal: refused to every client, whatever its permissions...
+        reason = refused(lambda url=url: publish(url, dead_letter_exchange, TRANSFORM_QUEUE))
+        assert "internal exchange 'etl.dlx'" in reason or "access to exchange 'etl.dlx'" in reason
+        if role == "etl-admin":
+            continue
+        # ...and the default exchange, which reaches every queue by name, is no role's.
+        reason = refused(lambda url=url: publish(url, Exchange("", type="direct"), dlq))
+        assert "amq.default" in reason, reason
+    assert dead_letter_depth(imported.vhost, dlq) == 0
+
+    # The broker itself still dead-letters through it.
+    park(imported.url("etl-worker"), TRANSFORM_QUEUE)
+    wait_until(
+        lambda: dead_letter_depth(imported.vhost, dlq) == 1, timeout_s=10, what="the dead letter"
+    )
+    assert drain_dead_letter_queues(imported.url("etl-worker"), lambda _: None) == 1
+
+
+def test_the_worker_recreates_a_lost_work_queue_with_its_dead_letter_exchange(
+    imported: ImportedDefinitions, imported_topology: dict[str, list[tuple[Any, ...]]]
+) -> None:
+    # Declaring a new queue with x-dead-letter-exchange needs write permission on that
+    # exchange (RabbitMQ checks it on creation only): the worker keeps it, and as etl.dlx
+    # is internal it lets the worker publish nothing there.
+    rabbitmqctl("delete_queue", "-p", imported.vhost, TRANSFORM_QUEUE)
+
+    declare_topology(imported.url("etl-worker"), QUEUE_TYPE)
+
+    assert topology(imported.vhost) == imported_topology
 
 
 def test_flower_cannot_touch_the_work(imported: ImportedDefinitions) -> None:

@@ -1,18 +1,31 @@
-"""The part writer against moto's S3 server."""
+"""The part writer against moto's S3 server: parts go up with S3's own SHA-256
+checksum, for the server to verify."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
+import http.server
 import io
 import json
+import os
+import threading
+import urllib.parse
 import uuid
+from collections.abc import Iterator
 
 import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
+from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.bootstrap import Services
 from etl.domain.encoding import JsonLinesGzipWriter, read_json_lines_gzip
 
 pytestmark = pytest.mark.integration
+
+MIB = 1024 * 1024
 
 
 def test_a_part_round_trips_with_its_checksum_as_metadata(services: Services) -> None:
@@ -50,3 +63,209 @@ def test_missing_objects_have_no_metadata_and_listing_is_by_prefix(services: Ser
         f"{prefix}/a/_manifest.json",
     ]
     assert json.loads(services.parts.get_bytes(f"{prefix}/a/_manifest.json")) == {"x": 1}
+
+
+def s3_checksum(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_s3_records_the_parts_own_sha256_checksum(services: Services) -> None:
+    body = b"".join(f'{{"order_id": {i}}}\n'.encode() for i in range(1000))
+    key = f"it/{uuid.uuid4()}/part-00000.jsonl"
+
+    services.parts.put_part(
+        key,
+        io.BytesIO(body),
+        content_type="application/x-ndjson",
+        sha256=hashlib.sha256(body).hexdigest(),
+        rows=1000,
+    )
+
+    attributes = services.parts.client.get_object_attributes(
+        Bucket=services.parts.bucket, Key=key, ObjectAttributes=["Checksum"]
+    )
+    assert attributes["Checksum"]["ChecksumSHA256"] == s3_checksum(body)
+
+
+def test_a_multipart_part_carries_each_parts_checksum_and_their_composite(
+    services: Services,
+) -> None:
+    writer = S3PartWriter(
+        services.parts.client,
+        services.parts.bucket,
+        transfer=TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB),
+    )
+    body = os.urandom(11 * MIB)
+    key = f"it/{uuid.uuid4()}/part-00000.parquet"
+
+    etag = writer.put_part(
+        key,
+        io.BytesIO(body),
+        content_type="application/octet-stream",
+        sha256=hashlib.sha256(body).hexdigest(),
+        rows=1,
+    )
+
+    # S3's checksum of a multipart object: the SHA-256 of its parts' SHA-256 digests.
+    digests = [
+        hashlib.sha256(body[at : at + 5 * MIB]).digest() for at in range(0, len(body), 5 * MIB)
+    ]
+    attributes = writer.client.get_object_attributes(
+        Bucket=writer.bucket, Key=key, ObjectAttributes=["Checksum", "ETag"]
+    )
+    assert attributes["Checksum"] == {
+        "ChecksumSHA256": s3_checksum(b"".join(digests)),
+        "ChecksumType": "COMPOSITE",
+    }
+    assert etag.strip('"').endswith("-3")
+    assert hashlib.sha256(writer.get_bytes(key)).digest() == hashlib.sha256(body).digest()
+
+
+class ChecksumVerifyingProxy:
+    """In front of moto's S3 server, the check S3 makes on upload and moto 5.2.5 does not:
+    a request whose ``x-amz-checksum-sha256`` is not the SHA-256 of the body that
+    arrives is refused with 400 BadDigest (AWS's answer), and nothing is stored. With
+    ``corrupt_in_transit`` set, the proxy first flips one byte of every body it checks, as
+    a faulty network path would."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.corrupt_in_transit = False
+        self.refused: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_request(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                claimed = self.headers.get("x-amz-checksum-sha256")
+                if claimed is not None and body:
+                    if proxy.corrupt_in_transit:
+                        body = bytes([body[0] ^ 0xFF]) + body[1:]
+                    if s3_checksum(body) != claimed:
+                        proxy.refused.append(f"{self.command} {self.path}")
+                        self.answer(400, {"Content-Type": "application/xml"}, BAD_DIGEST)
+                        return
+                connection = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=30
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                answer = response.read()
+                relayed = {
+                    k: v
+                    for k, v in response.getheaders()
+                    if k.lower() not in {"connection", "transfer-encoding", "content-length"}
+                }
+                self.answer(response.status, relayed, answer, response.getheader("Content-Length"))
+                connection.close()
+
+            def answer(
+                self, status: int, headers: dict[str, str], body: bytes, length: str | None = None
+            ) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", length or str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_request
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+BAD_DIGEST = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>BadDigest</Code>'
+    b"<Message>The SHA256 you specified did not match the calculated checksum.</Message>"
+    b"</Error>"
+)
+
+
+@pytest.fixture
+def verifying(
+    services: Services, s3_endpoint: str
+) -> Iterator[tuple[ChecksumVerifyingProxy, S3PartWriter]]:
+    """A part writer whose uploads go through the checksum-verifying proxy, in 5 MiB parts
+    from 5 MiB on."""
+    proxy = ChecksumVerifyingProxy(s3_endpoint)
+    client = make_s3_client(proxy.url, services.settings.s3_region)
+    transfer = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    yield proxy, S3PartWriter(client, services.parts.bucket, transfer=transfer)
+    proxy.close()
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 11 * MIB], ids=["single PUT", "multipart"])
+def test_honest_bytes_pass_the_servers_checksum_check(
+    verifying: tuple[ChecksumVerifyingProxy, S3PartWriter], size: int
+) -> None:
+    proxy, writer = verifying
+    body = os.urandom(size)
+    key = f"it/{uuid.uuid4()}/part-00000.bin"
+
+    writer.put_part(
+        key,
+        io.BytesIO(body),
+        content_type="application/octet-stream",
+        sha256=hashlib.sha256(body).hexdigest(),
+        rows=1,
+    )
+
+    assert proxy.refused == []
+    assert hashlib.sha256(writer.get_bytes(key)).digest() == hashlib.sha256(body).digest()
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 11 * MIB], ids=["single PUT", "multipart"])
+def test_bytes_changed_on_the_way_are_refused_and_nothing_is_stored(
+    verifying: tuple[ChecksumVerifyingProxy, S3PartWriter], size: int
+) -> None:
+    proxy, writer = verifying
+    proxy.corrupt_in_transit = True
+    body = os.urandom(size)
+    key = f"it/{uuid.uuid4()}/part-00000.bin"
+
+    with pytest.raises(ClientError) as refused:
+        writer.put_part(
+            key,
+            io.BytesIO(body),
+            content_type="application/octet-stream",
+            sha256=hashlib.sha256(body).hexdigest(),
+            rows=1,
+        )
+
+    assert refused.value.response["Error"]["Code"] == "BadDigest"
+    assert proxy.refused  # the first PUT (or part) already
+    assert writer.part_metadata(key) is None
+    uploads = writer.client.list_multipart_uploads(Bucket=writer.bucket, Prefix=key)
+    assert uploads.get("Uploads", []) == []  # an upload refused midway is aborted
+
+
+def test_a_part_whose_bytes_are_not_those_hashed_is_refused(
+    verifying: tuple[ChecksumVerifyingProxy, S3PartWriter],
+) -> None:
+    proxy, writer = verifying
+    written = b'{"order_id": 1}\n'
+    key = f"it/{uuid.uuid4()}/part-00000.jsonl"
+
+    with pytest.raises(ClientError, match="BadDigest"):
+        writer.put_part(
+            key,
+            io.BytesIO(b'{"order_id": 2}\n'),
+            content_type="application/x-ndjson",
+            sha256=hashlib.sha256(written).hexdigest(),
+            rows=1,
+        )
+
+    assert proxy.refused == [f"PUT /{writer.bucket}/{key}"]
+    assert writer.part_metadata(key) is None

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 import random
+import re
 from itertools import pairwise
 
 import pytest
 
-from etl.domain.chunks import ChunkRange, plan_chunks
+from etl.domain.chunks import (
+    ChunkRange,
+    PlanTooLarge,
+    check_chunk_count,
+    count_chunks,
+    plan_chunks,
+)
 
 
 def assert_exact_cover(chunks: list[ChunkRange], key_min: int, key_max: int, size: int) -> None:
@@ -88,3 +95,62 @@ def test_many_random_ranges_are_covered_exactly_once() -> None:
         assert_exact_cover(chunks, key_min, key_max, size)
         covered = sum(chunk.key_hi - chunk.key_lo for chunk in chunks)
         assert covered == key_max - key_min + 1
+
+
+def test_the_count_is_the_number_of_chunks_the_plan_makes() -> None:
+    rng = random.Random(20261124)
+    for _ in range(500):
+        key_min = rng.randint(-10_000, 10_000)
+        key_max = key_min + rng.randint(0, 5_000)
+        size = rng.randint(1, 700)
+        assert count_chunks(key_min, key_max, size) == len(plan_chunks(key_min, key_max, size))
+    assert count_chunks(None, None, 5) == 0
+    with pytest.raises(ValueError, match="chunk_size must be positive"):
+        count_chunks(1, 10, 0)
+
+
+def test_a_plan_over_the_limit_is_refused_naming_pipeline_count_size_limit_and_remedy() -> None:
+    # The reproduction: chunk_size=5 on 300,000 rows.
+    with pytest.raises(PlanTooLarge) as refused:
+        check_chunk_count("orders_daily", 1, 300_000, 5, 10_000)
+
+    assert str(refused.value) == (
+        "pipeline orders_daily would plan 60,000 chunks (keys 1..300000 at chunk_size 5), "
+        "over the limit of 10,000 chunks a run: use a chunk_size of at least 30, "
+        "or raise ETL_MAX_CHUNKS_PER_RUN"
+    )
+    assert (refused.value.chunks, refused.value.chunk_size, refused.value.max_chunks) == (
+        60_000,
+        5,
+        10_000,
+    )
+
+
+def test_the_chunk_size_the_refusal_suggests_fits_under_the_limit() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        key_min = rng.randint(-1_000_000, 1_000_000)
+        key_max = key_min + rng.randint(100, 10_000_000)
+        limit = rng.randint(1, 50)
+        size = 1
+        with pytest.raises(PlanTooLarge) as refused:
+            check_chunk_count("p", key_min, key_max, size, limit)
+        found = re.search(r"chunk_size of at least ([0-9,]+),", str(refused.value))
+        assert found is not None, refused.value
+        suggested = int(found.group(1).replace(",", ""))
+        assert count_chunks(key_min, key_max, suggested) <= limit
+        assert count_chunks(key_min, key_max, suggested - 1) > limit
+
+
+def test_a_plan_at_the_limit_is_allowed_and_an_empty_source_always_is() -> None:
+    assert check_chunk_count("orders_daily", 1, 300_000, 30, 10_000) == 10_000
+    assert check_chunk_count("orders_daily", None, None, 1, 1) == 0
+    with pytest.raises(PlanTooLarge):
+        check_chunk_count("orders_daily", 1, 300_000, 29, 10_000)
+
+
+@pytest.mark.timeout(10)
+def test_a_runaway_plan_is_refused_without_building_its_chunks() -> None:
+    # 10**15 one-key chunks: building them would never finish; counting answers at once.
+    with pytest.raises(PlanTooLarge, match="1,000,000,000,000,000 chunks"):
+        check_chunk_count("orders_daily", 0, 10**15 - 1, 1, 10_000)

@@ -178,6 +178,7 @@ def test_tls_settings_become_driver_arguments() -> None:
     assert settings.database_ssl_args == {"sslmode": "verify-full", "sslrootcert": "/root.pem"}
     assert settings.broker_use_ssl == {
         "cert_reqs": __import__("ssl").CERT_REQUIRED,
+        "server_hostname": "mq",
         "ca_certs": "/ca.pem",
     }
     assert Settings().broker_use_ssl is False and Settings().database_ssl_args == {}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from etl.config import MAX_RETRY_BACKOFF_S, SettingsError, load_settings
+from etl.config import MAX_ETA_AHEAD_S, SettingsError, load_settings
 
 
 def test_a_hard_limit_plus_the_longest_retry_wait_past_the_consumer_timeout_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ETL_TASK_TIME_LIMIT_S", "1600")  # 1600 + 300 >= 1800 (the default)
+    monkeypatch.setenv("ETL_TASK_TIME_LIMIT_S", "1600")  # 1600 + 360 >= 1800 (the default)
 
     with pytest.raises(SettingsError) as caught:
         load_settings()
@@ -18,7 +18,7 @@ def test_a_hard_limit_plus_the_longest_retry_wait_past_the_consumer_timeout_is_r
     message = str(caught.value)
     assert "ETL_TASK_TIME_LIMIT_S" in message
     assert "ETL_RABBITMQ_CONSUMER_TIMEOUT_S" in message
-    assert "1600 + 300" in message and "1800" in message
+    assert "1600 + 360" in message and "1800" in message
     assert len(message.splitlines()) == 1
 
 
@@ -33,11 +33,11 @@ def test_raising_the_consumer_timeout_accepts_the_longer_hard_limit(
     assert (settings.task_time_limit_s, settings.rabbitmq_consumer_timeout_s) == (1600, 3600)
 
 
-@pytest.mark.parametrize(("hard", "accepted"), [(1499, True), (1500, False)])
-def test_the_consumer_timeout_must_stay_strictly_above_the_hard_limit_plus_backoff(
+@pytest.mark.parametrize(("hard", "accepted"), [(1439, True), (1440, False)])
+def test_the_consumer_timeout_must_stay_strictly_above_the_hard_limit_plus_the_longest_eta(
     monkeypatch: pytest.MonkeyPatch, hard: int, accepted: bool
 ) -> None:
-    assert hard + MAX_RETRY_BACKOFF_S in (1799, 1800)
+    assert hard + MAX_ETA_AHEAD_S in (1799, 1800)
     monkeypatch.setenv("ETL_TASK_TIME_LIMIT_S", str(hard))
     if accepted:
         assert load_settings().task_time_limit_s == hard

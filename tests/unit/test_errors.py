@@ -28,6 +28,7 @@ TRANSIENT = [
     s3_error("ServiceUnavailable", 503),
     s3_error("RequestTimeout", 400),
     s3_error("Throttling", 400),
+    s3_error("BadDigest", 400),  # bytes corrupted on the way: sent again
     s3_error("WeirdNewGatewayError", 502),
     EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
     ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from datetime import date
@@ -12,6 +13,7 @@ from etl import steps
 from etl.adapters.db import replace_table
 from etl.bootstrap import Services
 from etl.demo import seed_orders
+from etl.domain.chunks import PlanTooLarge
 from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.layout import manifest_key, run_prefix, success_key
 from etl.domain.runs import ChunkState, RunState, Trigger
@@ -315,3 +317,87 @@ def test_without_a_chunk_size_parameter_the_pipelines_chunk_size_is_used(seeded:
     pending = steps.plan_run(seeded, run_id)
     assert pending is not None
     assert [(c.key_lo, c.key_hi) for c in pending] == [(1, SEEDED + 1)]
+
+
+def with_max_chunks(services: Services, max_chunks: int) -> Services:
+    settings = services.settings.model_copy(update={"max_chunks_per_run": max_chunks})
+    return dataclasses.replace(services, settings=settings)
+
+
+def test_a_plan_over_the_limit_records_nothing_and_fails_the_run_with_the_reason(
+    seeded: Services,
+) -> None:
+    limited = with_max_chunks(seeded, 3)  # 2,000 keys at chunk_size 500 are 4 chunks
+    run_id = create_run(limited)
+
+    with pytest.raises(PlanTooLarge):
+        steps.plan_run(limited, run_id)
+
+    run = limited.ledger.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.reason == (
+        "plan refused: pipeline orders_daily would plan 4 chunks (keys 1..2000 at "
+        "chunk_size 500), over the limit of 3 chunks a run: use a chunk_size of at least "
+        "667, or raise ETL_MAX_CHUNKS_PER_RUN"
+    )
+    assert run.chunk_count is None and not run.window
+    assert limited.ledger.get_chunks(run_id) == []
+    assert steps.plan_run(limited, run_id) is None  # a redelivery finds it ended
+
+
+def test_a_plan_at_the_limit_is_recorded(seeded: Services) -> None:
+    limited = with_max_chunks(seeded, 4)
+    run_id = create_run(limited)
+
+    pending = steps.plan_run(limited, run_id)
+
+    assert pending is not None and len(pending) == 4
+    assert limited.ledger.get_run(run_id).state is RunState.RUNNING
+
+
+def test_a_retried_plan_keeps_its_chunks_even_over_a_lowered_limit(seeded: Services) -> None:
+    run_id = create_run(seeded)
+    steps.plan_run(seeded, run_id)
+    limited = with_max_chunks(seeded, 1)
+
+    again = steps.plan_run(limited, run_id)  # a redelivery: the plan is already recorded
+
+    assert again is not None and len(again) == 4
+
+
+def test_dispatch_hands_out_every_chunk_in_order_while_the_run_runs(seeded: Services) -> None:
+    run_id = create_run(seeded)
+    pending = steps.plan_run(seeded, run_id)
+    assert pending is not None
+
+    dispatch = steps.ChunkDispatch(seeded, run_id, pending, batch_size=3)
+
+    assert [chunk.index for chunk in dispatch] == [0, 1, 2, 3]
+    assert dispatch.sent == 4
+
+
+@pytest.mark.parametrize("ended", [RunState.CANCELLED, RunState.FAILED])
+def test_dispatch_stops_at_the_next_batch_once_the_run_is_cancelled_or_failed(
+    seeded: Services, ended: RunState
+) -> None:
+    run_id = create_run(seeded)
+    pending = steps.plan_run(seeded, run_id)
+    assert pending is not None
+    dispatch = iter(steps.ChunkDispatch(seeded, run_id, pending, batch_size=2))
+    handed_out = [next(dispatch).index, next(dispatch).index]  # the first batch
+
+    assert seeded.ledger.move_run(run_id, ended)
+    handed_out += [chunk.index for chunk in dispatch]
+
+    assert handed_out == [0, 1]
+
+
+def test_dispatch_keeps_going_when_the_run_cannot_be_read(seeded: Services) -> None:
+    run_id = create_run(seeded)
+    pending = steps.plan_run(seeded, run_id)
+    assert pending is not None
+
+    # A run id the ledger does not know: every read between batches fails.
+    dispatch = steps.ChunkDispatch(seeded, "no-such-run", pending, batch_size=1)
+
+    assert [chunk.index for chunk in dispatch] == [0, 1, 2, 3]
