@@ -11,15 +11,15 @@ from api import backfills, dashboard, dead_letters, health, metrics, openapi, pi
 from api.auth import configured_tokens, require_bearer_token
 from api.errors import ApiError, register_error_handlers
 from api.models import FieldError
+from etl.adapters.ledger import Ledger
+from etl.adapters.probe import readiness_problems
 from etl.adapters.topology import all_queues, queue_stats
 from etl.bootstrap import build_services
-from etl.celery_app import make_celery
 from etl.config import Settings, SettingsError, load_settings
-from etl.dead_letters import DeadLetterService
-from etl.ledger import Ledger
 from etl.logs import configure_logging
-from etl.probe import readiness_problems
-from etl.runs import RunService, celery_enqueue
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService, celery_enqueue
+from etl.worker.app import make_celery
 
 PUBLIC_BLUEPRINTS = frozenset({health.bp.name})
 NUL = "must not contain NUL characters"
@@ -49,7 +49,10 @@ def build_api_services(settings: Settings) -> ApiServices:
             services.ledger, settings, run_service.retry_run
         ),
         readiness=lambda: readiness_problems(
-            services, settings.broker_url, broker_ssl=settings.broker_use_ssl
+            services.ledger.engine,
+            services.parts,
+            settings.broker_url,
+            broker_ssl=settings.broker_use_ssl,
         ),
         queue_stats=lambda: queue_stats(
             settings.broker_url, [q.name for q in all_queues()], ssl=settings.broker_use_ssl

@@ -15,9 +15,9 @@ from api.models import (
     CreateBackfillResponse,
     FieldError,
 )
-from etl.ledger import BackfillConflict, BackfillNotFound
+from etl.adapters.ledger import BackfillConflict, BackfillNotFound
 from etl.pipelines import UnknownPipeline
-from etl.runs import EnqueueFailed
+from etl.service.lifecycle import EnqueueFailed
 
 bp = Blueprint("backfills", __name__, url_prefix="/api/v1")
 

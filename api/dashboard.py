@@ -12,8 +12,8 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template
 
+from etl.adapters.ledger import Ledger, RunNotFound
 from etl.domain.runs import Chunk, ChunkState, Run
-from etl.ledger import Ledger, RunNotFound
 from etl.pipelines import PIPELINES
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")

@@ -9,8 +9,8 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from api.errors import ApiError
 from api.models import PipelineListResponse, PipelineResponse, RunResponse
+from etl.adapters.ledger import Ledger
 from etl.domain.runs import RunState
-from etl.ledger import Ledger
 from etl.pipelines import PIPELINES, Pipeline
 
 bp = Blueprint("pipelines", __name__, url_prefix="/api/v1")

@@ -17,10 +17,10 @@ from api.models import (
     RunListResponse,
     RunResponse,
 )
+from etl.adapters.ledger import IdempotencyConflict, RunNotFound
 from etl.domain.runs import Run
-from etl.ledger import IdempotencyConflict, RunNotFound
 from etl.pipelines import UnknownPipeline
-from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable
+from etl.service.lifecycle import EnqueueFailed, RunNotCancellable, RunNotRetryable
 
 bp = Blueprint("runs", __name__, url_prefix="/api/v1")
 

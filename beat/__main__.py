@@ -8,10 +8,10 @@ import sys
 
 from beat.scheduler import DatabaseScheduler
 from etl.bootstrap import build_services
-from etl.celery_app import make_celery
 from etl.config import SettingsError, load_settings
 from etl.logs import install_celery_hooks
 from etl.pipelines import load_pipeline_modules
+from etl.worker.app import make_celery
 
 
 def main() -> int:

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from etl.celery_app import TASK_RECONCILE, TASK_START_SCHEDULED_RUN
 from etl.domain.schedules import CatchUp, Every, Schedule, logical_date_for
 from etl.pipelines import Pipeline
+from etl.worker.app import TASK_RECONCILE, TASK_START_SCHEDULED_RUN
 
 RECONCILE_EVERY_S = 60
 # A slot at most this old when Beat sees it is on time, whatever the catch-up policy:

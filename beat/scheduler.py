@@ -18,7 +18,7 @@ from celery.beat import Scheduler
 
 from beat.schedule import ON_TIME_GRACE_S, Entry, schedule_entries
 from etl.adapters.db import make_engine
-from etl.beat_state import BeatState, LeaderLock
+from etl.adapters.ledger.beat import BeatState, LeaderLock
 from etl.domain.schedules import due_slots
 from etl.pipelines import PIPELINES
 

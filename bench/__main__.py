@@ -40,14 +40,14 @@ from sqlalchemy.engine import make_url
 from etl.adapters.db import SqlSource, make_engine
 from etl.adapters.s3 import LocalS3, make_s3_client
 from etl.bootstrap import build_services
-from etl.celery_app import make_celery
 from etl.config import Settings, load_settings, settings_env
 from etl.demo import seed_orders
-from etl.domain.columnar import arrow_schema, transform_table
-from etl.domain.encoding import make_writer
 from etl.domain.runs import RunState
+from etl.formats.columnar import arrow_schema, transform_table
+from etl.formats.encoding import make_writer
 from etl.pipelines.orders import ORDERS_DAILY
-from etl.runs import RunService, celery_enqueue, wait_for_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.worker.app import make_celery
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from etl.adapters.db import SqlSource, make_engine
+from etl.adapters.ledger import Ledger, upgrade
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.config import Settings
-from etl.ledger import Ledger, upgrade
 from etl.pipelines import Pipeline, load_pipeline_modules
 
 

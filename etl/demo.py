@@ -22,14 +22,14 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from etl.adapters.db import redact_url, replace_table
+from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
 from etl.adapters.s3 import LocalS3
 from etl.bootstrap import Services, build_services
-from etl.celery_app import EMBEDDED_BROKER_URL, EMBEDDED_RESULT_BACKEND, EtlCelery, make_celery
 from etl.config import Settings, settings_env
 from etl.domain.runs import Run
 from etl.pipelines.orders import ORDERS_TABLE, sample_orders
-from etl.probe import broker_problem, database_problem, result_backend_problem
-from etl.runs import RunService, celery_enqueue, wait_for_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.worker.app import EMBEDDED_BROKER_URL, EMBEDDED_RESULT_BACKEND, EtlCelery, make_celery
 
 DEMO_PIPELINE = "orders_daily"
 

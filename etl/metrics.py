@@ -27,7 +27,7 @@ from etl.domain.schedules import latest_slot
 from etl.pipelines import PIPELINES
 
 if TYPE_CHECKING:
-    from etl.ledger import Ledger
+    from etl.adapters.ledger import Ledger
 
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 _RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)

@@ -22,10 +22,10 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
 from etl.adapters.s3 import LocalS3
 from etl.bootstrap import Services, build_services
 from etl.config import Settings
-from etl.probe import broker_problem, database_problem, result_backend_problem
 
 from support import (
     API_TOKEN,

@@ -25,9 +25,9 @@ from sqlalchemy import text
 
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
-from etl.domain.encoding import read_part
 from etl.domain.layout import run_prefix, success_key
 from etl.domain.runs import Run
+from etl.formats.encoding import read_part
 from etl.pipelines import get_pipeline
 from etl.pipelines.orders import transform_orders
 

@@ -58,10 +58,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.celery_app import make_celery
-    from etl.ledger import BackfillConflict
+    from etl.adapters.ledger import BackfillConflict
     from etl.pipelines import UnknownPipeline
-    from etl.runs import EnqueueFailed, RunService, celery_enqueue
+    from etl.service.lifecycle import EnqueueFailed, RunService, celery_enqueue
+    from etl.worker.app import make_celery
 
     services = open_services(settings)
     service = RunService(services.ledger, celery_enqueue(make_celery(settings)))

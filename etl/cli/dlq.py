@@ -8,7 +8,7 @@ from typing import Any
 
 from etl.cli.common import EXIT_OK, CliError, Parser, open_services
 from etl.config import Settings
-from etl.dead_letters import DeadLetterService
+from etl.service.dead_letters import DeadLetterService
 
 
 def register(sub: Any) -> None:
@@ -39,8 +39,8 @@ def register(sub: Any) -> None:
 
 
 def _service(settings: Settings) -> DeadLetterService:
-    from etl.celery_app import make_celery
-    from etl.runs import RunService, celery_enqueue
+    from etl.service.lifecycle import RunService, celery_enqueue
+    from etl.worker.app import make_celery
 
     services = open_services(settings)
     runs = RunService(services.ledger, celery_enqueue(make_celery(settings)))

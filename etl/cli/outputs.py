@@ -19,7 +19,7 @@ from etl.config import Settings
 from etl.domain.outputs import RunOutput, choose_latest
 
 if TYPE_CHECKING:
-    from etl.reader import CommittedRun, RunReader
+    from etl.service.outputs import CommittedRun, RunReader
 
 LATEST = "latest"
 
@@ -129,7 +129,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.retention import prune
+    from etl.service.retention import prune
 
     paths = _output_paths(settings, *([args.pipeline] if args.pipeline else []))
     now = datetime.now(UTC)
@@ -168,7 +168,7 @@ def _reading(settings: Settings) -> Iterator[RunReader]:
     """A RunReader on the configured bucket; S3 and output errors become one-line errors."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from etl.reader import OutputError, RunReader
+    from etl.service.outputs import OutputError, RunReader
 
     try:
         yield RunReader.from_settings(settings)

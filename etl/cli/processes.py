@@ -70,8 +70,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.celery_app import make_celery
     from etl.logs import install_celery_hooks
+    from etl.worker.app import make_celery
 
     if settings.metrics_port:
         # Before any metric exists: every pool process then writes its own files here,
@@ -194,7 +194,7 @@ def gunicorn_json_logging() -> dict[str, Any]:
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     from etl.adapters.db import make_engine, redact_url
-    from etl.ledger import upgrade
+    from etl.adapters.ledger import upgrade
 
     engine = make_engine(settings.database_url, ssl_args=settings.database_ssl_args)
     try:

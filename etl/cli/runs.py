@@ -80,10 +80,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.celery_app import make_celery
-    from etl.ledger import IdempotencyConflict
+    from etl.adapters.ledger import IdempotencyConflict
     from etl.pipelines import UnknownPipeline
-    from etl.runs import EnqueueFailed, RunService, celery_enqueue, wait_for_run
+    from etl.service.lifecycle import EnqueueFailed, RunService, celery_enqueue, wait_for_run
+    from etl.worker.app import make_celery
 
     services = open_services(settings)
     service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.ledger import RunNotFound
+    from etl.adapters.ledger import RunNotFound
 
     services = open_services(settings)
     try:
@@ -189,8 +189,8 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.ledger import RunNotFound
-    from etl.runs import EnqueueFailed, RunNotRetryable
+    from etl.adapters.ledger import RunNotFound
+    from etl.service.lifecycle import EnqueueFailed, RunNotRetryable
 
     service = _run_service(settings)
     try:
@@ -202,12 +202,12 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.ledger import RunNotFound
-    from etl.runs import RunNotCancellable
+    from etl.adapters.ledger import RunNotFound
+    from etl.service.lifecycle import RunNotCancellable
 
     service = _run_service(settings)
     if args.backfill:
-        from etl.ledger import BackfillNotFound
+        from etl.adapters.ledger import BackfillNotFound
 
         try:
             runs = service.cancel_backfill(args.backfill)
@@ -225,11 +225,11 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.celery_app import make_celery
-    from etl.dead_letters import DeadLetterService
-    from etl.ledger import now
-    from etl.reconcile import reconcile
-    from etl.runs import RunService, celery_enqueue
+    from etl.adapters.ledger import now
+    from etl.service.dead_letters import DeadLetterService
+    from etl.service.lifecycle import RunService, celery_enqueue
+    from etl.service.reconcile import reconcile
+    from etl.worker.app import make_celery
 
     services = open_services(settings)
     enqueue = celery_enqueue(make_celery(settings))
@@ -249,8 +249,8 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_service(settings: Settings) -> Any:
-    from etl.celery_app import make_celery
-    from etl.runs import RunService, celery_enqueue
+    from etl.service.lifecycle import RunService, celery_enqueue
+    from etl.worker.app import make_celery
 
     return RunService(open_services(settings).ledger, celery_enqueue(make_celery(settings)))
 

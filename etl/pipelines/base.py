@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from etl.domain.columnar import ColumnarTransform
-from etl.domain.encoding import COMPRESSION_RANGE, FORMATS
 from etl.domain.schedules import CatchUp, Cron, Schedule
 from etl.domain.transform import Transform
+from etl.formats.columnar import ColumnarTransform
+from etl.formats.encoding import COMPRESSION_RANGE, FORMATS
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -85,7 +85,7 @@ class Pipeline:
     source: Source
     transform: Transform
     schema: tuple[tuple[str, str], ...]
-    # The fast path (etl.domain.columnar): the same transform over a batch in Arrow, for
+    # The fast path (etl.formats.columnar): the same transform over a batch in Arrow, for
     # the rows it is sure of. Used when the source is PostgreSQL; the other rows reach
     # ``transform`` as COPY's text (numbers and timestamps as strings), so a pipeline
     # that gives one has a ``transform`` that also reads text.

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Column, DateTime, MetaData, Numeric, Table, Text
 
-from etl.domain.columnar import iso_utc_text
 from etl.domain.schedules import Cron
 from etl.domain.transform import BatchResult, Record, Row, RowRejected, map_rows
+from etl.formats.columnar import iso_utc_text
 
 if TYPE_CHECKING:
     import pyarrow as pa

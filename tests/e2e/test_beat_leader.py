@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from etl.adapters.ledger import runs_table
+from etl.adapters.ledger.beat import BeatState
 from etl.adapters.topology import PLAN_QUEUE, queue_stats
-from etl.beat_state import BeatState
 from etl.bootstrap import Services, build_services
-from etl.celery_app import TASK_START_SCHEDULED_RUN
 from etl.config import Settings
 from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
-from etl.ledger import runs_table
-from etl.runs import wait_for_run
+from etl.service.lifecycle import wait_for_run
+from etl.worker.app import TASK_START_SCHEDULED_RUN
 
 from support import ChildProcess, wait_until
 

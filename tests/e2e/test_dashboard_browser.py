@@ -16,11 +16,11 @@ from pydantic import SecretStr
 from werkzeug.serving import make_server
 
 from api import create_app
-from etl import steps
 from etl.bootstrap import Services
 from etl.config import Settings
 from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
+from etl.service import execution as steps
 
 from support import require_service
 

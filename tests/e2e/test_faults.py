@@ -22,15 +22,15 @@ from sqlalchemy import text
 from api import create_app
 from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE
 from etl.bootstrap import Services, build_services
-from etl.celery_app import TASK_COMMIT_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
 from etl.config import Settings, settings_env
-from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.layout import run_prefix
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.pipelines import get_pipeline
-from etl.runs import RunService, celery_enqueue, wait_for_run
-from etl.steps import plan_run
+from etl.service.dead_letters import DeadLetterService
+from etl.service.execution import plan_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.worker.app import TASK_COMMIT_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
 
 from support import (
     API_TOKEN,

@@ -36,14 +36,14 @@ from etl.adapters.topology import (
     WORK_QUEUES,
 )
 from etl.bootstrap import Services, build_services
-from etl.celery_app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, make_celery
 from etl.config import Settings, settings_env
-from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.dead_letters import DeadLetter
 from etl.domain.runs import Run, RunState, Trigger
-from etl.runs import RunService, celery_enqueue, wait_for_run
-from etl.steps import plan_run
+from etl.service.dead_letters import DeadLetterService
+from etl.service.execution import plan_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.worker.app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, make_celery
 
 from support import API_TOKEN, ChildProcess, scratch_vhost, wait_until
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from etl.bootstrap import Services
-from etl.celery_app import make_celery
 from etl.config import Settings
 from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.runs import RunService, celery_enqueue, wait_for_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.worker.app import make_celery
 
 from support import ChildProcess
 

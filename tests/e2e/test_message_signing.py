@@ -26,12 +26,12 @@ from kombu import Connection, Producer
 
 from etl.adapters.topology import PLAN_QUEUE, WORK_EXCHANGE
 from etl.bootstrap import Services
-from etl.celery_app import TASK_PLAN_RUN, make_celery
 from etl.config import Settings, settings_env
-from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
-from etl.runs import wait_for_run
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import wait_for_run
+from etl.worker.app import TASK_PLAN_RUN, make_celery
 
 from support import ChildProcess, rabbitmqctl, scratch_vhost, wait_until
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from etl.bootstrap import Services, build_services
-from etl.celery_app import make_celery
 from etl.config import Settings, settings_env
 from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.reader import RunReader
-from etl.runs import RunService, celery_enqueue, wait_for_run
+from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
+from etl.service.outputs import RunReader
+from etl.worker.app import make_celery
 
 from support import ChildProcess, assert_run_output_matches_source
 

@@ -19,7 +19,7 @@ from etl.bootstrap import Services
 from etl.config import Settings, settings_env
 from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.runs import wait_for_run
+from etl.service.lifecycle import wait_for_run
 
 from support import API_TOKEN, ChildProcess, assert_run_output_matches_source, wait_until
 

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from etl.adapters.topology import PLAN_QUEUE, declare_topology, queue_stats
-from etl.celery_app import TASK_PLAN_RUN, make_celery
 from etl.config import Settings
+from etl.worker.app import TASK_PLAN_RUN, make_celery
 
 from support import RABBITMQ_URL, scratch_vhost, wait_until
 

@@ -23,9 +23,9 @@ from sqlalchemy import Engine, create_engine, text
 from etl.adapters.db import SqlSource, replace_table
 from etl.adapters.errors import is_transient
 from etl.bootstrap import Services
-from etl.domain.columnar import arrow_schema, transform_table
-from etl.domain.encoding import make_writer
 from etl.domain.windows import CursorWindow
+from etl.formats.columnar import arrow_schema, transform_table
+from etl.formats.encoding import make_writer
 from etl.pipelines.orders import (
     ORDERS_DAILY,
     ORDERS_TABLE,

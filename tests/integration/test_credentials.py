@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from etl.bootstrap import Services
-from etl.celery_app import make_celery
 from etl.config import Settings, settings_env
 from etl.domain.runs import Trigger
+from etl.worker.app import make_celery
 
 from support import ChildProcess, rabbitmqctl, scratch_vhost, wait_until
 

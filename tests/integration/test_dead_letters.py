@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url
 
 from api import create_app
 from etl.adapters.db import make_engine
+from etl.adapters.ledger import Ledger, upgrade
 from etl.adapters.topology import (
     COMMIT_QUEUE,
     PLAN_QUEUE,
@@ -48,12 +49,11 @@ from etl.adapters.topology import (
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.config import Settings, settings_env
-from etl.dead_letters import DeadLetterService
 from etl.domain.chunks import plan_chunks
 from etl.domain.dead_letters import BODY_KEPT_BYTES, HEADERS_KEPT_BYTES, DeadLetter
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
-from etl.ledger import Ledger, upgrade
-from etl.runs import RunService
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
 
 from support import API_TOKEN, RABBITMQ_URL, RecordingEnqueue, scratch_vhost, wait_until
 

@@ -11,11 +11,11 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from etl.adapters.db import make_engine
+from etl.adapters.ledger import SCHEMA_VERSION, IdempotencyConflict, upgrade
 from etl.bootstrap import Services
 from etl.config import Settings
 from etl.domain.chunks import plan_chunks
 from etl.domain.runs import RunState, Trigger
-from etl.ledger import SCHEMA_VERSION, IdempotencyConflict, upgrade
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ from datetime import date
 
 import pytest
 
-from etl import steps
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
 from etl.demo import seed_orders
 from etl.domain.runs import Run, RunState, Trigger
-from etl.reader import RunReader
+from etl.service import execution as steps
+from etl.service.outputs import RunReader
 
 from support import expected_records
 

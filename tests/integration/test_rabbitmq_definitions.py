@@ -18,7 +18,7 @@ import pytest
 from amqp.exceptions import AccessRefused, NotAllowed
 from kombu import Connection, Exchange, Producer, Queue
 
-from etl.adapters.dead_letters import drain_dead_letter_queues
+from etl.adapters.dead_letter_queues import drain_dead_letter_queues
 from etl.adapters.topology import (
     DEAD_LETTER_EXCHANGE,
     TRANSFORM_QUEUE,
@@ -26,8 +26,8 @@ from etl.adapters.topology import (
     dead_letter_queue_name,
     declare_topology,
 )
-from etl.celery_app import TASK_PLAN_RUN, TASK_RECONCILE, make_celery
 from etl.config import Settings
+from etl.worker.app import TASK_PLAN_RUN, TASK_RECONCILE, make_celery
 
 from deploy_support import (
     PROJECT_ROOT,

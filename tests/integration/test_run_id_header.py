@@ -5,8 +5,8 @@ from __future__ import annotations
 from kombu import Connection
 
 from etl.adapters.topology import PLAN_QUEUE, TRANSFORM_QUEUE, declare_topology, work_queues
-from etl.celery_app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, make_celery
 from etl.config import Settings
+from etl.worker.app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, make_celery
 
 from support import scratch_vhost
 

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.bootstrap import Services
-from etl.domain.encoding import JsonLinesGzipWriter, read_json_lines_gzip
+from etl.formats.encoding import JsonLinesGzipWriter, read_json_lines_gzip
 
 pytestmark = pytest.mark.integration
 

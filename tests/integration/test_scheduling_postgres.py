@@ -12,16 +12,16 @@ import pytest
 from scheduling_pipelines import EVENTS_INCREMENTAL, EVENTS_TABLE
 from sqlalchemy import text
 
-from etl import steps
 from etl.adapters.db import replace_table
-from etl.beat_state import BeatState, LeaderLock
+from etl.adapters.ledger import BackfillConflict
+from etl.adapters.ledger.beat import BeatState, LeaderLock
 from etl.bootstrap import Services
-from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.runs import RunState, Trigger
 from etl.domain.windows import CursorWindow
-from etl.ledger import BackfillConflict
+from etl.formats.encoding import read_json_lines_gzip
 from etl.pipelines import PIPELINES
-from etl.runs import RunService
+from etl.service import execution as steps
+from etl.service.lifecycle import RunService
 
 from support import RecordingEnqueue, wait_until
 

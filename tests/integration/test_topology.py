@@ -18,8 +18,8 @@ from etl.adapters.topology import (
     WORK_QUEUES,
     declare_topology,
 )
-from etl.celery_app import TASK_TRANSFORM_CHUNK, make_celery
 from etl.config import Settings
+from etl.worker.app import TASK_TRANSFORM_CHUNK, make_celery
 
 from support import RABBITMQ_URL, rabbitmqctl, scratch_vhost, wait_until
 

@@ -13,10 +13,10 @@ from moto import mock_aws
 from sqlalchemy import Engine
 
 from etl.adapters.db import make_engine
+from etl.adapters.ledger import Ledger, upgrade
 from etl.adapters.s3 import S3PartWriter
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.ledger import Ledger, upgrade
 
 from support import RecordingEnqueue
 

@@ -11,12 +11,12 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from api import ApiServices, create_app
+from etl.adapters.ledger import Ledger
 from etl.config import Settings, SettingsError
-from etl.dead_letters import DeadLetterService
 from etl.domain.chunks import plan_chunks
 from etl.domain.runs import RunState, Trigger
-from etl.ledger import Ledger
-from etl.runs import RunService
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
 
 from support import RecordingEnqueue
 

@@ -14,13 +14,12 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from api import ApiServices, create_app
-from etl import steps
+from etl.adapters.ledger import BackfillConflict, Ledger
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.cli.backfill import progress_text
 from etl.cli.progress import ProgressLine
 from etl.config import Settings
-from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.backfills import (
     MAX_BACKFILL_DAYS,
@@ -30,9 +29,10 @@ from etl.domain.backfills import (
     plan_backfill,
 )
 from etl.domain.runs import Run, RunState, Trigger
-from etl.ledger import BackfillConflict, Ledger
 from etl.pipelines import PIPELINES, get_pipeline
-from etl.runs import EnqueueFailed, RunService, dispatch_waiting_runs
+from etl.service import execution as steps
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import EnqueueFailed, RunService, dispatch_waiting_runs
 
 from support import RecordingEnqueue
 
@@ -452,7 +452,7 @@ def test_etl_cancel_backfill_and_runs_backfill(
     url = "sqlite:///" + str(tmp_path / "ledger.db")
     monkeypatch.setenv("ETL_DATABASE_URL", url)
     from etl.adapters.db import make_engine
-    from etl.ledger import upgrade
+    from etl.adapters.ledger import upgrade
 
     engine = make_engine(url)
     upgrade(engine)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from beat.schedule import RECONCILE_EVERY_S, Entry, schedule_entries
 from beat.scheduler import Dispatcher
-from etl.beat_state import BeatState, LeaderLock
+from etl.adapters.ledger.beat import BeatState, LeaderLock
 from etl.domain.schedules import CatchUp, Cron
 from etl.pipelines import PIPELINES
 

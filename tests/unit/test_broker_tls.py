@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from etl.adapters.dead_letters import drain_dead_letter_queues, republish
+from etl.adapters.dead_letter_queues import drain_dead_letter_queues, republish
+from etl.adapters.probe import broker_problem
 from etl.adapters.topology import BrokerTls, declare_topology, queue_stats
-from etl.celery_app import make_celery
 from etl.config import Settings
-from etl.probe import broker_problem
+from etl.worker.app import make_celery
 
 from support import wait_until
 

@@ -9,7 +9,8 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import dumps, loads, prepare_accept_content
 
 from etl.adapters.topology import dead_letter_queues, work_queues
-from etl.celery_app import (
+from etl.config import Settings
+from etl.worker.app import (
     TASK_COMMIT_RUN,
     TASK_PLAN_RUN,
     TASK_START_SCHEDULED_RUN,
@@ -17,7 +18,6 @@ from etl.celery_app import (
     EtlCelery,
     make_celery,
 )
-from etl.config import Settings
 
 UNREACHABLE_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 WORK_QUEUE_NAMES = ["etl.plan", "etl.transform", "etl.commit"]

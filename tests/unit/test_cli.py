@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from etl import steps
 from etl.adapters.db import make_engine
+from etl.adapters.ledger import SCHEMA_VERSION, Ledger
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.demo import seed_orders
 from etl.domain.runs import Trigger
-from etl.ledger import SCHEMA_VERSION, Ledger
+from etl.service import execution as steps
 
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 

@@ -10,13 +10,13 @@ from flask.testing import FlaskClient
 from pydantic import SecretStr
 
 from api import ApiServices, create_app
-from etl import steps
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.dead_letters import DeadLetterService
 from etl.demo import seed_orders
 from etl.domain.runs import Trigger
-from etl.runs import RunService
+from etl.service import execution as steps
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
 
 from support import RecordingEnqueue
 

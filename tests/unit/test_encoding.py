@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from etl.domain.encoding import (
+from etl.domain.runs import Chunk, ChunkState, chunk_result
+from etl.formats.encoding import (
     JsonLinesGzipWriter,
     PartStats,
     _json_lines,
     read_json_lines_gzip,
 )
-from etl.domain.runs import Chunk, ChunkState, chunk_result
 
 RECORDS = [
     {"order_id": i, "customer_email": "j***@example.com", "amount_cents": i * 7, "note": "é ✓"}
@@ -116,7 +116,7 @@ FORMAT_RECORDS = [
 def _write(fmt: str, level: int | None = None) -> tuple[bytes, Any]:
     import io
 
-    from etl.domain.encoding import make_writer
+    from etl.formats.encoding import make_writer
 
     buffer = io.BytesIO()
     writer = make_writer(fmt, buffer, FORMAT_SCHEMA, level)
@@ -128,7 +128,7 @@ def _write(fmt: str, level: int | None = None) -> tuple[bytes, Any]:
 
 @pytest.mark.parametrize("fmt", ["jsonl.gz", "csv.gz", "parquet"])
 def test_every_format_reads_back_what_was_written_and_is_deterministic(fmt: str) -> None:
-    from etl.domain.encoding import read_part
+    from etl.formats.encoding import read_part
 
     data, stats = _write(fmt)
     again, _ = _write(fmt)
@@ -179,7 +179,7 @@ def test_json_lines_from_an_arrow_table_are_the_bytes_of_json_dumps(
 ) -> None:
     import pyarrow as pa
 
-    from etl.domain.columnar import arrow_schema
+    from etl.formats.columnar import arrow_schema
 
     table = pa.Table.from_pylist(records, schema=arrow_schema(TRICKY_SCHEMA))
     from_table, from_records = io.BytesIO(), io.BytesIO()

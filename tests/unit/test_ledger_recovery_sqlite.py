@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from etl.adapters.ledger import Ledger
 from etl.domain.chunks import plan_chunks
 from etl.domain.dead_letters import DeadLetterState
-from etl.domain.encoding import PartStats
 from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.ledger import Ledger
+from etl.formats.encoding import PartStats
 
 DAY = date(2026, 11, 1)
 STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
@@ -342,7 +342,7 @@ def test_marking_an_unknown_dead_letter_moves_nothing(ledger: Ledger) -> None:
 def test_a_replay_the_broker_refuses_leaves_the_dead_letter_dead_for_the_next_try(
     ledger: Ledger,
 ) -> None:
-    from etl.dead_letters import DeadLetterService
+    from etl.service.dead_letters import DeadLetterService
 
     dead_letter_id, _ = ledger.record_dead_letter(letter(run_id=None))
     # Nothing listens on port 1: the send fails at once.

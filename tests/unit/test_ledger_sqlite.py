@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from etl.adapters.ledger import SCHEMA_VERSION, IdempotencyConflict, Ledger, RunNotFound, upgrade
 from etl.domain.chunks import ChunkRange, plan_chunks
-from etl.domain.encoding import PartStats
 from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.ledger import SCHEMA_VERSION, IdempotencyConflict, Ledger, RunNotFound, upgrade
+from etl.formats.encoding import PartStats
 
 DAY = date(2026, 11, 1)
 STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
@@ -44,7 +44,7 @@ def test_upgrade_twice_is_harmless_and_reports_the_schema_version(sqlite_engine:
 def test_a_version_3_ledger_is_migrated_to_keep_part_etags(sqlite_engine: Engine) -> None:
     from sqlalchemy import delete, inspect, text
 
-    from etl.ledger import schema_version_table
+    from etl.adapters.ledger import schema_version_table
 
     with sqlite_engine.begin() as conn:  # back to what version 3 created
         conn.execute(text("ALTER TABLE etl_chunks DROP COLUMN etag"))
@@ -323,7 +323,7 @@ def test_a_version_1_ledger_is_migrated_to_the_current_schema(tmp_path: Path) ->
     from sqlalchemy import insert, inspect
 
     from etl.adapters.db import make_engine
-    from etl.ledger import chunks_table, runs_table, schema_version_table
+    from etl.adapters.ledger import chunks_table, runs_table, schema_version_table
 
     engine = make_engine("sqlite:///" + str(tmp_path / "v1.db"))
     with engine.begin() as conn:  # the ledger as version 1 created it

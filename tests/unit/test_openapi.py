@@ -9,10 +9,10 @@ from pydantic import SecretStr
 
 from api import ApiServices, create_app
 from api.openapi import OPERATIONS, openapi_document
+from etl.adapters.ledger import Ledger
 from etl.config import Settings
-from etl.dead_letters import DeadLetterService
-from etl.ledger import Ledger
-from etl.runs import RunService
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
 
 from support import RecordingEnqueue
 

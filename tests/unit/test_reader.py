@@ -9,15 +9,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from etl import steps
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.demo import seed_orders
 from etl.domain.layout import pipeline_prefix, run_prefix
 from etl.domain.runs import Run, RunState, Trigger
 from etl.pipelines.orders import transform_orders
-from etl.reader import IntegrityError, RunNotCommitted, RunNotFound, RunReader
-from etl.retention import prune
+from etl.service import execution as steps
+from etl.service.outputs import IntegrityError, RunNotCommitted, RunNotFound, RunReader
+from etl.service.retention import prune
 
 SEEDED = 1500
 CHUNK_SIZE = 500

@@ -8,12 +8,12 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, update
 
+from etl.adapters.ledger import Ledger, runs_table
 from etl.domain.chunks import plan_chunks
-from etl.domain.encoding import PartStats
 from etl.domain.runs import RunState, Trigger
-from etl.ledger import Ledger, runs_table
-from etl.reconcile import reconcile
-from etl.runs import RunService
+from etl.formats.encoding import PartStats
+from etl.service.lifecycle import RunService
+from etl.service.reconcile import reconcile
 
 from support import RecordingEnqueue
 

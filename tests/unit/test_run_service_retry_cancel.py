@@ -7,11 +7,11 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from etl.adapters.ledger import IdempotencyConflict, Ledger, RunNotFound
 from etl.domain.chunks import plan_chunks
-from etl.domain.encoding import PartStats
 from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.ledger import IdempotencyConflict, Ledger, RunNotFound
-from etl.runs import EnqueueFailed, RunNotCancellable, RunNotRetryable, RunService
+from etl.formats.encoding import PartStats
+from etl.service.lifecycle import EnqueueFailed, RunNotCancellable, RunNotRetryable, RunService
 
 from support import RecordingEnqueue
 
@@ -240,10 +240,10 @@ def test_a_request_without_a_date_repeated_after_midnight_finds_its_run(
 def test_a_new_run_is_logged_with_its_run_id_where_its_trail_starts(
     service: RunService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="etl.runs")
+    caplog.set_level("INFO", logger="etl.service.lifecycle")
 
     run, _ = service.start_run("orders_daily", logical_date=date(2026, 11, 4))
 
-    [record] = [r for r in caplog.records if r.name == "etl.runs"]
+    [record] = [r for r in caplog.records if r.name == "etl.service.lifecycle"]
     assert getattr(record, "run_id", None) == run.id
     assert record.getMessage() == f"created run {run.id}: orders_daily dt=2026-11-04 (manual)"

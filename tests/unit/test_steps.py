@@ -9,16 +9,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import select
 
-from etl import steps
 from etl.adapters.db import replace_table
 from etl.bootstrap import Services
 from etl.demo import seed_orders
 from etl.domain.chunks import PlanTooLarge
-from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.layout import manifest_key, run_prefix, success_key
 from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.formats.encoding import read_json_lines_gzip
 from etl.pipelines import get_pipeline
 from etl.pipelines.orders import ORDERS_TABLE, transform_orders
+from etl.service import execution as steps
 
 if TYPE_CHECKING:
     pass
@@ -234,7 +234,7 @@ def test_a_part_recorded_before_etags_were_kept_is_checked_by_its_sha256(
 ) -> None:
     from sqlalchemy import update
 
-    from etl.ledger import chunks_table
+    from etl.adapters.ledger import chunks_table
 
     run_id = create_run(seeded)
     steps.plan_run(seeded, run_id)

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import select
 
-from etl import steps
 from etl.bootstrap import Services
 from etl.demo import seed_orders
-from etl.domain.encoding import read_json_lines_gzip
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.formats.encoding import read_json_lines_gzip
 from etl.pipelines import get_pipeline
 from etl.pipelines.orders import ORDERS_TABLE, transform_orders
-from etl.runs import RunService
+from etl.service import execution as steps
+from etl.service.lifecycle import RunService
 
 from support import RecordingEnqueue
 
@@ -215,7 +215,7 @@ def test_a_retry_repairs_a_part_the_commit_found_missing(seeded: Services) -> No
 def test_a_run_failed_while_it_commits_has_its_manifest_and_success_withdrawn(
     seeded: Services,
 ) -> None:
-    from etl.ledger import Ledger
+    from etl.adapters.ledger import Ledger
 
     class FailedByATwinMidCommit(Ledger):
         """Another process failing the run (a twin delivery of the commit giving up)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from etl.adapters.dead_letters import (
+from etl.adapters.dead_letter_queues import (
     KeepInQueue,
     ParkedMessage,
     SignedBodies,
@@ -21,6 +21,7 @@ from etl.adapters.dead_letters import (
     republish,
 )
 from etl.adapters.errors import is_transient
+from etl.adapters.ledger import ChunkNotFound, Ledger, RunNotFound
 from etl.adapters.topology import BrokerTls
 from etl.config import MAX_ETA_AHEAD_S, Settings
 from etl.domain.dead_letters import (
@@ -38,7 +39,6 @@ from etl.domain.dead_letters import (
     work_left_undone,
 )
 from etl.domain.runs import RunState
-from etl.ledger import ChunkNotFound, Ledger, RunNotFound
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,6 @@ from sqlalchemy.engine import RowMapping
 from etl.domain.backfills import Backfill, Reprocess
 from etl.domain.chunks import ChunkRange
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
-from etl.domain.encoding import PartStats
 from etl.domain.runs import (
     ACTIVE_RUN_STATES,
     RUN_STATE_ENTERED_FROM,
@@ -54,6 +53,7 @@ from etl.domain.runs import (
     RunState,
     Trigger,
 )
+from etl.formats.encoding import PartStats
 
 SCHEMA_VERSION = 5
 # Any constants work; they only have to be the same in every process.
@@ -691,7 +691,7 @@ class Ledger:
         """Record a parked message, or update the record of the same message seen before
         (it is dead again, e.g. after a replay). Returns (id, created).
 
-        The values must fit the columns (etl.dead_letters bounds and cleans them); the
+        The values must fit the columns (etl.service.dead_letters bounds and cleans them); the
         body's size defaults to the body's own, as a body given here whole."""
         moment = now()
         values = {"body_size": len(values["body"]), "body_sha256": None, **values}

@@ -167,7 +167,7 @@ def make_celery(settings: Settings) -> EtlCelery:
         settings,
         broker=settings.broker_url,
         backend=settings.result_backend,
-        include=["etl.tasks"],
+        include=["etl.worker.tasks"],
     )
     app.conf.update(
         # JSON only: a pickle body could run code in the worker, so it is refused.
@@ -184,7 +184,7 @@ def make_celery(settings: Settings) -> EtlCelery:
         # the ledger's attempt count (steps.MAX_CHUNK_ATTEMPTS) stops it looping.
         task_acks_on_failure=False,
         task_acks_on_timeout=False,
-        worker_consumer="etl.celery_app:DeadLetteringConsumer",
+        worker_consumer="etl.worker.app:DeadLetteringConsumer",
         worker_prefetch_multiplier=1,
         # A worker that lost its broker connection stops its late-ack tasks: the broker
         # has already handed their messages to someone else.

@@ -1,6 +1,6 @@
 """Celery tasks: check the arguments, call a step, decide retry or dead-letter.
 
-Task bodies stay thin; the work is in ``etl.steps``. Each task gets its adapters from a
+Task bodies stay thin; the work is in ``etl.service.execution``. Each task gets its adapters from a
 per-process ``Services``, built lazily in the pool process (after fork) so no database
 connection or S3 client is ever shared between processes.
 """
@@ -15,10 +15,21 @@ from celery import Task, chord, current_app, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 
-from etl import metrics, steps
+from etl import metrics
 from etl.adapters.errors import is_transient
+from etl.adapters.ledger import ChunkNotFound, RunNotFound, now
 from etl.bootstrap import Services, build_services
-from etl.celery_app import (
+from etl.config import MAX_RETRY_BACKOFF_S
+from etl.domain.chunks import PlanTooLarge
+from etl.domain.dates import parse_logical_date
+from etl.domain.retry import backoff_seconds
+from etl.domain.runs import Trigger
+from etl.domain.task_messages import InvalidTaskMessage, check_arguments
+from etl.service import execution as steps
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService, celery_enqueue, dispatch_waiting_runs
+from etl.service.reconcile import reconcile
+from etl.worker.app import (
     TASK_COMMIT_RUN,
     TASK_PLAN_RUN,
     TASK_RECONCILE,
@@ -26,16 +37,6 @@ from etl.celery_app import (
     TASK_TRANSFORM_CHUNK,
     EtlCelery,
 )
-from etl.config import MAX_RETRY_BACKOFF_S
-from etl.dead_letters import DeadLetterService
-from etl.domain.chunks import PlanTooLarge
-from etl.domain.dates import parse_logical_date
-from etl.domain.retry import backoff_seconds
-from etl.domain.runs import Trigger
-from etl.domain.task_messages import InvalidTaskMessage, check_arguments
-from etl.ledger import ChunkNotFound, RunNotFound, now
-from etl.reconcile import reconcile
-from etl.runs import RunService, celery_enqueue, dispatch_waiting_runs
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from etl.domain.outputs import RunOutput, choose_prunable
-from etl.reader import RunReader
+from etl.service.outputs import RunReader
 
 
 def prune(

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from etl.celery_app import TASK_PLAN_RUN, EtlCelery
+from etl.adapters.ledger import Ledger
 from etl.domain.backfills import Backfill, DatePlan, Reprocess, dates_between, plan_backfill
 from etl.domain.dates import previous_day
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.domain.schedules import logical_date_for
-from etl.ledger import Ledger
 from etl.pipelines import get_pipeline
+from etl.worker.app import TASK_PLAN_RUN, EtlCelery
 
 logger = logging.getLogger(__name__)
 

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from sqlalchemy import Engine, create_engine, text
 
-from sqlalchemy import create_engine, text
-
+from etl.adapters.s3 import S3PartWriter
 from etl.adapters.topology import BrokerTls, broker_connection
-
-if TYPE_CHECKING:
-    from etl.bootstrap import Services
 
 
 def broker_problem(url: str, timeout: float = 3.0, ssl: BrokerTls = False) -> str | None:
@@ -50,17 +46,21 @@ def result_backend_problem(url: str, timeout: float = 3.0) -> str | None:
 
 
 def readiness_problems(
-    services: Services, broker_url: str, timeout: float = 2.0, broker_ssl: BrokerTls = False
+    ledger_engine: Engine,
+    parts: S3PartWriter,
+    broker_url: str,
+    timeout: float = 2.0,
+    broker_ssl: BrokerTls = False,
 ) -> dict[str, str | None]:
     """What the API needs to serve, by name: the broker, the ledger database and the
     bucket. None for a reachable one, else the problem (which may name hosts: log it,
     do not show it to strangers)."""
     problems: dict[str, str | None] = {"broker": broker_problem(broker_url, timeout, broker_ssl)}
     try:
-        with services.ledger.engine.connect() as conn:
+        with ledger_engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         problems["database"] = None
     except Exception as exc:
         problems["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-    problems["bucket"] = services.parts.bucket_problem()
+    problems["bucket"] = parts.bucket_problem()
     return problems

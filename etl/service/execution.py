@@ -1,7 +1,7 @@
 """The three steps of a run (plan, transform a chunk, commit), free of Celery.
 
 Each step is safe to run twice: it reads the ledger first and skips what is recorded.
-The tasks in ``etl.tasks`` wrap these with Celery's retries and routing.
+The tasks in ``etl.worker.tasks`` wrap these with Celery's retries and routing.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from etl import metrics
+from etl.adapters.ledger import WatermarkMoved, now
 from etl.bootstrap import Services
 from etl.domain.chunks import PlanTooLarge, check_chunk_count, plan_chunks
-from etl.domain.columnar import arrow_schema, transform_table
-from etl.domain.encoding import FORMATS, make_writer
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import build_manifest
 from etl.domain.runs import (
@@ -30,7 +29,8 @@ from etl.domain.runs import (
     part_result,
 )
 from etl.domain.windows import CursorWindow
-from etl.ledger import WatermarkMoved, now
+from etl.formats.columnar import arrow_schema, transform_table
+from etl.formats.encoding import FORMATS, make_writer
 from etl.pipelines import get_pipeline
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from typing import IO, Any
 
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.config import Settings
-from etl.domain.encoding import FORMATS, read_part
 from etl.domain.layout import pipeline_prefix
 from etl.domain.outputs import (
     Manifest,
@@ -37,6 +36,7 @@ from etl.domain.outputs import (
     parse_manifest,
     part_problems,
 )
+from etl.formats.encoding import FORMATS, read_part
 
 READABLE_FORMATS = frozenset(FORMATS)
 PART_SPOOL_BYTES = 32 * 1024 * 1024

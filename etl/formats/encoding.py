@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from etl.domain.columnar import arrow_schema
+from etl.formats.columnar import arrow_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa

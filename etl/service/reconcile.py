@@ -6,11 +6,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from etl import metrics
-from etl.celery_app import TASK_COMMIT_RUN, TASK_PLAN_RUN
+from etl.adapters.ledger import Ledger
 from etl.domain.runs import ChunkState, RunState
-from etl.ledger import Ledger
 from etl.pipelines import UnknownPipeline, get_pipeline
-from etl.runs import Enqueue
+from etl.service.lifecycle import Enqueue
+from etl.worker.app import TASK_COMMIT_RUN, TASK_PLAN_RUN
 
 
 def reconcile(

@@ -15,7 +15,7 @@ from datetime import date, datetime
 from sqlalchemy import Connection, Engine, create_engine, select, text, update
 from sqlalchemy.pool import NullPool
 
-from etl.ledger import (
+from etl.adapters.ledger import (
     aware_utc,
     insert_ignoring_conflicts,
     now,

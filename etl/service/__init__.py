@@ -1,0 +1,1 @@
+"""The service layer: a run's lifecycle and steps against the ports, dead letters, outputs."""
