@@ -2,52 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from flask import Flask, Response, abort, request
 
 from api import backfills, dashboard, dead_letters, health, metrics, openapi, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
+from api.context import ApiServices
 from api.errors import ApiError, register_error_handlers
 from api.models import FieldError
-from etl.adapters.ledger import Ledger
 from etl.adapters.probe import readiness_problems
 from etl.adapters.topology import all_queues, queue_stats
 from etl.bootstrap import build_services
 from etl.config import Settings, SettingsError, load_settings
 from etl.logs import configure_logging
-from etl.service.dead_letters import DeadLetterService
-from etl.service.lifecycle import RunService, celery_enqueue
-from etl.worker.app import make_celery
+
+__all__ = ["ApiServices", "build_api_services", "create_app", "wsgi_app"]
 
 PUBLIC_BLUEPRINTS = frozenset({health.bp.name})
 NUL = "must not contain NUL characters"
 
 
-@dataclass
-class ApiServices:
-    """What the API's views use: the ledger to read, the run service to start runs."""
-
-    ledger: Ledger
-    run_service: RunService
-    dead_letters: DeadLetterService
-    # /readyz: each dependency by name, None when it answers, else the problem.
-    readiness: Callable[[], dict[str, str | None]] = field(default=dict)
-    # /metrics: (messages ready, consumers) per queue, from the broker.
-    queue_stats: Callable[[], dict[str, tuple[int, int]]] = field(default=dict)
-
-
 def build_api_services(settings: Settings) -> ApiServices:
-    """Ledger (migrated) and a run service that publishes through Celery."""
-    services = build_services(settings)
-    run_service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
+    """The ledger and the services of the composition root. The ledger is not migrated
+    here, in every gunicorn worker: ``etl api`` did it once before they started."""
+    services = build_services(settings, migrate=False)
     return ApiServices(
         ledger=services.ledger,
-        run_service=run_service,
-        dead_letters=DeadLetterService.for_settings(
-            services.ledger, settings, run_service.retry_run
-        ),
+        run_service=services.runs,
+        dead_letters=services.dead_letters,
         readiness=lambda: readiness_problems(
             services.ledger.engine,
             services.parts,

@@ -12,7 +12,9 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template
 
-from etl.adapters.ledger import Ledger, RunNotFound
+from api.context import api_services
+from etl.adapters.ledger import Ledger
+from etl.domain.errors import RunNotFound
 from etl.domain.runs import Chunk, ChunkState, Run
 from etl.pipelines import PIPELINES
 
@@ -20,7 +22,7 @@ bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="
 
 
 def _ledger() -> Ledger:
-    ledger: Ledger = current_app.extensions["etl"].ledger
+    ledger: Ledger = api_services().ledger
     return ledger
 
 

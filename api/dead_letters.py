@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
+from api.context import api_services
 from api.errors import ApiError, field_errors
 from api.models import (
     DeadLetterListResponse,
@@ -16,11 +17,15 @@ from api.models import (
 )
 from etl.adapters.errors import is_transient
 
+if TYPE_CHECKING:
+    from etl.service.dead_letters import DeadLetterService
+
 bp = Blueprint("dead_letters", __name__, url_prefix="/api/v1")
 
 
-def _dead_letters() -> Any:
-    return current_app.extensions["etl"].dead_letters
+def _dead_letters() -> DeadLetterService:
+    dead_letters: DeadLetterService = api_services().dead_letters
+    return dead_letters
 
 
 @bp.get("/dead-letters")

@@ -1,4 +1,5 @@
-"""Errors as JSON: every 4xx names what was wrong."""
+"""Errors as JSON: every 4xx names what was wrong. A domain error (etl.domain.errors)
+answers the status of its kind; views let it propagate."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from api.models import ErrorResponse, FieldError
+from etl.domain.errors import ErrorKind, EtlError
+
+# What each kind of domain error answers; the one place an error becomes a status.
+STATUS_BY_KIND: dict[ErrorKind, int] = {
+    "invalid": 400,
+    "not_found": 404,
+    "conflict": 409,
+    "unavailable": 503,
+}
 
 
 class ApiError(Exception):
@@ -47,6 +57,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> tuple[Response, int]:
         return error_response(exc.status, exc.message, exc.details)
+
+    @app.errorhandler(EtlError)
+    def _domain_error(exc: EtlError) -> tuple[Response, int]:
+        status = STATUS_BY_KIND[exc.kind]
+        if exc.field is not None:  # the request field at fault, named as pydantic would
+            return error_response(
+                status, "invalid request", [FieldError(field=exc.field, message=str(exc))]
+            )
+        return error_response(status, str(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> tuple[Response, int]:

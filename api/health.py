@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from api.context import api_services
 from api.models import HealthResponse, ReadinessResponse
 
 bp = Blueprint("health", __name__)
@@ -23,7 +24,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     """200 when the broker, the ledger database and the bucket all answer, else 503."""
-    problems = current_app.extensions["etl"].readiness()
+    problems = api_services().readiness()
     checks = {}
     for name, problem in problems.items():
         if problem is None:

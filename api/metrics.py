@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from api.context import api_services
 from etl.metrics import LedgerCollector
 
 bp = Blueprint("metrics", __name__)
@@ -19,7 +20,7 @@ def metrics() -> Response:
     """The current figures in Prometheus's text format."""
     registry = current_app.extensions.get("etl_metrics")
     if registry is None:
-        services = current_app.extensions["etl"]
+        services = api_services()
         registry = CollectorRegistry()
         registry.register(LedgerCollector(services.ledger, services.queue_stats))
         current_app.extensions["etl_metrics"] = registry

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
+from api.context import api_services
 from api.errors import ApiError
 from api.models import PipelineListResponse, PipelineResponse, RunResponse
 from etl.adapters.ledger import Ledger
@@ -17,7 +18,7 @@ bp = Blueprint("pipelines", __name__, url_prefix="/api/v1")
 
 
 def _ledger() -> Ledger:
-    ledger: Ledger = current_app.extensions["etl"].ledger
+    ledger: Ledger = api_services().ledger
     return ledger
 
 

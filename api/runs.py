@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
 
+from api.context import api_services, json_body
 from api.errors import ApiError, field_errors
 from api.models import (
     CreateRunRequest,
@@ -17,40 +17,21 @@ from api.models import (
     RunListResponse,
     RunResponse,
 )
-from etl.adapters.ledger import IdempotencyConflict, RunNotFound
 from etl.domain.runs import Run
-from etl.pipelines import UnknownPipeline
-from etl.service.lifecycle import EnqueueFailed, RunNotCancellable, RunNotRetryable
 
 bp = Blueprint("runs", __name__, url_prefix="/api/v1")
 
 MAX_IDEMPOTENCY_KEY = 200
 
 
-def _services() -> Any:
-    return current_app.extensions["etl"]
-
-
 @bp.post("/runs")
 def create_run() -> tuple[Response, int]:
     """Start a run: 202 with the run when created, 200 with it when the request repeats one."""
-    if not request.is_json:
-        raise ApiError(415, "the body must be JSON (Content-Type: application/json)")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(
-            400,
-            "the body must be a JSON object",
-            [FieldError(field="body", message="not a JSON object")],
-        )
-    try:
-        wanted = CreateRunRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(400, "invalid request", field_errors(exc)) from None
+    wanted = json_body(CreateRunRequest)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
         raise ApiError(400, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    services = _services()
+    services = api_services()
     try:
         run, created = services.run_service.start_run(
             wanted.pipeline,
@@ -58,16 +39,8 @@ def create_run() -> tuple[Response, int]:
             params=wanted.params,
             idempotency_key=key,
         )
-    except UnknownPipeline as exc:
-        raise ApiError(
-            400, "invalid request", [FieldError(field="pipeline", message=str(exc))]
-        ) from None
     except ValidationError as exc:
         raise ApiError(400, "invalid request", field_errors(exc, prefix="params.")) from None
-    except IdempotencyConflict as exc:
-        raise ApiError(409, str(exc)) from None
-    except EnqueueFailed as exc:
-        raise ApiError(503, str(exc)) from None
     document = RunResponse.from_run(run).model_dump(mode="json")
     response = jsonify(document)
     response.headers["Location"] = f"/api/v1/runs/{run.id}"
@@ -77,11 +50,8 @@ def create_run() -> tuple[Response, int]:
 @bp.get("/runs/<run_id>")
 def get_run(run_id: str) -> Response:
     """One run with its chunk progress."""
-    ledger = _services().ledger
-    try:
-        run = ledger.get_run(run_id)
-    except RunNotFound as exc:
-        raise ApiError(404, str(exc)) from None
+    ledger = api_services().ledger
+    run = ledger.get_run(run_id)
     return jsonify(RunResponse.from_run(run, ledger.chunk_counts(run_id)).model_dump(mode="json"))
 
 
@@ -94,7 +64,7 @@ def list_runs() -> Response:
     except ValidationError as exc:
         raise ApiError(400, "invalid request", field_errors(exc)) from None
     after = decode_cursor(query.cursor) if query.cursor else None
-    runs = _services().ledger.list_runs(
+    runs = api_services().ledger.list_runs(
         pipeline=query.pipeline,
         state=query.state,
         trigger=query.trigger,
@@ -134,24 +104,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 @bp.post("/runs/<run_id>/cancel")
 def cancel_run(run_id: str) -> Response:
     """Cancel a run: chunks not yet started are skipped, nothing is committed."""
-    try:
-        run = _services().run_service.cancel_run(run_id)
-    except RunNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except RunNotCancellable as exc:
-        raise ApiError(409, str(exc)) from None
+    run = api_services().run_service.cancel_run(run_id)
     return jsonify(RunResponse.from_run(run).model_dump(mode="json"))
 
 
 @bp.post("/runs/<run_id>/retry")
 def retry_run(run_id: str) -> tuple[Response, int]:
     """Retry a failed run: its unfinished chunks run again, then the commit."""
-    try:
-        run = _services().run_service.retry_run(run_id)
-    except RunNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except RunNotRetryable as exc:
-        raise ApiError(409, str(exc)) from None
-    except EnqueueFailed as exc:
-        raise ApiError(503, str(exc)) from None
+    run = api_services().run_service.retry_run(run_id)
     return jsonify(RunResponse.from_run(run).model_dump(mode="json")), 202

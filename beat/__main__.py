@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from beat.scheduler import DatabaseScheduler
-from etl.bootstrap import build_services
+from etl.bootstrap import migrate_ledger
 from etl.config import SettingsError, load_settings
 from etl.logs import install_celery_hooks
 from etl.pipelines import load_pipeline_modules
@@ -23,7 +23,7 @@ def main() -> int:
     except (SettingsError, ImportError, ValueError) as exc:
         print(f"etl beat: error: {exc}", file=sys.stderr)
         return 2
-    build_services(settings).close()  # the ledger's tables hold Beat's state: migrate first
+    migrate_ledger(settings)  # the ledger's tables hold Beat's state: migrate first
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "beat")
     # In JSON mode every line is an event: no banner.

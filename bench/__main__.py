@@ -39,9 +39,9 @@ from sqlalchemy.engine import make_url
 
 from etl.adapters.db import SqlSource, make_engine
 from etl.adapters.s3 import LocalS3, make_s3_client
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import build_services
 from etl.config import Settings, load_settings, settings_env
-from etl.demo import seed_orders
 from etl.domain.runs import RunState
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import make_writer

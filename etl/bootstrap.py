@@ -1,4 +1,8 @@
-"""The composition root: builds the adapters a process needs from Settings."""
+"""The composition root: builds the adapters and services a process needs from Settings.
+
+Every entry point (the worker, the API, the CLI, Beat, the demo) gets its ledger, run
+lifecycle and dead-letter service here; none builds them itself.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,30 @@ from etl.adapters.ledger import Ledger, upgrade
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.config import Settings
 from etl.pipelines import Pipeline, load_pipeline_modules
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
+from etl.service.outputs import RunReader
+from etl.service.ports import Enqueue
+from etl.worker.app import celery_enqueue, make_celery
 
 
 @dataclass
 class Services:
-    """What the run steps and entry points work with: the ledger, sources and S3."""
+    """What the run steps and entry points work with: the ledger, sources and S3, the
+    Enqueue port, and the services built on them (the run lifecycle, dead letters)."""
 
     settings: Settings
     ledger: Ledger
     source_engine: Engine
     parts: S3PartWriter
+    enqueue: Enqueue
+    runs: RunService = field(init=False)
+    dead_letters: DeadLetterService = field(init=False)
     _sources: dict[str, SqlSource] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.runs = RunService(self.ledger, self.enqueue)
+        self.dead_letters = DeadLetterService.for_settings(self.ledger, self.settings, self.runs)
 
     def source_for(self, pipeline: Pipeline) -> SqlSource:
         """The reader of a pipeline's source, on the pooled source engine."""
@@ -36,8 +53,12 @@ class Services:
             self.source_engine.dispose()
 
 
-def build_services(settings: Settings, *, migrate: bool = True) -> Services:
-    """Engines, ledger and S3 writer from Settings; runs the ledger migration by default."""
+def build_services(
+    settings: Settings, *, migrate: bool = True, enqueue: Enqueue | None = None
+) -> Services:
+    """Engines, ledger, S3 writer and services from Settings. Runs the ledger migration
+    unless ``migrate=False``; tasks are sent through ``enqueue``, by default a Celery app
+    of these settings. Opens no connection other than the migration's."""
     load_pipeline_modules(settings.pipeline_modules)
     ledger_engine = make_engine(
         settings.database_url, settings.db_pool_size, settings.database_ssl_args
@@ -58,4 +79,23 @@ def build_services(settings: Settings, *, migrate: bool = True) -> Services:
         ledger=Ledger(ledger_engine),
         source_engine=source_engine,
         parts=S3PartWriter(client, settings.s3_bucket),
+        enqueue=enqueue if enqueue is not None else celery_enqueue(make_celery(settings)),
     )
+
+
+def build_run_reader(settings: Settings) -> RunReader:
+    """A reader of the runs in ``ETL_S3_BUCKET`` under ``ETL_S3_PREFIX`` (S3 alone, no
+    ledger). Opens no connection."""
+    client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
+    return RunReader(S3PartWriter(client, settings.s3_bucket), settings.s3_prefix)
+
+
+def migrate_ledger(settings: Settings) -> int:
+    """Create or migrate the ledger's tables, once per deployment start (``etl db
+    upgrade``, the worker, ``etl api`` before gunicorn forks, Beat); returns the schema
+    version."""
+    engine = make_engine(settings.database_url, ssl_args=settings.database_ssl_args)
+    try:
+        return upgrade(engine)
+    finally:
+        engine.dispose()

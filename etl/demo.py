@@ -19,17 +19,22 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine
-
-from etl.adapters.db import redact_url, replace_table
+from etl.adapters.db import redact_url
 from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
-from etl.adapters.s3 import LocalS3
+from etl.adapters.s3 import LocalS3, in_process_s3
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services, build_services
 from etl.config import Settings, settings_env
 from etl.domain.runs import Run
-from etl.pipelines.orders import ORDERS_TABLE, sample_orders
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import EMBEDDED_BROKER_URL, EMBEDDED_RESULT_BACKEND, EtlCelery, make_celery
+from etl.service.lifecycle import wait_for_run
+from etl.worker.app import (
+    EMBEDDED_BROKER_URL,
+    EMBEDDED_RESULT_BACKEND,
+    EtlCelery,
+    celery_enqueue,
+    make_celery,
+)
+from etl.worker.embedded import in_process_worker
 
 DEMO_PIPELINE = "orders_daily"
 
@@ -49,11 +54,6 @@ class DemoOutcome:
     seed_rows: int
     wall_s: float
     manifest_uri: str
-
-
-def seed_orders(engine: Engine, rows: int) -> int:
-    """Create and fill the sample ``orders`` table with ``rows`` deterministic orders."""
-    return replace_table(engine, ORDERS_TABLE, sample_orders(rows))
 
 
 def unreachable_services(settings: Settings) -> dict[str, str]:
@@ -105,16 +105,17 @@ def run_demo(
                 + (settings.s3_endpoint_url or "AWS")
                 + ")"
             )
-        services = build_services(settings)
+        # One Celery app sends and consumes: the embedded broker lives in this process.
+        app = make_celery(settings)
+        services = build_services(settings, enqueue=celery_enqueue(app))
         stack.callback(services.close)
         services.parts.ensure_bucket()
         say(f"seeding {rows:,} orders ...")
         seeded = seed_orders(services.source_engine, rows)
-        app = make_celery(settings)
         still_working = stack.enter_context(_worker(app, settings, embedded))
         say(f"running {DEMO_PIPELINE} ({mode}) ...")
         started = time.monotonic()
-        run, _ = RunService(services.ledger, celery_enqueue(app)).start_run(DEMO_PIPELINE)
+        run, _ = services.runs.start_run(DEMO_PIPELINE)
         final = wait_for_run(services.ledger, run.id, timeout_s=600, still_working=still_working)
         wall = time.monotonic() - started
         return _outcome(services, final, mode, seeded, wall)
@@ -136,9 +137,7 @@ def _outcome(services: Services, run: Run, mode: str, seeded: int, wall: float) 
 
 @contextmanager
 def _embedded(settings: Settings) -> Iterator[Settings]:
-    from moto import mock_aws
-
-    with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp, mock_aws():
+    with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp, in_process_s3():
         yield settings.model_copy(
             update={
                 "broker_url": EMBEDDED_BROKER_URL,
@@ -156,15 +155,7 @@ def _worker(
 ) -> Iterator[Callable[[], str | None]]:
     """A worker for the demo's run; yields a check that it is still alive."""
     if embedded:
-        from celery.contrib.testing.worker import start_worker
-
-        with start_worker(
-            app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING"
-        ) as worker:
-            if worker.hub is not None:
-                # An event loop sleeps up to 10 s between timers and sees a shutdown
-                # request only when it wakes; a 0.2 s no-op timer makes it stop promptly.
-                worker.hub.call_repeatedly(0.2, lambda: None)
+        with in_process_worker(app, concurrency=2):
             yield lambda: None
         return
     log = tempfile.NamedTemporaryFile(prefix="etl-demo-worker-", suffix=".log", delete=False)  # noqa: SIM115

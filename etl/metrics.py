@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -27,7 +27,24 @@ from etl.domain.schedules import latest_slot
 from etl.pipelines import PIPELINES
 
 if TYPE_CHECKING:
-    from etl.adapters.ledger import Ledger
+    from etl.domain.runs import RunState
+
+
+class LedgerCounts(Protocol):
+    """What the scrape reads from the ledger (``etl.adapters.ledger.Ledger`` has it)."""
+
+    def run_counts(self) -> dict[tuple[str, RunState], int]:
+        """How many runs each pipeline has in each state."""
+        ...
+
+    def last_successes(self) -> dict[str, datetime]:
+        """When each pipeline's latest successful run finished."""
+        ...
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        """How many dead letters are in each state."""
+        ...
+
 
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900)
 _RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
@@ -72,7 +89,7 @@ class LedgerCollector(Collector):
     """Gauges read from the ledger and the broker at each scrape."""
 
     def __init__(
-        self, ledger: Ledger, queue_stats: Callable[[], dict[str, tuple[int, int]]]
+        self, ledger: LedgerCounts, queue_stats: Callable[[], dict[str, tuple[int, int]]]
     ) -> None:
         self.ledger = ledger
         self.queue_stats = queue_stats

@@ -19,8 +19,6 @@ from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
 from etl.adapters.s3 import LocalS3
@@ -34,6 +32,7 @@ from support import (
     REDIS_URL,
     SESSION_TAG,
     require_service,
+    scratch_database,
     scratch_vhost,
 )
 
@@ -53,16 +52,8 @@ def _aws_test_credentials() -> None:
 def postgres_url() -> Iterator[str]:
     """A fresh database for this session, dropped at the end."""
     require_service("PostgreSQL", database_problem(POSTGRES_ADMIN_URL))
-    name = f"etl_test_{SESSION_TAG}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(POSTGRES_ADMIN_URL, f"etl_test_{SESSION_TAG}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -8,20 +8,24 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pika
 import pytest
 import redis
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
@@ -57,6 +61,32 @@ def rabbitmqctl(*args: str) -> str:
     return subprocess.run(
         ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
     ).stdout
+
+
+@contextmanager
+def scratch_database(admin_url: str, name: str) -> Iterator[str]:
+    """A new PostgreSQL database ``name`` (its URL), created through ``admin_url`` and
+    dropped at the end, even on failure, whoever is still connected."""
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def queue_depth(vhost: str, queue: str) -> int:
+    """How many messages ``queue`` of ``vhost`` holds (0 if there is no such queue)."""
+    for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
+        name, _, count = line.partition("\t")
+        if name == queue:
+            return int(count)
+    return 0
 
 
 @contextmanager
@@ -230,20 +260,6 @@ def scratch_rabbitmq_node(name: str) -> Iterator[RabbitMQNode]:
         shutil.rmtree(node.base_dir, ignore_errors=True)
 
 
-class RecordingEnqueue:
-    """The Enqueue port for tests: remembers what would have been sent, or fails like a
-    broker that refuses the publish when ``error`` is set."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[Any]]] = []
-        self.error: Exception | None = None
-
-    def __call__(self, name: str, args: list[Any]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.calls.append((name, args))
-
-
 def expected_records(services: Services, pipeline_name: str) -> tuple[list[dict[str, Any]], int]:
     """The transform applied to the whole source: (records, rejected count). The fault
     pipelines of fault_pipelines.py share the orders transform, faults aside."""
@@ -295,7 +311,7 @@ def assert_run_output_matches_source(services: Services, run: Run) -> dict[str, 
     assert manifest["total_rows"] == len(expected) == run.rows_written
     assert manifest["rejected_rows"] == rejected == run.rows_rejected
     # Only the parts the manifest names live under the run's prefix, besides its markers.
-    listed = set(services.parts.list_keys(prefix + "/"))
+    listed = {o.key for o in services.parts.list_objects(prefix + "/")}
     assert listed == {p["key"] for p in manifest["parts"]} | {run.manifest_key, success_key(prefix)}
     return manifest
 
@@ -312,6 +328,20 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(poll_s)
+
+
+def run_etl(
+    settings: Settings, *args: str, timeout_s: float = 120, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m etl <args>`` run to the end with ``settings`` (and ``env``) in its
+    environment; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "etl", *args],
+        env={**os.environ, **settings_env(settings), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 class ChildProcess:
@@ -365,3 +395,107 @@ class ChildProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self._log.close()
+
+
+class TlsServer:
+    """Accepts TLS on a loopback port with ``certificate`` and records how each handshake
+    went ("ok" or the error's name). What passes it is relayed to ``relay_to`` (host,
+    port) when given; otherwise it reads the client's greeting and hangs up (a stand-in
+    for a broker, which it is not)."""
+
+    def __init__(
+        self, certificate: Path, key: Path, relay_to: tuple[str, int] | None = None
+    ) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.relay_to = relay_to
+        self.handshakes: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                tls = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                self.handshakes.append(type(exc).__name__)
+                raw.close()
+                continue
+            self.handshakes.append("ok")
+            if self.relay_to is None:
+                with suppress(OSError), tls:
+                    tls.recv(8)  # the AMQP greeting
+                continue
+            upstream = socket.create_connection(self.relay_to)
+            threading.Thread(target=_pump, args=(tls, upstream), daemon=True).start()
+            threading.Thread(target=_pump, args=(upstream, tls), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting."""
+        self.listener.close()
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    for end in (source, target):
+        with suppress(OSError):
+            end.close()
+
+
+@contextmanager
+def tls_server(
+    certificate: Path, key: Path, relay_to: tuple[str, int] | None = None
+) -> Iterator[TlsServer]:
+    """A TlsServer, closed at the end."""
+    server = TlsServer(certificate, key, relay_to)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextmanager
+def confirmed_channel(url: str) -> Iterator[Any]:
+    """A pika channel with publisher confirms (a publisher independent of Celery and
+    kombu); its connection closed at the end."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        yield channel
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def publish_raw(
+    channel: Any,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: dict[str, Any] | None,
+    body: bytes,
+    content_type: str = "application/json",
+    expiration: str | None = None,
+) -> None:
+    """One persistent message exactly as given, mandatory (an unroutable one is refused)."""
+    channel.basic_publish(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        properties=pika.BasicProperties(
+            headers=headers,
+            content_type=content_type,
+            content_encoding="utf-8",
+            delivery_mode=2,
+            expiration=expiration,
+        ),
+        mandatory=True,
+    )

@@ -107,6 +107,8 @@ def republish(
     """Publish a parked message's body, as it was, back to its work queue (confirmed)."""
     fresh_headers = {key: value for key, value in headers.items() if key not in DEATH_HEADERS}
     with broker_connection(broker_url, ssl, confirm_publish=True) as connection:
+        # One attempt, failing at once: the dead letter stays dead for the next replay.
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         Producer(connection.channel()).publish(
             body,
             exchange=WORK_EXCHANGE,

@@ -1,18 +1,27 @@
-"""Which failures are worth retrying: decided here, and only here."""
+"""Which failures are worth retrying, decided here and only here; and which exceptions
+mean "the store or the broker failed", for the entry points that turn them into one line
+without importing the client libraries."""
 
 from __future__ import annotations
 
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from psycopg2 import InterfaceError as DriverInterfaceError
 from psycopg2 import OperationalError as DriverOperationalError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from etl.adapters.s3 import PartNotStored
+
+# S3 (boto3) refused a request or could not be reached.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
+# RabbitMQ could not be reached (kombu wraps the socket's error).
+BROKER_UNREACHABLE: tuple[type[Exception], ...] = (OSError, BrokerOperationalError)
 
 # BadDigest: S3 refused bytes that did not match the checksum sent with them (corrupted
 # on the way); the part is written again from the spool.

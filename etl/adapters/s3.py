@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import boto3
@@ -180,14 +181,6 @@ class S3PartWriter:
         """The whole object."""
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
-    def list_keys(self, prefix: str) -> list[str]:
-        """Every key under ``prefix``."""
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys.extend(item["Key"] for item in page.get("Contents", []))
-        return keys
-
     def list_objects(self, prefix: str) -> list[StoredObject]:
         """Every object under ``prefix``, with its size and when it was written."""
         found: list[StoredObject] = []
@@ -250,3 +243,12 @@ class LocalS3:
 
     def __exit__(self, *exc: object) -> None:
         self._server.stop()
+
+
+@contextlib.contextmanager
+def in_process_s3() -> Iterator[None]:
+    """Every S3 client made inside answers from memory (moto), for the embedded demo."""
+    from moto import mock_aws
+
+    with mock_aws():
+        yield

@@ -117,6 +117,9 @@ def declare_topology(
 ) -> None:
     """Declare exchanges and queues; raises if any exists with other arguments."""
     with broker_connection(broker_url, ssl) as connection:
+        # One attempt, failing at once: the callers retry on their own terms (kombu's
+        # channel() would try twice, two seconds apart).
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         channel = connection.channel()
         try:
             _declare_internal(channel, DEAD_LETTER_EXCHANGE)

@@ -18,6 +18,7 @@ import etl.cli.processes as processes
 import etl.cli.runs as runs
 from etl.cli.common import EXIT_USAGE, CliError, Parser
 from etl.config import SettingsError, load_settings
+from etl.domain.errors import EtlError
 
 COMMAND_GROUPS = (runs, backfill, dlq, outputs, processes, deploy)
 
@@ -41,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"etl: error: {exc}", file=sys.stderr)
         return exc.status
+    except EtlError as exc:  # not found, conflict, ...: the status its kind maps to
+        error = CliError.from_error(exc)
+        print(f"etl: error: {error}", file=sys.stderr)
+        return error.status
     except SettingsError as exc:
         print(f"etl: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

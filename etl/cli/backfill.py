@@ -58,15 +58,12 @@ def register(sub: Any) -> None:
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import BackfillConflict
-    from etl.pipelines import UnknownPipeline
-    from etl.service.lifecycle import EnqueueFailed, RunService, celery_enqueue
-    from etl.worker.app import make_celery
+    from etl.service.backfills import start_backfill
 
     services = open_services(settings)
-    service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
     try:
-        backfill, plans = service.start_backfill(
+        backfill, plans = start_backfill(
+            services.runs,
             args.pipeline,
             start=args.start,
             end=args.end,
@@ -75,14 +72,10 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
             params=dict(args.param),
             dry_run=args.dry_run,
         )
-    except UnknownPipeline as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
     except ValidationError as exc:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    except (BackfillConflict, EnqueueFailed) as exc:
-        raise CliError(str(exc)) from None
     print_plans(plans, dry_run=args.dry_run)
     if backfill is None:
         return EXIT_OK

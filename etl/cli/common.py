@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import argparse
 from datetime import date
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
-from etl.bootstrap import Services
 from etl.config import Settings
 from etl.domain.dates import parse_logical_date
+from etl.domain.errors import ErrorKind, EtlError
+
+if TYPE_CHECKING:
+    # Not at import: the composition root pulls in prometheus_client, which must not be
+    # loaded before ``etl worker`` sets PROMETHEUS_MULTIPROC_DIR.
+    from etl.bootstrap import Services
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, and what it asked for did not succeed
 EXIT_USAGE = 2
+
+# What each kind of domain error exits with; the one place an error becomes a status.
+EXIT_BY_KIND: dict[ErrorKind, int] = {
+    "invalid": EXIT_USAGE,
+    "not_found": EXIT_FAILED,
+    "conflict": EXIT_FAILED,
+    "unavailable": EXIT_FAILED,
+}
 
 
 class CliError(Exception):
@@ -23,6 +36,11 @@ class CliError(Exception):
     def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.status = status
+
+    @classmethod
+    def from_error(cls, exc: EtlError) -> CliError:
+        """A domain error as one line, with the exit status of its kind."""
+        return cls(str(exc), EXIT_BY_KIND[exc.kind])
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,21 +77,41 @@ def positive(text: str) -> int:
     return value
 
 
-def open_services(settings: Settings) -> Services:
-    """Services with a migrated ledger, or a one-line CliError naming the database."""
-    from etl.adapters.db import redact_url
-    from etl.bootstrap import build_services
+def load_pipelines(settings: Settings) -> None:
+    """Register the deployment's pipelines, or a one-line CliError (exit 2)."""
     from etl.pipelines import load_pipeline_modules
 
     try:
         load_pipeline_modules(settings.pipeline_modules)
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
+
+
+def open_services(settings: Settings) -> Services:
+    """Services with a migrated ledger, or a one-line CliError naming the database."""
+    from etl.adapters.db import redact_url
+    from etl.bootstrap import build_services
+
+    load_pipelines(settings)
     try:
         return build_services(settings)
     except Exception as exc:
         raise CliError(
             f"cannot open the ledger at {redact_url(settings.database_url)}: {first_line(exc)}"
+        ) from None
+
+
+def migrate_ledger(settings: Settings) -> int:
+    """Create or migrate the ledger (once per deployment start: ``etl db upgrade``, the
+    worker, ``etl api`` before gunicorn forks); its schema version, or a CliError."""
+    from etl.adapters.db import redact_url
+    from etl.bootstrap import migrate_ledger as migrate
+
+    try:
+        return migrate(settings)
+    except Exception as exc:
+        raise CliError(
+            f"cannot migrate the ledger at {redact_url(settings.database_url)}: {first_line(exc)}"
         ) from None
 
 
@@ -94,7 +132,12 @@ def describe_params_error(exc: ValidationError) -> str:
 
 def as_document(record: Any) -> dict[str, Any]:
     """A Run or Chunk dataclass as a JSON-ready dict."""
-    return {
-        key: value.isoformat() if hasattr(value, "isoformat") else value
-        for key, value in record.__dict__.items()
-    }
+    return {key: _json_value(value) for key, value in record.__dict__.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if hasattr(value, "isoformat"):  # dates and datetimes
+        return value.isoformat()
+    if hasattr(value, "as_dict"):  # a run's window
+        return value.as_dict()
+    return value

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from etl.cli.common import EXIT_OK, CliError, Parser, open_services
 from etl.config import Settings
-from etl.service.dead_letters import DeadLetterService
+
+if TYPE_CHECKING:
+    # Not at import: the service layer pulls in prometheus_client, which must not be
+    # loaded before ``etl worker`` sets PROMETHEUS_MULTIPROC_DIR.
+    from etl.service.dead_letters import DeadLetterService
 
 
 def register(sub: Any) -> None:
@@ -39,12 +43,7 @@ def register(sub: Any) -> None:
 
 
 def _service(settings: Settings) -> DeadLetterService:
-    from etl.service.lifecycle import RunService, celery_enqueue
-    from etl.worker.app import make_celery
-
-    services = open_services(settings)
-    runs = RunService(services.ledger, celery_enqueue(make_celery(settings)))
-    return DeadLetterService.for_settings(services.ledger, settings, runs.retry_run)
+    return open_services(settings).dead_letters
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:

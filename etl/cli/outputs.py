@@ -166,15 +166,15 @@ def _output_paths(settings: Settings, *names: str) -> dict[str, str]:
 @contextmanager
 def _reading(settings: Settings) -> Iterator[RunReader]:
     """A RunReader on the configured bucket; S3 and output errors become one-line errors."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from etl.service.outputs import OutputError, RunReader
+    from etl.adapters.errors import STORAGE_ERRORS
+    from etl.bootstrap import build_run_reader
+    from etl.service.outputs import OutputError
 
     try:
-        yield RunReader.from_settings(settings)
+        yield build_run_reader(settings)
     except OutputError as exc:
         raise CliError(str(exc)) from None
-    except (BotoCoreError, ClientError) as exc:
+    except STORAGE_ERRORS as exc:
         where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
         raise CliError(f"cannot read {where}: {exc}") from None
 

@@ -17,7 +17,8 @@ from etl.cli.common import (
     EXIT_USAGE,
     CliError,
     first_line,
-    open_services,
+    load_pipelines,
+    migrate_ledger,
     positive,
 )
 from etl.config import Settings
@@ -82,7 +83,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         serve_worker_metrics(settings.metrics_port, str(settings.metrics_bind))
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
-    open_services(settings).close()
+    load_pipelines(settings)
+    migrate_ledger(settings)
     _declare_topology_when_up(settings, args.broker_wait)
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "worker")
@@ -109,9 +111,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def _declare_topology_when_up(settings: Settings, wait_s: float) -> None:
     """Declare the queues, retrying while the broker is not reachable yet (backing off to
     10 s) for ``wait_s``; then, or on any other refusal, one line naming the problem."""
-    from kombu.exceptions import OperationalError
-
     from etl.adapters.db import redact_url
+    from etl.adapters.errors import BROKER_UNREACHABLE
     from etl.adapters.topology import declare_topology
 
     deadline = time.monotonic() + wait_s
@@ -125,7 +126,7 @@ def _declare_topology_when_up(settings: Settings, wait_s: float) -> None:
                 ssl=settings.broker_use_ssl,
             )
             return
-        except (OSError, OperationalError) as exc:
+        except BROKER_UNREACHABLE as exc:
             where = redact_url(settings.broker_url)
             if time.monotonic() + delay > deadline:
                 raise CliError(f"cannot reach RabbitMQ at {where}: {first_line(exc)}") from None
@@ -152,7 +153,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> NoReturn:
         raise CliError(
             "ETL_API_TOKEN is not set: the API refuses to run without authentication", EXIT_USAGE
         )
-    open_services(settings).close()  # migrate once, before the gunicorn workers start
+    migrate_ledger(settings)  # once, before gunicorn forks: its workers do not migrate
     logging_args = []
     if settings.log_format == "json":
         # gunicorn's own and access loggers, one JSON event per line like the app's.
@@ -193,25 +194,16 @@ def gunicorn_json_logging() -> dict[str, Any]:
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.db import make_engine, redact_url
-    from etl.adapters.ledger import upgrade
+    from etl.adapters.db import redact_url
 
-    engine = make_engine(settings.database_url, ssl_args=settings.database_ssl_args)
-    try:
-        version = upgrade(engine)
-    except Exception as exc:
-        raise CliError(
-            f"cannot migrate the ledger at {redact_url(settings.database_url)}: " + first_line(exc)
-        ) from None
-    finally:
-        engine.dispose()
+    version = migrate_ledger(settings)
     print(f"ledger at {redact_url(settings.database_url)} is at schema version {version}")
     return EXIT_OK
 
 
 def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
     from etl.adapters.db import make_engine, redact_url
-    from etl.demo import seed_orders
+    from etl.adapters.sample_orders import seed_orders
 
     engine = make_engine(
         settings.effective_source_database_url, ssl_args=settings.database_ssl_args

@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,7 +27,7 @@ from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
 
 
-def register(sub: Any) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this group's subcommands."""
     run = sub.add_parser("run", help="start a run of a pipeline")
     run.add_argument("pipeline")
@@ -80,26 +79,18 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import IdempotencyConflict
-    from etl.pipelines import UnknownPipeline
-    from etl.service.lifecycle import EnqueueFailed, RunService, celery_enqueue, wait_for_run
-    from etl.worker.app import make_celery
+    from etl.service.lifecycle import wait_for_run
 
     services = open_services(settings)
-    service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
     try:
-        run, created = service.start_run(
+        run, created = services.runs.start_run(
             args.pipeline,
             logical_date=args.date,
             params=dict(args.param),
             idempotency_key=args.idempotency_key,
         )
-    except UnknownPipeline as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
     except ValidationError as exc:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
-    except (IdempotencyConflict, EnqueueFailed) as exc:
-        raise CliError(str(exc)) from None
     verb = "started" if created else "already exists:"
     print(f"run {run.id} {verb} {run.pipeline} for {run.logical_date} ({run.state})")
     if not args.wait:
@@ -130,13 +121,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import RunNotFound
-
     services = open_services(settings)
-    try:
-        run = services.ledger.get_run(args.run_id)
-    except RunNotFound as exc:
-        raise CliError(str(exc)) from None
+    run = services.ledger.get_run(args.run_id)
     chunks = services.ledger.get_chunks(run.id)
     if args.json:
         document = {**as_document(run), "chunks": [as_document(c) for c in chunks]}
@@ -189,70 +175,41 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import RunNotFound
-    from etl.service.lifecycle import EnqueueFailed, RunNotRetryable
-
-    service = _run_service(settings)
-    try:
-        run = service.retry_run(args.run_id)
-    except (RunNotFound, RunNotRetryable, EnqueueFailed) as exc:
-        raise CliError(str(exc)) from None
+    run = open_services(settings).runs.retry_run(args.run_id)
     print(f"run {run.id} retrying ({run.state})")
     return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import RunNotFound
-    from etl.service.lifecycle import RunNotCancellable
-
-    service = _run_service(settings)
+    runs_service = open_services(settings).runs
     if args.backfill:
-        from etl.adapters.ledger import BackfillNotFound
+        from etl.service.backfills import cancel_backfill
 
-        try:
-            runs = service.cancel_backfill(args.backfill)
-        except BackfillNotFound as exc:
-            raise CliError(str(exc)) from None
+        runs = cancel_backfill(runs_service, args.backfill)
         for run in runs:
             print(f"run {run.id} {run.logical_date} {run.state}")
         return EXIT_OK
-    try:
-        run = service.cancel_run(args.run_id)
-    except (RunNotFound, RunNotCancellable) as exc:
-        raise CliError(str(exc)) from None
+    run = runs_service.cancel_run(args.run_id)
     print(f"run {run.id} {run.state}")
     return EXIT_OK
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from etl.adapters.ledger import now
-    from etl.service.dead_letters import DeadLetterService
-    from etl.service.lifecycle import RunService, celery_enqueue
-    from etl.service.reconcile import reconcile
-    from etl.worker.app import make_celery
+    from etl.domain.clock import utc_now
+    from etl.service.reconcile import sync_and_reconcile
 
     services = open_services(settings)
-    enqueue = celery_enqueue(make_celery(settings))
-    retry = RunService(services.ledger, enqueue).retry_run
-    recorded = DeadLetterService.for_settings(services.ledger, settings, retry).sync()
-    actions = reconcile(
-        services.ledger,
-        enqueue,
-        now=now(),
+    done = sync_and_reconcile(
+        services.dead_letters,
+        services.runs,
+        now=utc_now(),
         stale_after_s=settings.reconcile_stale_s,
         deadline_s=settings.run_deadline_s,
     )
-    print(f"{recorded} dead letters recorded; {len(actions)} runs acted on")
-    for action in actions:
+    print(f"{done.dead_letters_recorded} dead letters recorded; {len(done.actions)} runs acted on")
+    for action in done.actions:
         print(f"  {action}")
     return EXIT_OK
-
-
-def _run_service(settings: Settings) -> Any:
-    from etl.service.lifecycle import RunService, celery_enqueue
-    from etl.worker.app import make_celery
-
-    return RunService(open_services(settings).ledger, celery_enqueue(make_celery(settings)))
 
 
 def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:

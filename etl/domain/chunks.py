@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from etl.domain.errors import PlanTooLarge
+
 
 @dataclass(frozen=True)
 class ChunkRange:
@@ -12,31 +14,6 @@ class ChunkRange:
     index: int
     key_lo: int
     key_hi: int
-
-
-class PlanTooLarge(ValueError):
-    """A plan would make more chunks than a run may have."""
-
-    def __init__(
-        self, pipeline: str, key_min: int, key_max: int, chunk_size: int, max_chunks: int
-    ) -> None:
-        super().__init__(pipeline, key_min, key_max, chunk_size, max_chunks)
-        self.pipeline = pipeline
-        self.key_min = key_min
-        self.key_max = key_max
-        self.chunk_size = chunk_size
-        self.max_chunks = max_chunks
-        self.chunks = count_chunks(key_min, key_max, chunk_size)
-
-    def __str__(self) -> str:
-        keys = self.key_max - self.key_min + 1
-        smallest_size = -(-keys // self.max_chunks)  # the least that fits under the limit
-        return (
-            f"pipeline {self.pipeline} would plan {self.chunks:,} chunks "
-            f"(keys {self.key_min}..{self.key_max} at chunk_size {self.chunk_size:,}), "
-            f"over the limit of {self.max_chunks:,} chunks a run: use a chunk_size of at "
-            f"least {smallest_size:,}, or raise ETL_MAX_CHUNKS_PER_RUN"
-        )
 
 
 def count_chunks(key_min: int | None, key_max: int | None, chunk_size: int) -> int:

@@ -29,7 +29,7 @@ def build_manifest(
         "pipeline": run.pipeline,
         "run_id": run.id,
         "logical_date": run.logical_date.isoformat(),
-        "window": run.window or {},
+        "window": run.window.as_dict() if run.window else {},
         "format": output_format,
         "schema": schema,
         "parts": [

@@ -7,6 +7,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from etl.domain.windows import RunWindow
+
 
 class RunState(StrEnum):
     """Where a run is. Terminal states never change again."""
@@ -23,6 +25,9 @@ class RunState(StrEnum):
 TERMINAL_RUN_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
 # A run in one of these holds one of its pipeline's max_active_runs places.
 ACTIVE_RUN_STATES = frozenset({RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING})
+# A chunk starts and records its part only while its run is in one of these: never after
+# the run ended, nor once the commit has checked the chunks.
+CHUNK_WORK_RUN_STATES = frozenset({RunState.PLANNING, RunState.RUNNING})
 
 # State moves forward only: each state lists the states it may be entered from. A task
 # that is delivered twice finds its move already made and does nothing.
@@ -73,7 +78,7 @@ class Run:
     finished_at: datetime | None = None
     reason: str | None = None
     chunk_count: int | None = None
-    window: dict[str, Any] | None = None
+    window: RunWindow | None = None
     rows_written: int | None = None
     rows_rejected: int | None = None
     manifest_key: str | None = None

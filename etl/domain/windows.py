@@ -38,3 +38,37 @@ class CursorWindow:
             low=datetime.fromisoformat(low) if low else None,
             high=datetime.fromisoformat(window["cursor_high"]),
         )
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    """What a run reads, fixed when it is planned: its key range (None when the source
+    had no rows) and, for an incremental pipeline, its cursor window.
+
+    Recorded with the run as the JSON document ``as_dict`` makes (the manifest's
+    ``window``), the same document as before this type existed: no migration.
+    """
+
+    key_column: str
+    key_min: int | None
+    key_max: int | None
+    cursor: CursorWindow | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The window as recorded with the run and written in its manifest."""
+        document: dict[str, Any] = {"key_column": self.key_column}
+        if self.cursor is not None:
+            document |= self.cursor.as_dict()
+        return document | {"key_min": self.key_min, "key_max": self.key_max}
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any] | None) -> RunWindow | None:
+        """The window recorded with a run; None for a run never planned."""
+        if not document:
+            return None
+        return cls(
+            key_column=str(document.get("key_column") or ""),
+            key_min=document.get("key_min"),
+            key_max=document.get("key_max"),
+            cursor=CursorWindow.from_dict(document),
+        )

@@ -144,12 +144,6 @@ def _value_span(array: pa.Array) -> slice:
     return slice(offsets[array.offset], offsets[array.offset + len(array)])
 
 
-def read_json_lines_gzip(data: bytes) -> list[dict[str, Any]]:
-    """Decode a whole jsonl.gz part (for readers and tests)."""
-    text = gzip.decompress(data).decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line]
-
-
 class PartWriter(Protocol):
     """What every format's writer does."""
 

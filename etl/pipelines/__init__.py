@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+from etl.domain.errors import UnknownPipeline
 from etl.domain.schedules import CatchUp, Cron, Every, Schedule, Solar
 from etl.pipelines.base import Pipeline, RunParams, Source
 from etl.pipelines.orders import ORDERS_DAILY
@@ -37,20 +38,12 @@ def load_pipeline_modules(modules: str) -> list[str]:
     return list(found)
 
 
-class UnknownPipeline(KeyError):
-    """No pipeline of that name is registered."""
-
-    def __str__(self) -> str:
-        known = ", ".join(sorted(PIPELINES))
-        return f"unknown pipeline {self.args[0]!r} (known: {known})"
-
-
 def get_pipeline(name: str) -> Pipeline:
     """The registered pipeline called ``name``."""
     try:
         return PIPELINES[name]
     except KeyError:
-        raise UnknownPipeline(name) from None
+        raise UnknownPipeline(name, list(PIPELINES)) from None
 
 
 __all__ = [

@@ -1,26 +1,23 @@
 """``orders_daily``: a nightly snapshot of the ``orders`` table, cleaned for analytics.
 
-Also defines the ``orders`` source table and the sample rows ``etl seed`` loads into it,
-with the kinds of mess real order tables have (case and spacing, synonyms, bad values).
+The sample ``orders`` table that ``etl seed`` and ``etl demo`` fill is in
+``etl.adapters.sample_orders``.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, Numeric, Table, Text
 
 from etl.domain.schedules import Cron
 from etl.domain.transform import BatchResult, Record, Row, RowRejected, map_rows
 from etl.formats.columnar import iso_utc_text
+from etl.pipelines.base import Pipeline, Source
 
 if TYPE_CHECKING:
     import pyarrow as pa
-from etl.pipelines.base import Pipeline, Source
 
 ORDERS_COLUMNS = (
     "id",
@@ -30,19 +27,6 @@ ORDERS_COLUMNS = (
     "status",
     "created_at",
     "updated_at",
-)
-
-orders_metadata = MetaData()
-ORDERS_TABLE = Table(
-    "orders",
-    orders_metadata,
-    Column("id", BigInteger, primary_key=True, autoincrement=False),
-    Column("customer_email", Text),
-    Column("amount", Numeric(14, 3)),
-    Column("currency", Text),
-    Column("status", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 CURRENCIES = frozenset({"USD", "EUR", "GBP", "CHF", "CAD", "AUD"})
@@ -197,38 +181,6 @@ def _all_of(*masks: pa.Array) -> pa.Array:
     for mask in masks[1:]:
         combined = pc.and_(combined, mask)
     return combined
-
-
-def sample_orders(count: int, seed: int = 20261123) -> Iterator[tuple[Any, ...]]:
-    """``count`` deterministic orders with ids 1..count, about 2% of them invalid."""
-    # bandit: sample data, not secrets
-    rng = random.Random(seed)  # nosec B311
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    currencies = ["USD", "usd", " USD", "EUR", "eur ", "Gbp", "GBP", "CHF", "CAD", "AUD"]
-    statuses = ["paid", "PAID", "Paid ", "shipped", "pending", "delivered", "refunded",
-                "cancelled", "canceled"]  # fmt: skip
-    for order_id in range(1, count + 1):
-        cents = rng.randint(50, 250_000)
-        amount: str | None = f"{cents // 100}.{cents % 100:02d}"
-        email = f"customer{rng.randint(1, 50_000)}@Example.com"
-        currency = rng.choice(currencies)
-        status = rng.choice(statuses)
-        roll = rng.random()
-        if roll < 0.005:
-            amount = None
-        elif roll < 0.008:
-            amount = f"-{amount}"
-        elif roll < 0.010:
-            amount = f"{amount}5"  # a tenth of a cent
-        elif roll < 0.013:
-            currency = "XXX"
-        elif roll < 0.015:
-            status = "lost in space"
-        elif roll < 0.020:
-            email = "not-an-email"
-        created = start + timedelta(seconds=order_id * 7 + rng.randint(0, 6))
-        updated = created + timedelta(minutes=rng.randint(0, 600))
-        yield (order_id, email, amount, currency, status, created, updated)
 
 
 ORDERS_DAILY = Pipeline(

@@ -9,7 +9,6 @@ when the ledger itself is down does the sync stop, leaving the messages in their
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from etl.adapters.dead_letter_queues import (
     republish,
 )
 from etl.adapters.errors import is_transient
-from etl.adapters.ledger import ChunkNotFound, Ledger, RunNotFound
 from etl.adapters.topology import BrokerTls
 from etl.config import MAX_ETA_AHEAD_S, Settings
 from etl.domain.dead_letters import (
@@ -38,7 +36,10 @@ from etl.domain.dead_letters import (
     storable_headers,
     work_left_undone,
 )
+from etl.domain.errors import ChunkNotFound, RunNotFound
 from etl.domain.runs import RunState
+from etl.service.lifecycle import RunService
+from etl.service.ports import LedgerPort
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +64,18 @@ class DeadLetterService:
 
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: LedgerPort,
         broker_url: str,
-        retry_run: Callable[[str], Any],
+        runs: RunService,
         broker_ssl: BrokerTls = False,
         *,
         cert_store: str = "",
     ) -> None:
         self.ledger = ledger
         self.broker_url = broker_url
-        self.retry_run = retry_run
+        # Retries the run of a replayed message, and fails the run a parked message left
+        # undone: the run lifecycle counts it and admits the runs waiting behind it.
+        self.runs = runs
         self.broker_ssl = broker_ssl
         # With signing on, the workers run only bodies signed by a certificate in this
         # store; a dead letter is judged against the same store.
@@ -80,13 +83,13 @@ class DeadLetterService:
 
     @classmethod
     def for_settings(
-        cls, ledger: Ledger, settings: Settings, retry_run: Callable[[str], Any]
+        cls, ledger: LedgerPort, settings: Settings, runs: RunService
     ) -> DeadLetterService:
         """The service as the deployment is configured (broker, TLS, message signing)."""
         return cls(
             ledger,
             settings.broker_url,
-            retry_run,
+            runs,
             settings.broker_use_ssl,
             cert_store=settings.security_cert_store if settings.message_signing else "",
         )
@@ -188,7 +191,7 @@ class DeadLetterService:
             why = f"chunk {chunk_index} dead-lettered: {reason}"
         else:
             why = f"dead-lettered: {reason}"
-        self.ledger.fail_run(run_id, why)
+        self.runs.end_run(run_id, RunState.FAILED, why)
 
     def _ledger_error(self, verdict: Verdict) -> str | None:
         run_id, chunk_index = verdict.run_id, verdict.chunk_index
@@ -250,7 +253,7 @@ class DeadLetterService:
         return ReplayOutcome(letter.id, f"republished to {letter.queue}")
 
     def _retry_its_run(self, letter: DeadLetter, run_id: str) -> ReplayOutcome:
-        self.retry_run(run_id)
+        self.runs.retry_run(run_id)
         # The retry redoes every unfinished chunk: the run's other letters are handled.
         for sibling in self.ledger.list_dead_letters(run_id=run_id):
             self.ledger.mark_dead_letter(sibling.id, DeadLetterState.REPLAYED, replayed=True)

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from etl import metrics
-from etl.adapters.ledger import WatermarkMoved, now
-from etl.bootstrap import Services
-from etl.domain.chunks import PlanTooLarge, check_chunk_count, plan_chunks
+from etl.domain.chunks import check_chunk_count, plan_chunks
+from etl.domain.clock import utc_now
+from etl.domain.errors import PlanTooLarge, WatermarkMoved
 from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import build_manifest
 from etl.domain.runs import (
@@ -28,10 +28,11 @@ from etl.domain.runs import (
     commit_problems,
     part_result,
 )
-from etl.domain.windows import CursorWindow
+from etl.domain.windows import CursorWindow, RunWindow
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import FORMATS, make_writer
 from etl.pipelines import get_pipeline
+from etl.service.ports import RunPorts
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ChunkAttemptsExhausted(RuntimeError):
     """A chunk keeps being started and never finishes; a permanent error."""
 
 
-def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
+def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
     """Plan a queued run: fix its window, record its chunks, move it to running. A
     retried run, queued again with its plan, keeps that plan and window.
 
@@ -76,7 +77,6 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
         logger.info("resumed run %s: %d chunks planned before", run_id, len(chunks))
     elif run.state is RunState.PLANNING:
         source = services.source_for(pipeline)
-        window: dict[str, Any] = {"key_column": pipeline.source.key_column}
         cursor_window = None
         if pipeline.source.cursor_column is not None:
             # Fixed now, so every chunk reads the same window whenever it runs.
@@ -85,7 +85,6 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
                 low=ledger.watermark(pipeline.name),
                 high=source.cursor_upper_bound(pipeline.source.cursor_lag_s),
             )
-            window |= cursor_window.as_dict()
         key_min, key_max = source.key_bounds(cursor_window)
         chunk_size = pipeline.chunk_size_for(run.params)
         try:
@@ -99,10 +98,10 @@ def plan_run(services: Services, run_id: str) -> list[Chunk] | None:
         except PlanTooLarge as refused:
             # Counted from the key range: not one chunk of it is recorded or sent.
             logger.warning("run %s refused: %s", run_id, refused)
-            fail_run(services, run_id, f"plan refused: {refused}")
+            services.runs.end_run(run_id, RunState.FAILED, f"plan refused: {refused}")
             raise
         planned = plan_chunks(key_min, key_max, chunk_size)
-        window |= {"key_min": key_min, "key_max": key_max}
+        window = RunWindow(pipeline.source.key_column, key_min, key_max, cursor_window)
         chunks = ledger.record_plan(run_id, planned, window)
         ledger.move_run(run_id, RunState.RUNNING)
         logger.info(
@@ -125,7 +124,7 @@ class ChunkDispatch:
 
     def __init__(
         self,
-        services: Services,
+        services: RunPorts,
         run_id: str,
         chunks: list[Chunk],
         batch_size: int = DISPATCH_BATCH,
@@ -164,15 +163,19 @@ class ChunkDispatch:
             return None
 
 
-def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, Any] | None:
+def transform_chunk(services: RunPorts, run_id: str, index: int) -> dict[str, Any] | None:
     """Read a chunk's key range, transform it and write its part; returns the part's
-    key, rows, bytes and sha256. A chunk already done returns its recorded part."""
+    key, rows, bytes and sha256. A chunk already done returns its recorded part; a chunk
+    of a run that is not planning or running starts nothing and returns None."""
     ledger = services.ledger
     run = ledger.get_run(run_id)
-    if run.state is RunState.CANCELLED:
-        return None
     began = time.monotonic()
-    chunk = ledger.start_chunk(run_id, index)  # an attempt, unless it is done
+    # An attempt, unless the chunk is done; None once the run is no longer planning or
+    # running (failed, cancelled, queued again): then no new work and nothing counted.
+    chunk = ledger.start_chunk(run_id, index)
+    if chunk is None:
+        logger.info("run %s is not running: chunk %d not started", run_id, index)
+        return None
     if chunk.state is ChunkState.DONE:
         return chunk_result(chunk)
     if chunk.attempts > MAX_CHUNK_ATTEMPTS:
@@ -190,7 +193,7 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
         writer = make_writer(
             pipeline.output_format, spool, pipeline.schema, pipeline.compression_level
         )
-        window = CursorWindow.from_dict(run.window)
+        window = run.window.cursor if run.window else None
         if pipeline.columnar_transform is not None and source.copies_text:
             # The fast path: COPY's text in Arrow tables, no Python object per row.
             output_schema = arrow_schema(pipeline.schema)
@@ -215,21 +218,29 @@ def transform_chunk(services: Services, run_id: str, index: int) -> dict[str, An
         )
     if ledger.finish_chunk(
         run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected), etag=etag
-    ):  # counted once, by the delivery that recorded the chunk
+    ):  # counted once, by the delivery that recorded the chunk while its run was active
         rejected_rows = sum(rejected.values())
         metrics.ROWS_READ.labels(pipeline.name).inc(stats.rows + rejected_rows)
         metrics.ROWS_WRITTEN.labels(pipeline.name).inc(stats.rows)
         metrics.ROWS_REJECTED.labels(pipeline.name).inc(rejected_rows)
         metrics.CHUNK_DURATION.labels(pipeline.name).observe(time.monotonic() - began)
         return part_result(key, stats.rows, stats.bytes, stats.sha256)
-    # Another delivery recorded the chunk first and wins; both wrote the same bytes.
-    return chunk_result(ledger.get_chunk(run_id, index))
+    # Another delivery recorded the chunk first and wins (both wrote the same bytes), or
+    # the run ended meanwhile and the part is named by no manifest: the chunk goes back to
+    # pending (a retry of a failed run transforms it again), never left "running".
+    recorded = ledger.get_chunk(run_id, index)
+    if recorded.state is ChunkState.DONE:
+        return chunk_result(recorded)
+    ledger.release_chunk(run_id, index, "the run ended before this chunk's part was recorded")
+    logger.info("run %s ended while chunk %d was transformed: part not recorded", run_id, index)
+    return None
 
 
-def commit_run(services: Services, run_id: str) -> Run:
+def commit_run(services: RunPorts, run_id: str) -> Run:
     """Check every chunk is done exactly once and its part is in S3 as recorded, then
     write the manifest and ``_SUCCESS`` and mark the run succeeded. Otherwise the run is
-    failed with the reason; a run that already ended is returned as it is."""
+    failed with the reason (through the run lifecycle, as its success is counted); a run
+    that already ended is returned as it is."""
     ledger = services.ledger
     ledger.move_run(run_id, RunState.COMMITTING)
     run = ledger.get_run(run_id)
@@ -245,20 +256,22 @@ def commit_run(services: Services, run_id: str) -> Run:
         # Done, but its part is not as recorded: a retry must transform it again.
         for index, problem in bad_parts.items():
             ledger.invalidate_chunk(run_id, index, problem)
-    cursor_window = CursorWindow.from_dict(run.window)
+    cursor_window = run.window.cursor if run.window else None
     watermark = ledger.watermark(run.pipeline) if cursor_window else None
     if cursor_window is not None and watermark != cursor_window.low:
         # Committing would publish rows a later run has already published.
         problems.append(str(WatermarkMoved(run.pipeline, cursor_window.low, watermark)))
     if problems:
-        return fail_run(services, run_id, "commit refused: " + "; ".join(problems))
+        return services.runs.end_run(
+            run_id, RunState.FAILED, "commit refused: " + "; ".join(problems)
+        )
 
     manifest = build_manifest(
         run,
         chunks,
         output_format=pipeline.output_format,
         schema=pipeline.schema_document(),
-        created_at=now(),
+        created_at=utc_now(),
     )
     # The manifest goes first and _SUCCESS last: a reader that sees _SUCCESS can trust
     # the manifest, and one that sees neither knows the run is not complete.
@@ -267,11 +280,7 @@ def commit_run(services: Services, run_id: str) -> Run:
     try:
         succeeded = ledger.succeed_run(
             run,
-            watermark=(
-                None
-                if cursor_window is None
-                else (cursor_window.column, cursor_window.low, cursor_window.high)
-            ),
+            watermark=cursor_window,
             manifest_key=manifest_key(prefix),
             rows_written=manifest["total_rows"],
             rows_rejected=manifest["rejected_rows"],
@@ -279,7 +288,7 @@ def commit_run(services: Services, run_id: str) -> Run:
     except WatermarkMoved as moved:
         # Another run committed this window meanwhile: this one must not look committed.
         _withdraw(services, prefix)
-        return fail_run(services, run_id, f"commit refused: {moved}")
+        return services.runs.end_run(run_id, RunState.FAILED, f"commit refused: {moved}")
     if not succeeded and ledger.get_run(run_id).state is not RunState.SUCCEEDED:
         # Failed by another process while it committed (a twin delivery of the commit
         # giving up): S3 must agree with the ledger, so the markers go. (A twin delivery
@@ -290,31 +299,18 @@ def commit_run(services: Services, run_id: str) -> Run:
     )
     final = ledger.get_run(run_id)
     if succeeded:
-        metrics.RUNS_FINISHED.labels(run.pipeline, RunState.SUCCEEDED.value).inc()
-        if final.started_at and final.finished_at:
-            seconds = (final.finished_at - final.started_at).total_seconds()
-            metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
+        services.runs.run_succeeded(final)
     return final
 
 
-def fail_run(services: Services, run_id: str, reason: str) -> Run:
-    """Fail a run that has not ended, with the reason; counted once, by whichever
-    process moved it. Returns the run as it is now."""
-    if services.ledger.fail_run(run_id, reason):
-        failed = services.ledger.get_run(run_id)
-        metrics.RUNS_FINISHED.labels(failed.pipeline, RunState.FAILED.value).inc()
-        return failed
-    return services.ledger.get_run(run_id)
-
-
-def _withdraw(services: Services, prefix: str) -> None:
+def _withdraw(services: RunPorts, prefix: str) -> None:
     """Take back a run's _SUCCESS, then its manifest: readers trust neither any more."""
     services.parts.delete_keys([success_key(prefix)])
     services.parts.delete_keys([manifest_key(prefix)])
     logger.warning("withdrew the manifest and _SUCCESS under %s", prefix)
 
 
-def _part_problems(services: Services, chunks: list[Chunk], prefix: str) -> dict[int, str]:
+def _part_problems(services: RunPorts, chunks: list[Chunk], prefix: str) -> dict[int, str]:
     """Parts that are missing from S3 or differ from what the ledger recorded, by chunk.
 
     One listing of the run's prefix answers for every part whose ETag the ledger holds

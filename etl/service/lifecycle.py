@@ -1,50 +1,43 @@
-"""Starting runs and reading them back: what the API, the CLI and Beat call."""
+"""A run's life in one place: started, retried, cancelled, ended, and the runs waiting
+behind it admitted. What the API, the CLI, Beat and the worker's steps call.
+
+Every way a run ends goes through ``RunService``: ``end_runs`` (failed or cancelled) or
+``run_succeeded`` (after the commit recorded success). Each counts
+``etl_runs_finished_total`` once, by the call that moved the run, and then lets the runs
+waiting for the place it held start.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from etl.adapters.ledger import Ledger
-from etl.domain.backfills import Backfill, DatePlan, Reprocess, dates_between, plan_backfill
+from etl import metrics
 from etl.domain.dates import previous_day
+from etl.domain.errors import EnqueueFailed, RunNotCancellable, RunNotRetryable, UnknownPipeline
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.domain.schedules import logical_date_for
+from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.pipelines import get_pipeline
-from etl.worker.app import TASK_PLAN_RUN, EtlCelery
+from etl.service.ports import Enqueue, LedgerPort
 
 logger = logging.getLogger(__name__)
-
-# Sends a task by name with positional JSON arguments; raises if the broker refused it.
-Enqueue = Callable[[str, list[Any]], None]
-
-
-def celery_enqueue(app: EtlCelery) -> Enqueue:
-    """The Enqueue port on a Celery app: publish by task name, routed by the app."""
-
-    def enqueue(name: str, args: list[Any]) -> None:
-        app.send_task(name, args=args)
-
-    return enqueue
-
-
-class RunNotRetryable(RuntimeError):
-    """Only a failed run can be retried."""
-
-
-class RunNotCancellable(RuntimeError):
-    """A run that has ended cannot be cancelled."""
-
-
-class EnqueueFailed(RuntimeError):
-    """The run was recorded but its first task could not be sent; the run is failed."""
 
 
 # The reason of a run whose first task the broker refused (it never started).
 ENQUEUE_FAILED = "could not enqueue the plan task"
+# The ways a run ends other than by its commit.
+ENDINGS = frozenset({RunState.FAILED, RunState.CANCELLED})
+
+
+class Ending(NamedTuple):
+    """A run after ``end_runs``: ``moved`` when this call ended it (and counted it)."""
+
+    run: Run
+    moved: bool
 
 
 def _never_sent(run: Run) -> bool:
@@ -56,9 +49,9 @@ def _never_sent(run: Run) -> bool:
 
 
 class RunService:
-    """Creates runs in the ledger and sends their first task."""
+    """Creates runs in the ledger, sends their first task, and ends them."""
 
-    def __init__(self, ledger: Ledger, enqueue: Enqueue) -> None:
+    def __init__(self, ledger: LedgerPort, enqueue: Enqueue) -> None:
         self.ledger = ledger
         self.enqueue = enqueue
 
@@ -113,12 +106,7 @@ class RunService:
             run.trigger,
             extra={"run_id": run.id},
         )
-        try:
-            self.enqueue(TASK_PLAN_RUN, [run.id])
-        except Exception as exc:
-            reason = f"{ENQUEUE_FAILED}: {type(exc).__name__}: {exc}"
-            self.ledger.fail_run(run.id, reason)
-            raise EnqueueFailed(f"run {run.id} failed: {reason}") from exc
+        self._send_plan(run.id, ENQUEUE_FAILED)
         return run, True
 
     def retry_run(self, run_id: str) -> Run:
@@ -132,13 +120,18 @@ class RunService:
         reopened = self.ledger.reopen_run(run_id)
         if reopened is None:
             raise RunNotRetryable(f"run {run_id} is {run.state}; only a failed run can be retried")
+        self._send_plan(run_id, "could not enqueue the retry")
+        return reopened
+
+    def _send_plan(self, run_id: str, failure: str) -> None:
+        """Send a run's plan task; if the broker refuses it, the run is failed with
+        ``failure`` and the error, and EnqueueFailed raised."""
         try:
             self.enqueue(TASK_PLAN_RUN, [run_id])
         except Exception as exc:
-            reason = f"could not enqueue the retry: {type(exc).__name__}: {exc}"
-            self.ledger.fail_run(run_id, reason)
+            reason = f"{failure}: {type(exc).__name__}: {exc}"
+            self.end_run(run_id, RunState.FAILED, reason)
             raise EnqueueFailed(f"run {run_id} failed: {reason}") from exc
-        return reopened
 
     def cancel_run(self, run_id: str) -> Run:
         """Stop a run: chunks not yet started are skipped and nothing is committed.
@@ -146,82 +139,74 @@ class RunService:
         A chunk already transforming finishes its part, which no manifest will name.
         Raises RunNotFound or RunNotCancellable.
         """
-        if not self.ledger.move_run(run_id, RunState.CANCELLED, reason="cancelled by request"):
-            run = self.ledger.get_run(run_id)
-            if run.state is not RunState.CANCELLED:
-                raise RunNotCancellable(
-                    f"run {run_id} is {run.state} and can no longer be cancelled"
-                )
-        run = self.ledger.get_run(run_id)
-        dispatch_waiting_runs(self.ledger, self.enqueue, run.pipeline)
+        self.ledger.get_run(run_id)  # RunNotFound before anything is done
+        run = self.end_run(run_id, RunState.CANCELLED, "cancelled by request")
+        if run.state is not RunState.CANCELLED:
+            raise RunNotCancellable(f"run {run_id} is {run.state} and can no longer be cancelled")
         return run
 
-    def cancel_backfill(self, backfill_id: str) -> list[Run]:
-        """Cancel every run of a backfill that has not ended, the waiting ones first so
-        none of them is started meanwhile; returns the backfill's runs. Raises
-        BackfillNotFound."""
-        self.ledger.get_backfill(backfill_id)
-        runs = self.ledger.backfill_runs(backfill_id)
-        for run in sorted(runs, key=lambda r: r.state is not RunState.QUEUED):
-            if not run.is_terminal:
-                self.ledger.move_run(run.id, RunState.CANCELLED, reason="backfill cancelled")
-        # Places it held are free now: runs of the pipeline waiting for one get their plan.
-        for pipeline in {run.pipeline for run in runs}:
-            dispatch_waiting_runs(self.ledger, self.enqueue, pipeline)
-        return self.ledger.backfill_runs(backfill_id)
+    def end_run(self, run_id: str, state: RunState, reason: str) -> Run:
+        """Fail or cancel a run that has not ended (see ``end_runs``); returns the run
+        as it is now."""
+        return self.end_runs([run_id], state, reason)[0].run
 
-    def start_backfill(
-        self,
-        pipeline_name: str,
-        *,
-        start: date,
-        end: date,
-        max_active: int,
-        reprocess: Reprocess = Reprocess.NONE,
-        params: dict[str, Any] | None = None,
-        dry_run: bool = False,
-    ) -> tuple[Backfill | None, list[DatePlan]]:
-        """Start one run per logical date from ``start`` to ``end``, at most ``max_active``
-        of them active at once (the pipeline's own max_active_runs also holds).
+    def end_runs(self, run_ids: Iterable[str], state: RunState, reason: str) -> list[Ending]:
+        """Fail or cancel runs that have not ended, in the order given, with the reason.
 
-        Returns the backfill (None for a dry run or when every date is skipped) and what
-        was decided for each date. Raises UnknownPipeline, ValueError for a bad range,
-        pydantic.ValidationError for bad params, or EnqueueFailed (the backfill's runs
-        are failed then, so nothing is left half-started).
+        The one way a run ends other than by its commit: each run's move is conditional
+        (a run that already ended keeps its state), counted in ``etl_runs_finished_total``
+        by the call that made it, and afterwards the runs waiting for a place in those
+        runs' pipelines are admitted, once per pipeline.
         """
-        pipeline = get_pipeline(pipeline_name)
-        if max_active < 1:
-            raise ValueError(f"max_active must be at least 1, got {max_active}")
-        validated = pipeline.validate_params(params or {}).model_dump(
-            mode="json", exclude_none=True
-        )
-        dates = dates_between(start, end)
-        latest = self.ledger.latest_runs_by_date(pipeline.name, start, end)
-        plans = plan_backfill(dates, latest, reprocess)
-        to_run = [plan.logical_date for plan in plans if plan.run]
-        if dry_run or not to_run:
-            return None, plans
-        backfill, runs = self.ledger.create_backfill(
-            pipeline=pipeline.name,
-            start=start,
-            end=end,
-            max_active=max_active,
-            reprocess=reprocess.value,
-            params=validated,
-            dates=to_run,
-            planned_on={day: run.id for day, run in latest.items()},
-        )
-        try:
-            dispatch_waiting_runs(self.ledger, self.enqueue, pipeline.name)
-        except Exception as exc:
-            reason = f"could not enqueue the backfill: {type(exc).__name__}: {exc}"
-            for run in runs:
-                self.ledger.fail_run(run.id, reason)
-            raise EnqueueFailed(f"backfill {backfill.id} failed: {reason}") from exc
-        return backfill, plans
+        if state not in ENDINGS:
+            raise ValueError(f"a run is ended as failed or cancelled, not {state}")
+        endings = []
+        for run_id in run_ids:
+            if state is RunState.FAILED:
+                moved = self.ledger.fail_run(run_id, reason)
+            else:
+                moved = self.ledger.move_run(run_id, state, reason=reason[:2000])
+            run = self.ledger.get_run(run_id)
+            if moved:
+                metrics.RUNS_FINISHED.labels(run.pipeline, state.value).inc()
+                logger.info("run %s %s: %s", run_id, state.value, reason, extra={"run_id": run_id})
+            endings.append(Ending(run, moved))
+        # Admitted even when another process ended a run first: it may have died before
+        # admitting, and plan_run decides again under the lock, so a second send is safe.
+        self._admit_after_end({ending.run.pipeline for ending in endings})
+        return endings
+
+    def run_succeeded(self, run: Run) -> None:
+        """Count a run the commit has just recorded succeeded (by the call that recorded
+        it: once), and admit the runs waiting for its place."""
+        metrics.RUNS_FINISHED.labels(run.pipeline, RunState.SUCCEEDED.value).inc()
+        if run.started_at and run.finished_at:
+            seconds = (run.finished_at - run.started_at).total_seconds()
+            metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
+        self._admit_after_end({run.pipeline})
+
+    def admit_waiting(self, pipeline_name: str) -> list[str]:
+        """Send ``plan_run`` for the queued runs of a pipeline that have a free place
+        now; returns their ids. Raises if the broker refuses a send."""
+        return dispatch_waiting_runs(self.ledger, self.enqueue, pipeline_name)
+
+    def _admit_after_end(self, pipelines: Iterable[str]) -> None:
+        # "Let waiting runs start after one ends", the one place it is written. Best
+        # effort: the run has ended whatever happens here, and the reconciler sends the
+        # plan of a queued run with a free place every minute.
+        for pipeline in sorted(pipelines):
+            try:
+                started = self.admit_waiting(pipeline)
+            except UnknownPipeline:
+                continue  # removed from the code: nothing of it is admitted any more
+            except Exception:
+                logger.exception("could not start the runs of %s waiting for a place", pipeline)
+                continue
+            if started:
+                logger.info("a run of %s ended: sent plan for %d waiting", pipeline, len(started))
 
 
-def dispatch_waiting_runs(ledger: Ledger, enqueue: Enqueue, pipeline_name: str) -> list[str]:
+def dispatch_waiting_runs(ledger: LedgerPort, enqueue: Enqueue, pipeline_name: str) -> list[str]:
     """Send ``plan_run`` for the queued runs of a pipeline that now have a free place
     (after a run ended, or when a backfill starts); returns their ids."""
     pipeline = get_pipeline(pipeline_name)
@@ -232,7 +217,7 @@ def dispatch_waiting_runs(ledger: Ledger, enqueue: Enqueue, pipeline_name: str) 
 
 
 def wait_for_run(
-    ledger: Ledger,
+    ledger: LedgerPort,
     run_id: str,
     *,
     timeout_s: float,

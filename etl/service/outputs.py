@@ -1,6 +1,6 @@
 """Reading a pipeline's output from S3 alone, trusting only what the manifest vouches for.
 
-    reader = RunReader.from_settings(load_settings())
+    reader = build_run_reader(load_settings())   # etl.bootstrap
     run = reader.latest("orders_daily")          # the newest committed run
     for row in reader.rows(run):                 # each part checked before its rows
         ...
@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import IO, Any
 
-from etl.adapters.s3 import S3PartWriter, make_s3_client
-from etl.config import Settings
 from etl.domain.layout import pipeline_prefix
 from etl.domain.outputs import (
     Manifest,
@@ -37,6 +35,7 @@ from etl.domain.outputs import (
     part_problems,
 )
 from etl.formats.encoding import FORMATS, read_part
+from etl.service.ports import PartStore
 
 READABLE_FORMATS = frozenset(FORMATS)
 PART_SPOOL_BYTES = 32 * 1024 * 1024
@@ -106,15 +105,9 @@ class Verification:
 class RunReader:
     """Lists, resolves and reads the runs under ``<prefix>/<output path>/`` in one bucket."""
 
-    def __init__(self, store: S3PartWriter, prefix: str) -> None:
+    def __init__(self, store: PartStore, prefix: str) -> None:
         self.store = store
         self.prefix = prefix
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RunReader:
-        """A reader of ``ETL_S3_BUCKET`` under ``ETL_S3_PREFIX``."""
-        client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
-        return cls(S3PartWriter(client, settings.s3_bucket), settings.s3_prefix)
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key``."""

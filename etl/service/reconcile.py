@@ -3,19 +3,41 @@ deadline, from the ledger alone (losing the result backend never loses a run).""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from etl import metrics
-from etl.adapters.ledger import Ledger
 from etl.domain.runs import ChunkState, RunState
+from etl.domain.task_messages import TASK_COMMIT_RUN, TASK_PLAN_RUN
 from etl.pipelines import UnknownPipeline, get_pipeline
-from etl.service.lifecycle import Enqueue
-from etl.worker.app import TASK_COMMIT_RUN, TASK_PLAN_RUN
+from etl.service.dead_letters import DeadLetterService
+from etl.service.lifecycle import RunService
 
 
-def reconcile(
-    ledger: Ledger, enqueue: Enqueue, *, now: datetime, stale_after_s: int, deadline_s: int
-) -> list[str]:
+@dataclass(frozen=True)
+class Reconciled:
+    """What one pass did: dead letters recorded, and one line per run acted on."""
+
+    dead_letters_recorded: int
+    actions: list[str]
+
+
+def sync_and_reconcile(
+    dead_letters: DeadLetterService,
+    runs: RunService,
+    *,
+    now: datetime,
+    stale_after_s: int,
+    deadline_s: int,
+) -> Reconciled:
+    """One pass of the reconciler (the periodic task and ``etl reconcile``): record
+    what the dead-letter queues hold first, so the runs their messages left undone are
+    failed by it with the reason, then finish or fail the runs still stuck."""
+    recorded = dead_letters.sync()
+    actions = reconcile(runs, now=now, stale_after_s=stale_after_s, deadline_s=deadline_s)
+    return Reconciled(recorded, actions)
+
+
+def reconcile(runs: RunService, *, now: datetime, stale_after_s: int, deadline_s: int) -> list[str]:
     """Look at every unfinished run once; returns what was done, one line each.
 
     - past its deadline: failed, with the number of chunks that did not finish (a run
@@ -30,6 +52,7 @@ def reconcile(
     - queued for that long with a free place (see ``max_active_runs``): plan_run again.
     Sending again is safe: every step skips what the ledger shows as done.
     """
+    ledger, enqueue = runs.ledger, runs.enqueue
     actions = []
     stale = timedelta(seconds=stale_after_s)
     for run in ledger.active_runs():
@@ -45,8 +68,8 @@ def reconcile(
             reason = f"deadline exceeded: still {run.state} after {deadline_s} s" + (
                 f" with {unfinished} chunks unfinished" if run.chunk_count else ""
             )
-            if ledger.fail_run(run.id, reason):
-                metrics.RUNS_FINISHED.labels(run.pipeline, RunState.FAILED.value).inc()
+            [ending] = runs.end_runs([run.id], RunState.FAILED, reason)
+            if ending.moved:
                 actions.append(f"failed run {run.id}: {reason}")
             continue
         if idle < stale:

@@ -9,9 +9,8 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer import Consumer
-from kombu import compression
-from kombu.serialization import prepare_accept_content
 
+from etl.adapters.broker_client import accepted_content_types, never_inflate_bodies
 from etl.adapters.topology import (
     COMMIT_QUEUE,
     PLAN_QUEUE,
@@ -40,6 +39,7 @@ __all__ = [
     "TASK_START_SCHEDULED_RUN",
     "TASK_TRANSFORM_CHUNK",
     "EtlCelery",
+    "celery_enqueue",
     "make_celery",
 ]
 
@@ -87,12 +87,12 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _never_inflate_bodies()
+        never_inflate_bodies()
         super().__init__(*args, **kwargs)
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         celery_handler = super().create_task_handler(*args, **kwargs)
-        accepted_types = prepare_accept_content(self.app.conf.accept_content)
+        accepted_types = accepted_content_types(self.app.conf.accept_content)
         json_bodies = accepted_types == {"application/json"}
 
         def on_task_received(message: Any) -> Any:
@@ -126,20 +126,6 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         self._refuse(message, f"it cannot be decoded: {exc!r}")
 
 
-def _never_inflate_bodies() -> None:
-    # kombu inflates the body of a message with a 'compression' header while it builds
-    # the Message, before any code of ours sees it: 200 kB of zlib became 200 MB in every
-    # worker it reached. We never compress, so a worker's kombu decompresses nothing; the
-    # check then refuses the message by its header.
-    for content_type in compression.encoders():
-        encoder, _ = compression.get_encoder(content_type)
-        compression.register(encoder, _refuse_to_inflate, content_type)
-
-
-def _refuse_to_inflate(body: bytes) -> bytes:
-    raise ValueError("compressed task messages are refused")
-
-
 def _check_message(message: Any, accepted_types: set[str], json_bodies: bool) -> None:
     headers = message.headers
     check_headers(
@@ -159,6 +145,16 @@ def _check_message(message: Any, accepted_types: set[str], json_bodies: bool) ->
         if isinstance(body, str):  # kombu hands some transports' bodies back as text
             body = body.encode(message.content_encoding or "utf-8")
         check_json_body(headers["task"], bytes(body))
+
+
+def celery_enqueue(app: EtlCelery) -> Callable[[str, list[Any]], None]:
+    """The service layer's Enqueue port on a Celery app: publish a task by name with
+    positional JSON arguments, routed by the app; raises if the broker refused it."""
+
+    def enqueue(name: str, args: list[Any]) -> None:
+        app.send_task(name, args=args)
+
+    return enqueue
 
 
 def make_celery(settings: Settings) -> EtlCelery:

@@ -1,15 +1,17 @@
 """Celery tasks: check the arguments, call a step, decide retry or dead-letter.
 
-Task bodies stay thin; the work is in ``etl.service.execution``. Each task gets its adapters from a
-per-process ``Services``, built lazily in the pool process (after fork) so no database
-connection or S3 client is ever shared between processes.
+Task bodies stay thin; the work is in ``etl.service``. Each task gets its adapters and
+services from a per-process ``Services``, built lazily in the pool process (after fork)
+so no database connection or S3 client is ever shared between processes. A task that
+gives up ends its run through the run lifecycle (``give_up``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypedDict
 
 from celery import Task, chord, current_app, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
@@ -17,18 +19,16 @@ from celery.signals import worker_process_init, worker_process_shutdown
 
 from etl import metrics
 from etl.adapters.errors import is_transient
-from etl.adapters.ledger import ChunkNotFound, RunNotFound, now
 from etl.bootstrap import Services, build_services
 from etl.config import MAX_RETRY_BACKOFF_S
-from etl.domain.chunks import PlanTooLarge
+from etl.domain.clock import utc_now
 from etl.domain.dates import parse_logical_date
+from etl.domain.errors import ChunkNotFound, PlanTooLarge, RunNotFound
 from etl.domain.retry import backoff_seconds
-from etl.domain.runs import Trigger
+from etl.domain.runs import RunState, Trigger
 from etl.domain.task_messages import InvalidTaskMessage, check_arguments
 from etl.service import execution as steps
-from etl.service.dead_letters import DeadLetterService
-from etl.service.lifecycle import RunService, celery_enqueue, dispatch_waiting_runs
-from etl.service.reconcile import reconcile
+from etl.service.reconcile import sync_and_reconcile
 from etl.worker.app import (
     TASK_COMMIT_RUN,
     TASK_PLAN_RUN,
@@ -36,6 +36,7 @@ from etl.worker.app import (
     TASK_START_SCHEDULED_RUN,
     TASK_TRANSFORM_CHUNK,
     EtlCelery,
+    celery_enqueue,
 )
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def services(task: Task) -> Services:
 def _services_for(app: EtlCelery) -> Services:
     key = (os.getpid(), id(app))
     if key not in _services:
-        _services[key] = build_services(app.settings, migrate=False)
+        # The ledger was migrated when the worker started; tasks are sent through this app.
+        _services[key] = build_services(app.settings, migrate=False, enqueue=celery_enqueue(app))
     return _services[key]
 
 
@@ -78,7 +80,36 @@ def _start_pool_process(**_: Any) -> None:
         _services_for(app)
 
 
-def _check_arguments(task: Task, *args: Any) -> None:
+class PlanResult(TypedDict):
+    """What plan_run returns: how many chunk messages it sent."""
+
+    run_id: str
+    dispatched: int
+
+
+class CommitResult(TypedDict):
+    """What commit_run returns: the run's state after it."""
+
+    run_id: str
+    state: str
+    manifest_key: str | None
+
+
+class ScheduledRunResult(TypedDict):
+    """What start_scheduled_run returns: the run, and whether this call created it."""
+
+    run_id: str
+    created: bool
+
+
+class ReconcileResult(TypedDict):
+    """What the reconcile task returns: dead letters recorded, runs acted on."""
+
+    dead_letters_recorded: int
+    actions: list[str]
+
+
+def _check_arguments(task: Task, *args: object) -> None:
     # The consumer checked a JSON message before it got here; a signed one is checked only
     # now, after its signature. A wrong argument is permanent: dead-letter it.
     try:
@@ -87,7 +118,15 @@ def _check_arguments(task: Task, *args: Any) -> None:
         raise Reject(str(exc), requeue=False) from exc
 
 
-def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoReturn:
+def give_up(svc: Services, run_id: str, why: str, chunk_index: int | None = None) -> None:
+    """A task gave up on its run: the chunk (if one) is failed, then the run, through
+    the lifecycle (counted once, and the runs waiting for its place admitted)."""
+    if chunk_index is not None:
+        svc.ledger.fail_chunk(run_id, chunk_index, why)
+    svc.runs.end_run(run_id, RunState.FAILED, why)
+
+
+def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Callable[[str], None]) -> NoReturn:
     """Retry transient errors with backoff; otherwise record the failure and send the
     message to the dead-letter exchange (never acknowledge it silently)."""
     description = f"{type(exc).__name__}: {exc}"
@@ -119,7 +158,7 @@ def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Any) -> NoRetur
 
 
 @shared_task(name=TASK_PLAN_RUN, bind=True)
-def plan_run(self: Task, run_id: str) -> dict[str, Any]:
+def plan_run(self: Task, run_id: str) -> PlanResult:
     """Plan a run and dispatch its chunks as a chord whose callback commits the run."""
     _check_arguments(self, run_id)
     svc = services(self)
@@ -128,17 +167,11 @@ def plan_run(self: Task, run_id: str) -> dict[str, Any]:
     except RunNotFound as exc:
         raise Reject(str(exc), requeue=False) from exc
     except PlanTooLarge:
-        # The step failed the run with the reason, and recorded nothing else: a refusal
-        # to act on, not a message to dead-letter. The run's place is free again.
-        _admit_waiting(self, svc, run_id)
+        # The step ended the run with the reason, and recorded nothing else: a refusal
+        # to act on, not a message to dead-letter.
         return {"run_id": run_id, "dispatched": 0}
     except Exception as exc:
-
-        def give_up(why: str) -> None:
-            steps.fail_run(svc, run_id, f"planning failed: {why}")
-            _admit_waiting(self, svc, run_id)
-
-        _retry_or_reject(self, exc, give_up)
+        _retry_or_reject(self, exc, lambda why: give_up(svc, run_id, f"planning failed: {why}"))
     if pending is None:
         return {"run_id": run_id, "dispatched": 0}
     commit = self.app.signature(TASK_COMMIT_RUN, args=[run_id], immutable=True)
@@ -170,17 +203,15 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
     except (RunNotFound, ChunkNotFound) as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
-
-        def give_up(why: str) -> None:
-            svc.ledger.fail_chunk(run_id, chunk_index, why)
-            steps.fail_run(svc, run_id, f"chunk {chunk_index} failed: {why}")
-            _admit_waiting(self, svc, run_id)
-
-        _retry_or_reject(self, exc, give_up)
+        _retry_or_reject(
+            self,
+            exc,
+            lambda why: give_up(svc, run_id, f"chunk {chunk_index} failed: {why}", chunk_index),
+        )
 
 
 @shared_task(name=TASK_COMMIT_RUN, bind=True, ignore_result=True)
-def commit_run(self: Task, run_id: str) -> dict[str, Any]:
+def commit_run(self: Task, run_id: str) -> CommitResult:
     """Commit a run whose chunks are all done: manifest, then _SUCCESS."""
     _check_arguments(self, run_id)
     svc = services(self)
@@ -189,33 +220,14 @@ def commit_run(self: Task, run_id: str) -> dict[str, Any]:
     except RunNotFound as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
-
-        def give_up(why: str) -> None:
-            steps.fail_run(svc, run_id, f"commit failed: {why}")
-            _admit_waiting(self, svc, run_id)
-
-        _retry_or_reject(self, exc, give_up)
-    _admit_waiting(self, svc, run_id)
+        _retry_or_reject(self, exc, lambda why: give_up(svc, run_id, f"commit failed: {why}"))
     return {"run_id": run_id, "state": run.state.value, "manifest_key": run.manifest_key}
-
-
-def _admit_waiting(task: Task, svc: Services, run_id: str) -> None:
-    # A run ended: runs of its pipeline waiting for a place may start. Best effort; the
-    # reconciler does the same every minute.
-    try:
-        pipeline = svc.ledger.get_run(run_id).pipeline
-        started = dispatch_waiting_runs(svc.ledger, celery_enqueue(task.app), pipeline)
-    except Exception:
-        logger.exception("could not start the runs waiting after run %s", run_id)
-        return
-    if started:
-        logger.info("run %s ended: sent plan for %d waiting runs", run_id, len(started))
 
 
 @shared_task(name=TASK_START_SCHEDULED_RUN, bind=True, ignore_result=True)
 def start_scheduled_run(
     self: Task, pipeline: str, logical_date: str | None = None
-) -> dict[str, Any]:
+) -> ScheduledRunResult:
     """Beat's entry: start the run of a pipeline for the logical date of a schedule slot
     (a duplicate dispatch finds the existing run)."""
     _check_arguments(self, pipeline, logical_date)
@@ -226,7 +238,7 @@ def start_scheduled_run(
             raise Reject(str(exc), requeue=False) from exc
     svc = services(self)
     try:
-        run, created = RunService(svc.ledger, celery_enqueue(self.app)).start_run(
+        run, created = svc.runs.start_run(
             pipeline, logical_date=day if logical_date else None, trigger=Trigger.SCHEDULE
         )
     except Exception as exc:
@@ -235,19 +247,17 @@ def start_scheduled_run(
 
 
 @shared_task(name=TASK_RECONCILE, bind=True, ignore_result=True)
-def reconcile_runs(self: Task) -> dict[str, Any]:
+def reconcile_runs(self: Task) -> ReconcileResult:
     """Periodic (Beat, every minute): record dead letters, finish or fail stuck runs."""
     svc = services(self)
     settings = self.app.settings
-    run_service = RunService(svc.ledger, celery_enqueue(self.app))
-    recorded = DeadLetterService.for_settings(svc.ledger, settings, run_service.retry_run).sync()
-    actions = reconcile(
-        svc.ledger,
-        celery_enqueue(self.app),
-        now=now(),
+    done = sync_and_reconcile(
+        svc.dead_letters,
+        svc.runs,
+        now=utc_now(),
         stale_after_s=settings.reconcile_stale_s,
         deadline_s=settings.run_deadline_s,
     )
-    for action in actions:
+    for action in done.actions:
         logger.warning("reconciler: %s", action)
-    return {"dead_letters_recorded": recorded, "actions": actions}
+    return {"dead_letters_recorded": done.dead_letters_recorded, "actions": done.actions}

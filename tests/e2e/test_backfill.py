@@ -4,21 +4,19 @@ what succeeded."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from datetime import date, timedelta
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
-from etl.config import Settings, settings_env
-from etl.demo import seed_orders
+from etl.config import Settings
 from etl.domain.runs import Run, RunState, Trigger
 
-from support import ChildProcess, assert_run_output_matches_source
+from support import ChildProcess, assert_run_output_matches_source, run_etl
 
 pytestmark = pytest.mark.e2e
 
@@ -28,13 +26,7 @@ START, DAYS = date(2025, 3, 1), 6
 def backfill(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     argv = ["backfill", "orders_daily", "--start", str(START)]
     argv += ["--end", str(START + timedelta(days=DAYS - 1)), *args]
-    return subprocess.run(
-        [sys.executable, "-m", "etl", *argv],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_etl(settings, *argv, timeout_s=300)
 
 
 def most_active_at_once(runs: list[Run]) -> int:

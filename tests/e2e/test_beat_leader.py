@@ -18,14 +18,15 @@ from sqlalchemy import select
 
 from etl.adapters.ledger import runs_table
 from etl.adapters.ledger.beat import BeatState
+from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import PLAN_QUEUE, queue_stats
 from etl.bootstrap import Services, build_services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
 from etl.service.lifecycle import wait_for_run
 from etl.worker.app import TASK_START_SCHEDULED_RUN
 
+from builders import beat_ticks
 from support import ChildProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -73,8 +74,10 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
     beats = {name: start(name, ["beat"], beat_settings, tmp_path) for name in ("beat-a", "beat-b")}
     try:
         worker.wait_for_log("ready.")
-        wait_until(lambda: len(state.ticks(ENTRY)) >= 4, timeout_s=60, what="four slots sent")
-        leader_holder = state.ticks(ENTRY)[-1].dispatched_by
+        wait_until(
+            lambda: len(beat_ticks(state.engine, ENTRY)) >= 4, timeout_s=60, what="four slots sent"
+        )
+        leader_holder = beat_ticks(state.engine, ENTRY)[-1].dispatched_by
         leader_pid = int(leader_holder.rsplit(":", 1)[1])
         [leader_name] = [n for n, b in beats.items() if b.process.pid == leader_pid]
         [follower_name] = [n for n in beats if n != leader_name]
@@ -86,7 +89,9 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
         follower.wait_for_log("is now the leader", timeout_s=30)
         takeover_s = time.monotonic() - killed_at
         wait_until(
-            lambda: sum(t.dispatched_by != leader_holder for t in state.ticks(ENTRY)) >= 3,
+            lambda: (
+                sum(t.dispatched_by != leader_holder for t in beat_ticks(state.engine, ENTRY)) >= 3
+            ),
             timeout_s=60,
             what="three slots sent by the new leader",
         )
@@ -95,7 +100,7 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
         for beat in beats.values():
             beat.stop()
 
-    ticks = state.ticks(ENTRY)
+    ticks = beat_ticks(state.engine, ENTRY)
     # Each recorded slot reached the worker once, from whichever Beat sent it: count
     # the messages it received once nothing is left in its queue.
     wait_until(

@@ -16,9 +16,9 @@ from pydantic import SecretStr
 from werkzeug.serving import make_server
 
 from api import create_app
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import RunState, Trigger
 from etl.service import execution as steps
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import TASK_RECONCILE, make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import TASK_RECONCILE, celery_enqueue, make_celery
 
 from deploy_support import ImportedDefinitions, interpolate, load_compose
 from support import ChildProcess, assert_run_output_matches_source, wait_until

@@ -7,38 +7,48 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from fault_pipelines import COLUMNAR_TABLES, SLOW_COPY_VIEW, SLOW_COPY_VIEW_SQL
 from kombu import Connection
 from sqlalchemy import text
 
 from api import create_app
+from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE
 from etl.bootstrap import Services, build_services
-from etl.config import Settings, settings_env
-from etl.demo import seed_orders
+from etl.config import Settings
+from etl.domain.dead_letters import DeadLetter
 from etl.domain.layout import run_prefix
-from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
 from etl.pipelines import get_pipeline
-from etl.service.dead_letters import DeadLetterService
 from etl.service.execution import plan_run
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import TASK_COMMIT_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import (
+    TASK_COMMIT_RUN,
+    TASK_TRANSFORM_CHUNK,
+    EtlCelery,
+    celery_enqueue,
+    make_celery,
+)
 
+from builders import keys_under
 from support import (
     API_TOKEN,
     SESSION_TAG,
     ChildProcess,
     RabbitMQNode,
     assert_run_output_matches_source,
+    queue_depth,
     rabbitmqctl,
+    run_etl,
     scratch_rabbitmq_node,
     scratch_redis_db,
     scratch_vhost,
@@ -138,11 +148,38 @@ def start_worker(
         worker.stop()
 
 
-def start(services: Services, app: EtlCelery, pipeline: str, chunk_size: int) -> Run:
-    run, _ = RunService(services.ledger, celery_enqueue(app)).start_run(
-        pipeline, logical_date=date(2026, 9, 1), params={"chunk_size": chunk_size}
-    )
-    return run
+@dataclass(frozen=True)
+class FaultRig:
+    """What a fault test works with: this module's services and settings (the fault
+    pipelines, a Redis database of its own), the session's vhost, a Celery app on it,
+    the directory the fault pipelines read their switches from, and ``start_worker``."""
+
+    services: Services
+    settings: Settings
+    vhost: str
+    app: EtlCelery
+    faults_dir: Path
+    start_worker: Callable[..., ChildProcess]
+
+    def start(self, pipeline: str, chunk_size: int, *, app: EtlCelery | None = None) -> Run:
+        """Start a run of ``pipeline`` for 2026-09-01, its chunks sent through ``app``."""
+        enqueue = celery_enqueue(app or self.app)
+        run, _ = RunService(self.services.ledger, enqueue).start_run(
+            pipeline, logical_date=date(2026, 9, 1), params={"chunk_size": chunk_size}
+        )
+        return run
+
+
+@pytest.fixture
+def rig(
+    fault_services: Services,
+    fault_settings: Settings,
+    rabbitmq_vhost: str,
+    app: EtlCelery,
+    faults_dir: Path,
+    start_worker: Callable[..., ChildProcess],
+) -> FaultRig:
+    return FaultRig(fault_services, fault_settings, rabbitmq_vhost, app, faults_dir, start_worker)
 
 
 def running_chunks(services: Services, run_id: str) -> int:
@@ -151,6 +188,91 @@ def running_chunks(services: Services, run_id: str) -> int:
 
 def max_attempts(services: Services, run_id: str) -> int:
     return max(chunk.attempts for chunk in services.ledger.get_chunks(run_id))
+
+
+def wait_running(services: Services, run_id: str, at_least: int = 1) -> None:
+    """Wait until at least ``at_least`` of the run's chunks are running."""
+    wait_until(
+        lambda: running_chunks(services, run_id) >= at_least,
+        timeout_s=60,
+        what=f"{at_least} chunk(s) of run {run_id} running",
+    )
+
+
+def wait_settled(services: Services, run: Run) -> list[Chunk]:
+    """Wait until no chunk of an ended run is running (those in flight when it ended
+    finished or were put back); check none started after the run ended. Its chunks."""
+    wait_until(
+        lambda: running_chunks(services, run.id) == 0,
+        timeout_s=60,
+        what=f"no chunk of run {run.id} running",
+    )
+    chunks = services.ledger.get_chunks(run.id)
+    assert run.finished_at is not None
+    late = [c.index for c in chunks if c.started_at and c.started_at > run.finished_at]
+    assert late == [], f"chunks started after the run ended: {late}"
+    return chunks
+
+
+def wait_done(services: Services, run_id: str, count: int, *, timeout_s: float = 60) -> None:
+    """Wait until exactly ``count`` of the run's chunks are done."""
+    wait_until(
+        lambda: services.ledger.chunk_counts(run_id)[ChunkState.DONE] == count,
+        timeout_s=timeout_s,
+        what=f"{count} chunk(s) of run {run_id} done",
+    )
+
+
+def assert_succeeds(services: Services, run_id: str, *, timeout_s: float) -> dict[str, Any]:
+    """Wait for the run to end: it succeeded and its output is the whole transformed
+    source (no row lost or doubled). Returns its manifest."""
+    final = wait_for_run(services.ledger, run_id, timeout_s=timeout_s)
+    assert final.state is RunState.SUCCEEDED, final.reason
+    return assert_run_output_matches_source(services, final)
+
+
+def assert_unpublished(services: Services, pipeline: str, run: Run) -> None:
+    """Readers see nothing of the run: no manifest, no _SUCCESS under its prefix."""
+    prefix = run_prefix(services.settings.s3_prefix, pipeline, run.logical_date, run.id)
+    keys = keys_under(services.parts, prefix)
+    assert not any(key.endswith(("_manifest.json", "_SUCCESS")) for key in keys), keys
+
+
+def wait_for_dead_letters(services: Services, run_id: str) -> list[DeadLetter]:
+    """The run's dead letters, once the ledger has recorded at least one."""
+    letters: list[DeadLetter] = wait_until(
+        lambda: services.dead_letters.list_letters(run_id=run_id),
+        timeout_s=30,
+        what=f"a dead letter of run {run_id} in the ledger",
+    )
+    return letters
+
+
+def reconcile_when_idle(services: Services, settings: Settings, run_id: str, said: str) -> None:
+    """Once the run has been idle longer than the reconciler's stale time (1 s here),
+    `etl reconcile` succeeds and says ``said``."""
+    wait_until(
+        lambda: datetime.now(UTC) - services.ledger.last_activity(run_id) > timedelta(seconds=2),
+        timeout_s=30,
+        what="the run idle for longer than the reconciler's stale time",
+    )
+    reconciled = _etl(settings, "reconcile", ETL_RECONCILE_STALE_S="1")
+    assert reconciled.returncode == 0, reconciled.stderr
+    assert said in reconciled.stdout, reconciled.stdout
+
+
+def _etl(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`etl <args>` in a subprocess that can load the fault pipelines; its outcome."""
+    return run_etl(settings, *args, PYTHONPATH=str(TESTS_DIR), **env)
+
+
+def waitqueue_depth(vhost: str, queue: str, depth: int, *, timeout_s: float = 60) -> None:
+    """Wait until ``queue`` holds ``depth`` messages."""
+    wait_until(
+        lambda: queue_depth(vhost, queue) == depth,
+        timeout_s=timeout_s,
+        what=f"{depth} message(s) in {queue}",
+    )
 
 
 # A fault marked so runs on both read paths: the row path (a server-side cursor and the
@@ -174,44 +296,26 @@ def assert_read_path(faults_dir: Path, pipeline: str) -> None:
 
 @ON_BOTH_PATHS
 def test_sigkill_of_a_worker_process_group_mid_chunk_loses_and_doubles_nothing(
-    fault_services: Services,
-    app: EtlCelery,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-    pipeline: str,
+    rig: FaultRig, pipeline: str
 ) -> None:
-    victim = start_worker(concurrency=1)
-    start_worker(concurrency=1)
-    run = start(fault_services, app, pipeline, 2_500)
-    wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 2,
-        timeout_s=60,
-        what="both workers mid-chunk",
-    )
+    victim = rig.start_worker(concurrency=1)
+    rig.start_worker(concurrency=1)
+    run = rig.start(pipeline, 2_500)
+    wait_running(rig.services, run.id, at_least=2)  # both workers mid-chunk
 
     os.killpg(victim.process.pid, signal.SIGKILL)
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert max_attempts(fault_services, run.id) == 2  # the killed chunk ran again elsewhere
-    assert_read_path(faults_dir, pipeline)
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=120)
+    assert max_attempts(rig.services, run.id) == 2  # the killed chunk ran again elsewhere
+    assert_read_path(rig.faults_dir, pipeline)
 
 
 @ON_BOTH_PATHS
-def test_sigkill_of_one_pool_child_redelivers_its_chunk(
-    fault_services: Services,
-    app: EtlCelery,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-    pipeline: str,
-) -> None:
-    worker = start_worker(concurrency=2)
-    run = start(fault_services, app, pipeline, 2_500)
+def test_sigkill_of_one_pool_child_redelivers_its_chunk(rig: FaultRig, pipeline: str) -> None:
+    worker = rig.start_worker(concurrency=2)
+    run = rig.start(pipeline, 2_500)
     # Both pool processes busy, so the one killed is surely mid-chunk.
-    wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 2, timeout_s=60, what="two chunks running"
-    )
+    wait_running(rig.services, run.id, at_least=2)
     children = subprocess.run(
         ["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True, check=True
     ).stdout.split()
@@ -219,70 +323,46 @@ def test_sigkill_of_one_pool_child_redelivers_its_chunk(
 
     os.kill(int(children[0]), signal.SIGKILL)
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
+    assert_succeeds(rig.services, run.id, timeout_s=120)
     assert worker.alive()
-    assert_read_path(faults_dir, pipeline)
-    assert_run_output_matches_source(fault_services, final)
+    assert_read_path(rig.faults_dir, pipeline)
     # The killed child's chunk was delivered again and finished on the second attempt.
-    attempts = sorted(c.attempts for c in fault_services.ledger.get_chunks(run.id))
+    attempts = sorted(c.attempts for c in rig.services.ledger.get_chunks(run.id))
     assert attempts[-1] == 2 and attempts[:-1] == [1] * (len(attempts) - 1), attempts
 
 
-def test_a_poison_chunk_is_dead_lettered_and_fails_the_run_naming_it(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2, ETL_TEST_POISON_KEY="7777")
-    run = start(fault_services, app, "poison_orders", 2_500)  # key 7777 is in chunk 3
+def test_a_poison_chunk_is_dead_lettered_and_fails_the_run_naming_it(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2, ETL_TEST_POISON_KEY="7777")
+    run = rig.start("poison_orders", 2_500)  # key 7777 is in chunk 3
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
+    final = wait_for_run(rig.services.ledger, run.id, timeout_s=120)
     assert final.state is RunState.FAILED
     assert (
         final.reason is not None
         and "chunk 3 failed" in final.reason
         and "poison row 7777" in final.reason
     )
-    # The other chunks were all done; only the poison one failed, after one attempt.
-    wait_until(
-        lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] == 7,
-        timeout_s=60,
-        what="other chunks",
-    )
-    poisoned = fault_services.ledger.get_chunk(run.id, 3)
+    # Only the poison chunk failed, after one attempt; the chunks started before the run
+    # failed were done (or put back if still in flight), and none started after it.
+    chunks = wait_settled(rig.services, final)
+    poisoned = rig.services.ledger.get_chunk(run.id, 3)
     assert poisoned.state is ChunkState.FAILED and poisoned.attempts == 1
-    prefix = run_prefix(fault_settings.s3_prefix, "poison_orders", final.logical_date, run.id)
-    assert not any(
-        key.endswith(("_manifest.json", "_SUCCESS"))
-        for key in fault_services.parts.list_keys(prefix)
-    )
+    assert [c.index for c in chunks if c.state is ChunkState.FAILED] == [3]
+    assert_unpublished(rig.services, "poison_orders", final)
 
-    dead_letters = DeadLetterService(
-        fault_services.ledger, fault_settings.broker_url, lambda run_id: None
-    )
-    letters = wait_until(
-        lambda: dead_letters.list_letters(run_id=run.id),
-        timeout_s=30,
-        what="the dead letter in the ledger",
-    )
+    letters = wait_for_dead_letters(rig.services, run.id)
     assert [(x.task, x.chunk_index, x.queue) for x in letters] == [
         ("etl.transform_chunk", 3, "etl.transform")
     ]
     assert "poison row 7777" in letters[0].reason and letters[0].death_reason == "rejected"
 
     # The CLI shows it with its reason, and exits 0.
-    listed = subprocess.run(
-        [sys.executable, "-m", "etl", "dlq", "list", "--run", run.id],
-        env={**os.environ, **settings_env(fault_settings), "PYTHONPATH": str(TESTS_DIR)},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    listed = _etl(rig.settings, "dlq", "list", "--run", run.id)
     assert listed.returncode == 0, listed.stderr
     assert "etl.transform_chunk" in listed.stdout and "poison row 7777" in listed.stdout
 
     # And so does the API.
-    client = create_app(fault_settings).test_client()
+    client = create_app(rig.settings).test_client()
     token = {"Authorization": f"Bearer {API_TOKEN}"}
     answer = client.get(f"/api/v1/dead-letters?run_id={run.id}", headers=token)
     assert answer.status_code == 200
@@ -291,74 +371,45 @@ def test_a_poison_chunk_is_dead_lettered_and_fails_the_run_naming_it(
     assert shown["death_reason"] == "rejected" and shown["queue"] == "etl.transform"
 
 
-def test_transient_errors_are_retried_with_backoff_then_succeed(
-    fault_services: Services, app: EtlCelery, start_worker: Callable[..., ChildProcess]
-) -> None:
-    start_worker(concurrency=2, ETL_TEST_FLAKY_FAILURES="2")
-    run = start(fault_services, app, "flaky_orders", 5_000)
+def test_transient_errors_are_retried_with_backoff_then_succeed(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2, ETL_TEST_FLAKY_FAILURES="2")
+    run = rig.start("flaky_orders", 5_000)
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert fault_services.ledger.get_chunk(run.id, 0).attempts == 3  # failed twice, then done
-    assert assert_run_output_matches_source(fault_services, final)["total_rows"] > 0
+    manifest = assert_succeeds(rig.services, run.id, timeout_s=120)
+    assert rig.services.ledger.get_chunk(run.id, 0).attempts == 3  # failed twice, then done
+    assert manifest["total_rows"] > 0
 
 
-def test_retries_exhausted_are_dead_lettered_not_acked(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2, ETL_TEST_FLAKY_FAILURES="1000")
-    run = start(fault_services, app, "flaky_orders", 5_000)
+def test_retries_exhausted_are_dead_lettered_not_acked(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2, ETL_TEST_FLAKY_FAILURES="1000")
+    run = rig.start("flaky_orders", 5_000)
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=240)
+    final = wait_for_run(rig.services.ledger, run.id, timeout_s=240)
     assert final.state is RunState.FAILED
     assert final.reason is not None and "retries exhausted" in final.reason
-    assert fault_services.ledger.get_chunk(run.id, 0).attempts == 6  # 1 + 5 retries
-    dead_letters = DeadLetterService(
-        fault_services.ledger, fault_settings.broker_url, lambda run_id: None
-    )
-    letters = wait_until(
-        lambda: dead_letters.list_letters(run_id=run.id), timeout_s=30, what="the dead letter"
-    )
+    assert rig.services.ledger.get_chunk(run.id, 0).attempts == 6  # 1 + 5 retries
+    letters = wait_for_dead_letters(rig.services, run.id)
     assert [x.chunk_index for x in letters] == [0]
 
 
-def test_rabbitmq_connections_closed_mid_run_do_not_lose_the_run(
-    fault_services: Services,
-    rabbitmq_vhost: str,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2)
-    run = start(fault_services, app, "slow_orders", 2_500)
-    wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
-    )
+def test_rabbitmq_connections_closed_mid_run_do_not_lose_the_run(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2)
+    run = rig.start("slow_orders", 2_500)
+    wait_running(rig.services, run.id)
 
-    rabbitmqctl("close_all_connections", "-p", rabbitmq_vhost, "fault test: connections closed")
+    rabbitmqctl("close_all_connections", "-p", rig.vhost, "fault test: connections closed")
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=180)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=180)
 
 
 @ON_BOTH_PATHS
 def test_rabbitmq_stopped_and_started_mid_run_does_not_lose_the_run(
-    fault_services: Services,
-    fault_settings: Settings,
-    own_broker: RabbitMQNode,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-    pipeline: str,
+    rig: FaultRig, own_broker: RabbitMQNode, pipeline: str
 ) -> None:
-    settings = fault_settings.model_copy(update={"broker_url": own_broker.url})
-    start_worker(concurrency=2, settings=settings)
-    run = start(fault_services, make_celery(settings), pipeline, 2_500)
-    wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
-    )
+    settings = rig.settings.model_copy(update={"broker_url": own_broker.url})
+    rig.start_worker(concurrency=2, settings=settings)
+    run = rig.start(pipeline, 2_500, app=make_celery(settings))
+    wait_running(rig.services, run.id)
 
     own_broker.ctl("stop_app")
     try:
@@ -366,16 +417,14 @@ def test_rabbitmq_stopped_and_started_mid_run_does_not_lose_the_run(
         with pytest.raises(Exception), Connection(own_broker.url, connect_timeout=2) as conn:  # noqa: B017
             conn.ensure_connection(max_retries=1)
         # The machine's broker, which every other session uses, is not.
-        with Connection(fault_settings.broker_url, connect_timeout=5) as conn:
+        with Connection(rig.settings.broker_url, connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=1)
     finally:
         own_broker.ctl("start_app")
     own_broker.ctl("await_startup")
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=240)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_read_path(faults_dir, pipeline)
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=240)
+    assert_read_path(rig.faults_dir, pipeline)
 
 
 @dataclass(frozen=True)
@@ -405,32 +454,22 @@ SLOW_READS = [
 
 
 @pytest.mark.parametrize("case", SLOW_READS)
-def test_postgres_backend_terminated_mid_chunk_is_retried(
-    fault_services: Services,
-    app: EtlCelery,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-    case: SlowRead,
-) -> None:
-    start_worker(concurrency=2, **case.worker_env)
-    run = start(fault_services, app, case.pipeline, 10_000)
+def test_postgres_backend_terminated_mid_chunk_is_retried(rig: FaultRig, case: SlowRead) -> None:
+    rig.start_worker(concurrency=2, **case.worker_env)
+    run = rig.start(case.pipeline, 10_000)
+    wait_running(rig.services, run.id)
     wait_until(
-        lambda: running_chunks(fault_services, run.id) >= 1, timeout_s=60, what="a chunk running"
-    )
-    wait_until(
-        lambda: _worker_backends(fault_services, case.mid_read),
+        lambda: _worker_backends(rig.services, case.mid_read),
         timeout_s=30,
         what="a worker mid-read",
     )
 
-    terminated = _worker_backends(fault_services, case.mid_read, terminate=True)
+    terminated = _worker_backends(rig.services, case.mid_read, terminate=True)
     assert terminated >= 1
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=180)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert max_attempts(fault_services, run.id) >= 2
-    assert_read_path(faults_dir, case.pipeline)
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=180)
+    assert max_attempts(rig.services, run.id) >= 2
+    assert_read_path(rig.faults_dir, case.pipeline)
 
 
 def _worker_backends(services: Services, condition: str, *, terminate: bool = False) -> int:
@@ -446,206 +485,114 @@ def _worker_backends(services: Services, condition: str, *, terminate: bool = Fa
 
 
 def test_a_crash_between_the_last_chunk_and_the_commit_is_recovered_by_the_reconciler(
-    fault_services: Services,
-    fault_settings: Settings,
-    rabbitmq_vhost: str,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
+    rig: FaultRig,
 ) -> None:
     # No worker consumes etl.commit yet: the chord's callback waits there, and is lost.
-    start_worker(concurrency=2, queues=f"{PLAN_QUEUE},{TRANSFORM_QUEUE}")
-    run = start(fault_services, app, "orders_daily", 5_000)
-    wait_until(
-        lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] == 4,
-        timeout_s=60,
-        what="all chunks done",
-    )
-    wait_until(
-        lambda: _queue_depth(rabbitmq_vhost, COMMIT_QUEUE) == 1,
-        timeout_s=30,
-        what="the commit message",
-    )
-    rabbitmqctl("purge_queue", "-p", rabbitmq_vhost, COMMIT_QUEUE)
+    rig.start_worker(concurrency=2, queues=f"{PLAN_QUEUE},{TRANSFORM_QUEUE}")
+    run = rig.start("orders_daily", 5_000)
+    wait_done(rig.services, run.id, 4)
+    waitqueue_depth(rig.vhost, COMMIT_QUEUE, 1, timeout_s=30)
+    rabbitmqctl("purge_queue", "-p", rig.vhost, COMMIT_QUEUE)
 
-    # Readers see nothing of the run: no manifest, no _SUCCESS.
-    assert fault_services.ledger.get_run(run.id).state is RunState.RUNNING
-    prefix = run_prefix(fault_settings.s3_prefix, "orders_daily", run.logical_date, run.id)
-    assert not any(
-        key.endswith(("_manifest.json", "_SUCCESS"))
-        for key in fault_services.parts.list_keys(prefix)
-    )
+    assert rig.services.ledger.get_run(run.id).state is RunState.RUNNING
+    assert_unpublished(rig.services, "orders_daily", run)
 
-    start_worker(concurrency=1, queues=COMMIT_QUEUE)
-    reconciled = subprocess.run(
-        [sys.executable, "-m", "etl", "reconcile"],
-        env={**os.environ, **settings_env(fault_settings), "ETL_RECONCILE_STALE_S": "1",
-             "PYTHONPATH": str(TESTS_DIR)},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert reconciled.returncode == 0, reconciled.stderr
-    assert f"sent commit for run {run.id}" in reconciled.stdout
+    rig.start_worker(concurrency=1, queues=COMMIT_QUEUE)
+    reconcile_when_idle(rig.services, rig.settings, run.id, f"sent commit for run {run.id}")
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=60)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=60)
 
 
-def test_chunk_messages_lost_from_the_queue_are_sent_again_by_the_reconciler(
-    fault_services: Services,
-    fault_settings: Settings,
-    rabbitmq_vhost: str,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
+def test_chunk_messages_lost_from_the_queue_are_sent_again_by_the_reconciler(rig: FaultRig) -> None:
     # Only the planner runs: the chord's chunk messages wait in etl.transform, and are lost.
-    start_worker(concurrency=1, queues=PLAN_QUEUE)
-    run = start(fault_services, app, "orders_daily", 2_500)
-    wait_until(
-        lambda: _queue_depth(rabbitmq_vhost, TRANSFORM_QUEUE) == 8,
-        timeout_s=60,
-        what="the eight chunk messages",
+    rig.start_worker(concurrency=1, queues=PLAN_QUEUE)
+    run = rig.start("orders_daily", 2_500)
+    waitqueue_depth(rig.vhost, TRANSFORM_QUEUE, 8)
+    rabbitmqctl("purge_queue", "-p", rig.vhost, TRANSFORM_QUEUE)
+    rig.start_worker(concurrency=2, queues=f"{TRANSFORM_QUEUE},{COMMIT_QUEUE}")
+    # The run would now wait for its deadline: every chunk pending, none running.
+    assert rig.services.ledger.chunk_counts(run.id)[ChunkState.PENDING] == 8
+
+    reconcile_when_idle(
+        rig.services,
+        rig.settings,
+        run.id,
+        f"sent plan for run {run.id}: 8 chunks pending and none running",
     )
-    rabbitmqctl("purge_queue", "-p", rabbitmq_vhost, TRANSFORM_QUEUE)
-    start_worker(concurrency=2, queues=f"{TRANSFORM_QUEUE},{COMMIT_QUEUE}")
-    # the run would now wait for its deadline: every chunk pending, none running
-    wait_until(
-        lambda: (
-            datetime.now(UTC) - fault_services.ledger.last_activity(run.id) > timedelta(seconds=2)
-        ),
-        timeout_s=30,
-        what="the run idle for longer than the reconciler's stale time",
-    )
-    assert fault_services.ledger.chunk_counts(run.id)[ChunkState.PENDING] == 8
 
-    reconciled = _etl(fault_settings, "reconcile", ETL_RECONCILE_STALE_S="1")
-
-    assert reconciled.returncode == 0, reconciled.stderr
-    assert f"sent plan for run {run.id}: 8 chunks pending and none running" in reconciled.stdout
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_run_output_matches_source(fault_services, final)
-
-
-def _queue_depth(vhost: str, queue: str) -> int:
-    for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
-        name, _, count = line.partition("\t")
-        if name == queue:
-            return int(count)
-    return 0
+    assert_succeeds(rig.services, run.id, timeout_s=120)
 
 
 def test_the_same_chunk_delivered_twice_at_once_gives_one_part_and_one_manifest_entry(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
+    rig: FaultRig,
 ) -> None:
-    start_worker(concurrency=1)
-    start_worker(concurrency=1)
-    run, _ = fault_services.ledger.create_run(
+    rig.start_worker(concurrency=1)
+    rig.start_worker(concurrency=1)
+    run, _ = rig.services.ledger.create_run(
         pipeline="slow_orders", logical_date=date(2026, 9, 2), trigger=Trigger.MANUAL,
         params={"chunk_size": 1_000_000},
     )  # fmt: skip
-    plan_run(fault_services, run.id)  # one chunk, recorded, not dispatched
+    plan_run(rig.services, run.id)  # one chunk, recorded, not dispatched
 
-    app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
-    app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
+    rig.app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
+    rig.app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
     wait_until(
-        lambda: fault_services.ledger.get_chunk(run.id, 0).attempts == 2,
+        lambda: rig.services.ledger.get_chunk(run.id, 0).attempts == 2,
         timeout_s=60,
         what="both deliveries running",
     )
-    wait_until(
-        lambda: fault_services.ledger.get_chunk(run.id, 0).state is ChunkState.DONE,
-        timeout_s=60,
-        what="chunk done",
-    )
-    app.send_task(TASK_COMMIT_RUN, args=[run.id])
+    wait_done(rig.services, run.id, 1)
+    rig.app.send_task(TASK_COMMIT_RUN, args=[run.id])
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=60)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    manifest = assert_run_output_matches_source(fault_services, final)
+    manifest = assert_succeeds(rig.services, run.id, timeout_s=60)
     assert len(manifest["parts"]) == 1
-    prefix = run_prefix(fault_settings.s3_prefix, "slow_orders", final.logical_date, run.id)
-    assert len([key for key in fault_services.parts.list_keys(prefix) if "/part-" in key]) == 1
+    prefix = run_prefix(rig.settings.s3_prefix, "slow_orders", run.logical_date, run.id)
+    assert len([key for key in keys_under(rig.services.parts, prefix) if "/part-" in key]) == 1
 
 
-def _etl(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
-        env={**os.environ, **settings_env(settings), "PYTHONPATH": str(TESTS_DIR), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_retry_reruns_only_the_unfinished_chunks_then_commits(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2, ETL_TEST_POISON_KEY="7777")
-    run = start(fault_services, app, "poison_orders", 2_500)
-    assert wait_for_run(fault_services.ledger, run.id, timeout_s=120).state is RunState.FAILED
-    wait_until(
-        lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] == 7,
-        timeout_s=60,
-        what="other chunks",
-    )
+def test_retry_reruns_only_the_unfinished_chunks_then_commits(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2, ETL_TEST_POISON_KEY="7777")
+    run = rig.start("poison_orders", 2_500)
+    failed = wait_for_run(rig.services.ledger, run.id, timeout_s=120)
+    assert failed.state is RunState.FAILED
+    wait_settled(rig.services, failed)
     done_before = {
         c.index: c.sha256
-        for c in fault_services.ledger.get_chunks(run.id)
+        for c in rig.services.ledger.get_chunks(run.id)
         if c.state is ChunkState.DONE
     }
 
-    (faults_dir / "poison-fixed").touch()  # the fix is deployed
-    retried = _etl(fault_settings, "retry", run.id)
+    (rig.faults_dir / "poison-fixed").touch()  # the fix is deployed
+    retried = _etl(rig.settings, "retry", run.id)
     assert retried.returncode == 0, retried.stderr
 
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    chunks = fault_services.ledger.get_chunks(run.id)
-    # The seven done chunks were not run again; chunk 3 ran once more.
-    assert all(c.attempts == 1 for c in chunks)
-    assert {c.index: c.sha256 for c in chunks if c.index != 3} == done_before
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=120)
+    chunks = rig.services.ledger.get_chunks(run.id)
+    # The chunks done before were not run again; the others (chunk 3 and those the
+    # failure stopped) ran in the retry.
+    assert {c.index: c.sha256 for c in chunks if c.index in done_before} == done_before
+    assert all(c.attempts == 1 for c in chunks if c.index in done_before)
 
-    again = _etl(fault_settings, "retry", run.id)
+    again = _etl(rig.settings, "retry", run.id)
     assert again.returncode == 1 and "only a failed run can be retried" in again.stderr
 
 
-def test_replaying_a_dead_letter_retries_its_run_once(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    faults_dir: Path,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2, ETL_TEST_POISON_KEY="12345")
-    run = start(fault_services, app, "poison_orders", 5_000)  # key 12345 is in chunk 2
-    assert wait_for_run(fault_services.ledger, run.id, timeout_s=120).state is RunState.FAILED
-    dead_letters = DeadLetterService(
-        fault_services.ledger, fault_settings.broker_url, lambda run_id: None
-    )
-    [letter] = wait_until(
-        lambda: dead_letters.list_letters(run_id=run.id), timeout_s=30, what="the dead letter"
-    )
+def test_replaying_a_dead_letter_retries_its_run_once(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2, ETL_TEST_POISON_KEY="12345")
+    run = rig.start("poison_orders", 5_000)  # key 12345 is in chunk 2
+    assert wait_for_run(rig.services.ledger, run.id, timeout_s=120).state is RunState.FAILED
+    [letter] = wait_for_dead_letters(rig.services, run.id)
 
-    (faults_dir / "poison-fixed").touch()
-    replayed = _etl(fault_settings, "dlq", "replay", str(letter.id))
+    (rig.faults_dir / "poison-fixed").touch()
+    replayed = _etl(rig.settings, "dlq", "replay", str(letter.id))
     assert replayed.returncode == 0, replayed.stderr
     assert f"retried run {run.id}" in replayed.stdout
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_run_output_matches_source(fault_services, final)
+    assert_succeeds(rig.services, run.id, timeout_s=120)
 
-    twice = _etl(fault_settings, "dlq", "replay", str(letter.id))
+    twice = _etl(rig.settings, "dlq", "replay", str(letter.id))
     assert twice.returncode == 0 and "already replayed; nothing sent" in twice.stdout
     through_api = (
-        create_app(fault_settings)
+        create_app(rig.settings)
         .test_client()
         .post(
             f"/api/v1/dead-letters/{letter.id}/replay",
@@ -654,121 +601,75 @@ def test_replaying_a_dead_letter_retries_its_run_once(
     )
     assert through_api.status_code == 200
     assert through_api.get_json() == {"id": letter.id, "action": "already replayed; nothing sent"}
-    assert fault_services.ledger.get_dead_letter(letter.id).replay_count == 1
-    assert fault_services.ledger.get_run(run.id).state is RunState.SUCCEEDED
+    assert rig.services.ledger.get_dead_letter(letter.id).replay_count == 1
+    assert rig.services.ledger.get_run(run.id).state is RunState.SUCCEEDED
 
 
-def test_cancel_skips_pending_chunks_and_commits_nothing(
-    fault_services: Services,
-    fault_settings: Settings,
-    rabbitmq_vhost: str,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=1)
-    run = start(fault_services, app, "slow_orders", 2_500)  # 8 chunks, one at a time
-    wait_until(
-        lambda: running_chunks(fault_services, run.id) == 1,
-        timeout_s=60,
-        what="the first chunk running",
-    )
+def test_cancel_skips_pending_chunks_and_commits_nothing(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=1)
+    run = rig.start("slow_orders", 2_500)  # 8 chunks, one at a time
+    wait_running(rig.services, run.id)
 
-    cancelled = _etl(fault_settings, "cancel", run.id)
+    cancelled = _etl(rig.settings, "cancel", run.id)
     assert cancelled.returncode == 0, cancelled.stderr
-    assert fault_services.ledger.get_run(run.id).state is RunState.CANCELLED
+    assert rig.services.ledger.get_run(run.id).state is RunState.CANCELLED
 
     # The worker drains every message of the run (each pending chunk is skipped).
     wait_until(
         lambda: (
-            _queue_depth(rabbitmq_vhost, TRANSFORM_QUEUE) == 0
-            and running_chunks(fault_services, run.id) == 0
+            queue_depth(rig.vhost, TRANSFORM_QUEUE) == 0
+            and running_chunks(rig.services, run.id) == 0
         ),
         timeout_s=60,
         what="the run's messages consumed",
     )
-    wait_until(
-        lambda: _queue_depth(rabbitmq_vhost, COMMIT_QUEUE) == 0,
-        timeout_s=30,
-        what="the commit consumed",
-    )
-    chunks = fault_services.ledger.get_chunks(run.id)
+    waitqueue_depth(rig.vhost, COMMIT_QUEUE, 0, timeout_s=30)
+    chunks = rig.services.ledger.get_chunks(run.id)
     never_started = [c for c in chunks if c.attempts == 0]
     assert len(never_started) >= 6, [(c.index, c.state, c.attempts) for c in chunks]
     assert all(c.state is ChunkState.PENDING for c in never_started)
-    prefix = run_prefix(fault_settings.s3_prefix, "slow_orders", run.logical_date, run.id)
-    keys = fault_services.parts.list_keys(prefix)
-    assert not any(key.endswith(("_manifest.json", "_SUCCESS")) for key in keys)
-    assert fault_services.ledger.get_run(run.id).state is RunState.CANCELLED
+    assert_unpublished(rig.services, "slow_orders", run)
+    assert rig.services.ledger.get_run(run.id).state is RunState.CANCELLED
 
-    again = _etl(fault_settings, "cancel", run.id)
+    again = _etl(rig.settings, "cancel", run.id)
     assert again.returncode == 0  # cancelling a cancelled run is not an error
-    refused = _etl(fault_settings, "cancel", str(uuid.uuid4()))
+    refused = _etl(rig.settings, "cancel", str(uuid.uuid4()))
     assert refused.returncode == 1 and "no run with id" in refused.stderr
 
 
-def test_losing_the_result_backend_mid_run_never_loses_the_run(
-    fault_services: Services,
-    fault_settings: Settings,
-    app: EtlCelery,
-    start_worker: Callable[..., ChildProcess],
-) -> None:
-    start_worker(concurrency=2)
-    run = start(fault_services, app, "slow_orders", 2_500)
+def test_losing_the_result_backend_mid_run_never_loses_the_run(rig: FaultRig) -> None:
+    rig.start_worker(concurrency=2)
+    run = rig.start("slow_orders", 2_500)
     wait_until(
-        lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] >= 2,
+        lambda: rig.services.ledger.chunk_counts(run.id)[ChunkState.DONE] >= 2,
         timeout_s=60,
         what="two chunks done",
     )
-    import redis
 
     # The chord's counter is gone. The database is this session's own (fault_redis_url).
-    redis.Redis.from_url(fault_settings.result_backend).flushdb()
+    redis.Redis.from_url(rig.settings.result_backend).flushdb()
 
-    wait_until(
-        lambda: fault_services.ledger.chunk_counts(run.id)[ChunkState.DONE] == 8,
-        timeout_s=120,
-        what="all chunks",
-    )
+    wait_done(rig.services, run.id, 8, timeout_s=120)
     # Celery keeps the chord's size in Redis: without it the callback never fires.
-    assert fault_services.ledger.get_run(run.id).state is RunState.RUNNING
-    # The reconciler leaves a run alone until it has been idle ETL_RECONCILE_STALE_S.
-    wait_until(
-        lambda: (
-            datetime.now(UTC) - fault_services.ledger.last_activity(run.id) > timedelta(seconds=2)
-        ),
-        timeout_s=30,
-        what="the run idle for longer than the reconciler's stale time",
-    )
-    reconciled = _etl(fault_settings, "reconcile", ETL_RECONCILE_STALE_S="1")
-    assert reconciled.returncode == 0, reconciled.stderr
-    assert f"sent commit for run {run.id}" in reconciled.stdout
-    final = wait_for_run(fault_services.ledger, run.id, timeout_s=60)
-    assert final.state is RunState.SUCCEEDED, final.reason
-    assert_run_output_matches_source(fault_services, final)
+    assert rig.services.ledger.get_run(run.id).state is RunState.RUNNING
+    reconcile_when_idle(rig.services, rig.settings, run.id, f"sent commit for run {run.id}")
+    assert_succeeds(rig.services, run.id, timeout_s=60)
 
 
-def test_a_run_on_quorum_queues_completes(
-    fault_services: Services,
-    fault_settings: Settings,
-    rabbitmq_vhost: str,
-    faults_dir: Path,
-    tmp_path: Path,
-) -> None:
-    with scratch_vhost(f"{rabbitmq_vhost}-quorum") as vhost:
-        broker = fault_settings.broker_url.rsplit("/", 1)[0] + f"/{vhost}"
-        quorum = fault_settings.model_copy(update={"broker_url": broker, "queue_type": "quorum"})
+def test_a_run_on_quorum_queues_completes(rig: FaultRig, tmp_path: Path) -> None:
+    with scratch_vhost(f"{rig.vhost}-quorum") as vhost:
+        broker = rig.settings.broker_url.rsplit("/", 1)[0] + f"/{vhost}"
+        quorum = rig.settings.model_copy(update={"broker_url": broker, "queue_type": "quorum"})
         worker = ChildProcess.etl(
             ["worker", "--concurrency", "2"], quorum, tmp_path / "quorum-worker.log",
-            extra_env={"PYTHONPATH": str(TESTS_DIR), "ETL_TEST_FAULTS_DIR": str(faults_dir)},
+            extra_env={"PYTHONPATH": str(TESTS_DIR), "ETL_TEST_FAULTS_DIR": str(rig.faults_dir)},
         )  # fmt: skip
         try:
             worker.wait_for_log("ready.")
             types = rabbitmqctl("list_queues", "-p", vhost, "name", "type")
             assert f"{TRANSFORM_QUEUE}\tquorum" in types
 
-            run = start(fault_services, make_celery(quorum), "orders_daily", 5_000)
-            final = wait_for_run(fault_services.ledger, run.id, timeout_s=120)
-            assert final.state is RunState.SUCCEEDED, final.reason
-            assert_run_output_matches_source(fault_services, final)
+            run = rig.start("orders_daily", 5_000, app=make_celery(quorum))
+            assert_succeeds(rig.services, run.id, timeout_s=120)
         finally:
             worker.stop()

@@ -10,12 +10,9 @@ letter whose reason names what was wrong, listed by `etl dlq list` and the API.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from hypothesis import strategies as st
 from pika.exceptions import ChannelClosedByBroker
 
 from api import create_app
+from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import (
     COMMIT_QUEUE,
     DEAD_LETTER_EXCHANGE,
@@ -36,21 +34,26 @@ from etl.adapters.topology import (
     WORK_QUEUES,
 )
 from etl.bootstrap import Services, build_services
-from etl.config import Settings, settings_env
-from etl.demo import seed_orders
+from etl.config import Settings
 from etl.domain.dead_letters import DeadLetter
 from etl.domain.runs import Run, RunState, Trigger
-from etl.service.dead_letters import DeadLetterService
 from etl.service.execution import plan_run
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, celery_enqueue, make_celery
 
-from support import API_TOKEN, ChildProcess, scratch_vhost, wait_until
+from builders import CASE_HEADER, EMBED, death, task_body, task_headers
+from support import (
+    API_TOKEN,
+    ChildProcess,
+    confirmed_channel,
+    publish_raw,
+    run_etl,
+    scratch_vhost,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-MARKER = "x-hostile-case"
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 ZLIB_BOMB = zlib.compress(bytes(250_000_000), 9)
 # What a reason says when it could not tell what was wrong: never good enough here.
 VAGUE = ("rejected by the worker", "see its log")
@@ -116,12 +119,8 @@ def healthy_runs(hostile_services: Services) -> dict[str, Run]:
 @pytest.fixture(scope="module")
 def channel(hostile_settings: Settings) -> Iterator[Any]:
     """A confirmed pika channel on the module's vhost."""
-    connection = pika.BlockingConnection(pika.URLParameters(hostile_settings.broker_url))
-    opened = connection.channel()
-    opened.confirm_delivery()
-    yield opened
-    if connection.is_open:
-        connection.close()
+    with confirmed_channel(hostile_settings.broker_url) as opened:
+        yield opened
 
 
 def publish(
@@ -136,31 +135,14 @@ def publish(
 ) -> None:
     """One raw message; the case name rides in a header of its own so its dead letter can
     be found whatever else the headers hold."""
-    channel.basic_publish(
+    publish_raw(
+        channel,
         exchange=exchange,
         routing_key=queue,
         body=body,
-        properties=pika.BasicProperties(
-            headers={**(headers or {}), MARKER: case},
-            content_type=content_type,
-            content_encoding="utf-8",
-            delivery_mode=2,
-        ),
-        mandatory=True,
+        headers={**(headers or {}), CASE_HEADER: case},
+        content_type=content_type,
     )
-
-
-def task_headers(task: Any = TASK_PLAN_RUN, **changes: Any) -> dict[str, Any]:
-    headers = {"lang": "py", "task": task, "id": str(uuid.uuid4()), "retries": 0,
-               "timelimit": [None, None], "root_id": None, "parent_id": None, "group": None,
-               "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": "",
-               "origin": "attacker"}  # fmt: skip
-    headers.update(changes)
-    return headers
-
-
-def task_body(*args: Any, kwargs: dict[str, Any] | None = None) -> bytes:
-    return json.dumps([list(args), kwargs or {}, EMBED]).encode()
 
 
 def explicit_cases(run_id: str) -> list[tuple[str, dict[str, Any] | None, bytes, str, str]]:
@@ -220,9 +202,22 @@ def explicit_cases(run_id: str) -> list[tuple[str, dict[str, Any] | None, bytes,
 def letters_by_case(letters: list[DeadLetter]) -> dict[str, list[DeadLetter]]:
     found: dict[str, list[DeadLetter]] = {}
     for letter in letters:
-        case = letter.headers.get(MARKER) if isinstance(letter.headers, dict) else None
+        case = letter.headers.get(CASE_HEADER) if isinstance(letter.headers, dict) else None
         if isinstance(case, str):
             found.setdefault(case, []).append(letter)
+    return found
+
+
+def wait_for_letters(
+    services: Services, cases: Iterable[str], *, timeout_s: float
+) -> dict[str, list[DeadLetter]]:
+    """The dead letters by case, once the ledger holds one for each of ``cases``."""
+    wanted = set(cases)
+    found: dict[str, list[DeadLetter]] = wait_until(
+        lambda: (f := letters_by_case(services.dead_letters.list_letters())).keys() >= wanted and f,
+        timeout_s=timeout_s,
+        what=f"{len(wanted)} dead letters recorded",
+    )
     return found
 
 
@@ -262,12 +257,7 @@ def test_hostile_headers_bodies_and_arguments_are_refused_and_dead_lettered_by_r
             expected[name] = words
 
     assert_still_serving(hostile_services, hostile_settings, workers, day=1)
-    service = DeadLetterService(hostile_services.ledger, hostile_settings.broker_url, print)
-    found = wait_until(
-        lambda: (f := letters_by_case(service.list_letters())).keys() >= expected.keys() and f,
-        timeout_s=90,
-        what=f"{len(expected)} dead letters",
-    )
+    found = wait_for_letters(hostile_services, expected.keys(), timeout_s=90)
     problems = []
     for name, words in expected.items():
         (letter,) = found[name]
@@ -323,18 +313,11 @@ def test_dead_letters_forged_straight_into_the_dead_letter_exchange_change_no_ru
         "forged-commit": (COMMIT_QUEUE, task_headers("etl.commit_run"), task_body(planned)),
     }  # fmt: skip
     for case, (queue, headers, body) in forgeries.items():
-        death = {"queue": queue, "reason": "rejected", "count": 1, "time": datetime.now(UTC),
-                 "exchange": WORK_EXCHANGE.name, "routing-keys": [queue]}  # fmt: skip
-        publish(confirmed(), f"{queue}.dlq", case, headers={**headers, "x-death": [death]},
+        publish(confirmed(), f"{queue}.dlq", case, headers={**headers, "x-death": [death(queue)]},
                 body=body, exchange="")  # fmt: skip
 
-    service = DeadLetterService(hostile_services.ledger, hostile_settings.broker_url, print)
     wanted = set(forgeries)
-    found = wait_until(
-        lambda: (f := letters_by_case(service.list_letters())).keys() >= wanted and f,
-        timeout_s=30,
-        what="the forged dead letters recorded",
-    )
+    found = wait_for_letters(hostile_services, wanted, timeout_s=30)
     # Recorded with the runs they name, and shown; never acted on.
     assert {case: found[case][0].run_id for case in wanted} == {
         "forged-plan": queued,
@@ -411,12 +394,7 @@ def test_a_sweep_of_header_types_and_bodies_never_stops_a_worker(
     send()
 
     assert_still_serving(hostile_services, hostile_settings, workers, day=3)
-    service = DeadLetterService(hostile_services.ledger, hostile_settings.broker_url, print)
-    found = wait_until(
-        lambda: (f := letters_by_case(service.list_letters())).keys() >= set(sent) and f,
-        timeout_s=90,
-        what=f"{len(sent)} swept dead letters",
-    )
+    found = wait_for_letters(hostile_services, sent, timeout_s=90)
     vague = [f"{name}: {found[name][0].reason}" for name in sent
              if any(v in found[name][0].reason for v in VAGUE)]  # fmt: skip
     assert not vague, "\n".join(vague)
@@ -434,7 +412,7 @@ def test_the_cli_and_the_api_list_the_hostile_dead_letters(
             body=b'[["x"],{},{}]')  # fmt: skip
 
     def listed_by_cli() -> dict[str, Any] | None:
-        out = _etl(hostile_settings, "dlq", "list", "--json")
+        out = run_etl(hostile_settings, "dlq", "list", "--json")
         assert out.returncode == 0, out.stderr
         return next((x for x in json.loads(out.stdout) if x["task_id"] == task_id), None)
 
@@ -445,13 +423,3 @@ def test_the_cli_and_the_api_list_the_hostile_dead_letters(
     assert answer.status_code == 200, answer.get_data(as_text=True)
     by_api = [x for x in answer.get_json()["dead_letters"] if x["task_id"] == task_id]
     assert [x["reason"] for x in by_api] == [letter["reason"]]
-
-
-def _etl(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import celery_enqueue, make_celery
 
 from support import ChildProcess
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from etl.bootstrap import Services, build_services
+from etl.adapters.sample_orders import seed_orders
+from etl.bootstrap import Services, build_run_reader, build_services
 from etl.config import Settings, settings_env
-from etl.demo import seed_orders
 from etl.domain.runs import RunState
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.service.outputs import RunReader
-from etl.worker.app import make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import celery_enqueue, make_celery
 
 from support import ChildProcess, assert_run_output_matches_source
 
@@ -69,7 +68,7 @@ def test_every_format_holds_every_row_once(
     suffix = {"orders_daily": ".jsonl.gz", "orders_csv": ".csv.gz", "orders_parquet": ".parquet"}
     assert all(part["key"].endswith(suffix[pipeline]) for part in manifest["parts"])
 
-    reader = RunReader.from_settings(format_settings)
+    reader = build_run_reader(format_settings)
     committed = reader.open(reader.find(run.id, [pipeline]))
     assert sum(1 for _ in reader.rows(committed)) == final.rows_written
     verified = subprocess.run(

@@ -17,10 +17,10 @@ import pytest
 
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
-from etl.demo import seed_orders
 from etl.domain.runs import RunState
 from etl.service.lifecycle import wait_for_run
 
+from builders import with_orders
 from support import API_TOKEN, ChildProcess, assert_run_output_matches_source, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -29,13 +29,13 @@ SOURCE_ROWS = 20_000
 
 
 @pytest.fixture(scope="module")
-def seeded(services: Services) -> int:
-    return seed_orders(services.source_engine, SOURCE_ROWS)
+def seeded(services: Services) -> Services:
+    return with_orders(services, SOURCE_ROWS)
 
 
 @pytest.fixture(scope="module")
 def workers(
-    service_settings: Settings, seeded: int, tmp_path_factory: pytest.TempPathFactory
+    service_settings: Settings, seeded: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ChildProcess]]:
     """Two `etl worker` processes (prefork, one child each) sharing the queues."""
     logs = tmp_path_factory.mktemp("workers")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
-from etl.demo import seed_orders
 
 from support import ChildProcess
 

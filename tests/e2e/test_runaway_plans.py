@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE, queue_stats
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import Run, RunState
 from etl.service.execution import DISPATCH_BATCH
-from etl.service.lifecycle import RunService, celery_enqueue
-from etl.worker.app import make_celery
+from etl.service.lifecycle import RunService
+from etl.worker.app import celery_enqueue, make_celery
 
 from support import ChildProcess, rabbitmqctl, wait_until
 

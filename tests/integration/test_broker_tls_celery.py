@@ -7,129 +7,30 @@ nothing reaches the queue."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import ssl
-import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from etl.adapters.topology import PLAN_QUEUE, declare_topology, queue_stats
 from etl.config import Settings
 from etl.worker.app import TASK_PLAN_RUN, make_celery
 
-from support import RABBITMQ_URL, scratch_vhost, wait_until
+from builders import Authority
+from support import RABBITMQ_URL, TlsServer, scratch_vhost, tls_server, wait_until
 
 pytestmark = pytest.mark.integration
 
-BROKER_HOST, BROKER_PORT = "127.0.0.1", int(RABBITMQ_URL.rsplit(":", 1)[1])
-
-
-def _write(
-    folder: Path, name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
-) -> Path:
-    (folder / f"{name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path = folder / f"{name}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-def _certificate(
-    subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None = None
-) -> x509.CertificateBuilder:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    now = datetime.now(UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-    )
+BROKER = "127.0.0.1", int(RABBITMQ_URL.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Our CA, and two server certificates it signed: for 127.0.0.1, and for another host."""
-    folder = tmp_path_factory.mktemp("broker-tls")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        _certificate("test broker CA", ca_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": _write(folder, "ca", ca, ca_key)}
-    for name, alt_name in {
-        "loopback": x509.IPAddress(IPv4Address("127.0.0.1")),
-        "elsewhere": x509.DNSName("broker.example.org"),
-    }.items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            _certificate(name, key, ca.subject)
-            .add_extension(x509.SubjectAlternativeName([alt_name]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        paths[name] = _write(folder, name, cert, key)
-    return paths
-
-
-class TlsRelay:
-    """Accepts TLS on a loopback port and relays the plaintext to RabbitMQ's AMQP port;
-    records each handshake's outcome."""
-
-    def __init__(self, certificate: Path) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(certificate, certificate.with_suffix(".key"))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.handshakes: list[str] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            try:
-                tls = self.context.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                self.handshakes.append(type(exc).__name__)
-                raw.close()
-                continue
-            self.handshakes.append("ok")
-            broker = socket.create_connection((BROKER_HOST, BROKER_PORT))
-            threading.Thread(target=_pump, args=(tls, broker), daemon=True).start()
-            threading.Thread(target=_pump, args=(broker, tls), daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _pump(source: socket.socket, target: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := source.recv(65536):
-            target.sendall(data)
-    for end in (source, target):
-        with contextlib.suppress(OSError):
-            end.close()
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    """Our CA: ETL_BROKER_SSL_CA_FILE names its certificate."""
+    return Authority.create(tmp_path_factory.mktemp("broker-tls"))
 
 
 @pytest.fixture
@@ -140,7 +41,7 @@ def vhost(rabbitmq_vhost: str) -> Iterator[str]:
         yield name
 
 
-def tls_settings(relay: TlsRelay, vhost: str, ca: Path) -> Settings:
+def tls_settings(relay: TlsServer, vhost: str, ca: Path) -> Settings:
     return Settings(
         broker_url=f"amqps://guest:guest@127.0.0.1:{relay.port}/{vhost}",
         broker_ssl_ca_file=str(ca),
@@ -148,11 +49,11 @@ def tls_settings(relay: TlsRelay, vhost: str, ca: Path) -> Settings:
 
 
 def test_celery_publishes_and_reads_a_task_through_verified_tls(
-    certificates: dict[str, Path], vhost: str
+    authority: Authority, vhost: str
 ) -> None:
-    relay = TlsRelay(certificates["loopback"])
-    try:
-        app = make_celery(tls_settings(relay, vhost, certificates["ca"]))
+    loopback = authority.issue("loopback", x509.IPAddress(IPv4Address("127.0.0.1")))
+    with tls_server(*loopback, relay_to=BROKER) as relay:
+        app = make_celery(tls_settings(relay, vhost, authority.certificate))
         run_id = str(uuid.uuid4())
 
         app.send_task(TASK_PLAN_RUN, args=[run_id])  # confirmed by the broker, over TLS
@@ -166,16 +67,14 @@ def test_celery_publishes_and_reads_a_task_through_verified_tls(
             assert message.decode()[0] == [run_id]
             message.ack()
         assert relay.handshakes and set(relay.handshakes) == {"ok"}
-    finally:
-        relay.close()
 
 
 def test_celery_refuses_a_certificate_of_its_ca_for_another_host(
-    certificates: dict[str, Path], vhost: str
+    authority: Authority, vhost: str
 ) -> None:
-    relay = TlsRelay(certificates["elsewhere"])
-    try:
-        app = make_celery(tls_settings(relay, vhost, certificates["ca"]))
+    elsewhere = authority.issue("elsewhere", x509.DNSName("broker.example.org"))
+    with tls_server(*elsewhere, relay_to=BROKER) as relay:
+        app = make_celery(tls_settings(relay, vhost, authority.certificate))
 
         with pytest.raises(Exception) as refused:
             app.send_task(TASK_PLAN_RUN, args=[str(uuid.uuid4())], retry=False)
@@ -184,5 +83,3 @@ def test_celery_refuses_a_certificate_of_its_ca_for_another_host(
         assert relay.handshakes[0] != "ok", relay.handshakes
         assert "certificate is not valid for '127.0.0.1'" in str(refused.value)
         assert queue_stats(f"{RABBITMQ_URL}/{vhost}", [PLAN_QUEUE])[PLAN_QUEUE][0] == 0
-    finally:
-        relay.close()

@@ -22,17 +22,12 @@ from sqlalchemy import Engine, create_engine, text
 
 from etl.adapters.db import SqlSource, replace_table
 from etl.adapters.errors import is_transient
+from etl.adapters.sample_orders import ORDERS_TABLE, sample_orders
 from etl.bootstrap import Services
 from etl.domain.windows import CursorWindow
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import make_writer
-from etl.pipelines.orders import (
-    ORDERS_DAILY,
-    ORDERS_TABLE,
-    sample_orders,
-    transform_orders,
-    transform_orders_columnar,
-)
+from etl.pipelines.orders import ORDERS_DAILY, transform_orders, transform_orders_columnar
 
 pytestmark = pytest.mark.integration
 

@@ -4,33 +4,20 @@ connection fails, naming TLS)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from etl.bootstrap import Services
-from etl.config import Settings, settings_env
+from etl.config import Settings
 from etl.domain.runs import Trigger
 from etl.worker.app import make_celery
 
-from support import ChildProcess, rabbitmqctl, scratch_vhost, wait_until
+from support import ChildProcess, rabbitmqctl, run_etl, scratch_vhost, wait_until
 
 DB_PASSWORD = "Db-s3cret-7f3a"  # trust auth here: the password is carried, never checked
 BROKER_PASSWORD = "Mq-s3cret-91bc"
-
-
-def etl(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "etl", *args],
-        env={**os.environ, **settings_env(settings), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture
@@ -49,7 +36,7 @@ def test_status_and_runs_show_no_credentials(
         trigger=Trigger.MANUAL, params={},
     )  # fmt: skip
     for args in (["status", run.id], ["status", run.id, "--json"], ["runs"], ["pipelines"]):
-        done = etl(with_db_password, *args)
+        done = run_etl(with_db_password, *args)
         assert done.returncode == 0, done.stderr
         assert DB_PASSWORD not in done.stdout + done.stderr
     services.ledger.fail_run(run.id, "test over")
@@ -59,7 +46,7 @@ def test_status_and_runs_show_no_credentials(
 def test_a_database_that_refuses_tls_is_one_error_line_without_the_password(
     with_db_password: Settings, args: list[str]
 ) -> None:
-    done = etl(with_db_password, *args, ETL_DATABASE_SSLMODE="require")
+    done = run_etl(with_db_password, *args, ETL_DATABASE_SSLMODE="require")
 
     assert done.returncode == 1, done.stdout + done.stderr
     [line] = done.stderr.splitlines()
@@ -78,7 +65,7 @@ def test_broker_tls_settings_reach_celery_and_refuse_an_unverifiable_setup(
     app = make_celery(tls)
     assert app.conf.broker_use_ssl["ca_certs"] == str(ca)
     assert app.conf.broker_use_ssl["cert_reqs"] == __import__("ssl").CERT_REQUIRED
-    refused = etl(service_settings, "runs", ETL_BROKER_SSL_CA_FILE=str(ca))
+    refused = run_etl(service_settings, "runs", ETL_BROKER_SSL_CA_FILE=str(ca))
     assert refused.returncode == 2 and "ETL_BROKER_SSL_CA_FILE" in refused.stderr
 
 

@@ -17,22 +17,13 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pika
 import pytest
-from celery.security.certificate import Certificate, FSCertStore
-from celery.security.key import PrivateKey
-from celery.security.serialization import SecureSerializer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from kombu import Connection, Queue
 from pika.exceptions import ChannelClosedByBroker
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from api import create_app
@@ -49,18 +40,36 @@ from etl.adapters.topology import (
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.config import Settings, settings_env
-from etl.domain.chunks import plan_chunks
 from etl.domain.dead_letters import BODY_KEPT_BYTES, HEADERS_KEPT_BYTES, DeadLetter
-from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.domain.runs import ChunkState, Run, RunState
 from etl.service.dead_letters import DeadLetterService
 from etl.service.lifecycle import RunService
 
-from support import API_TOKEN, RABBITMQ_URL, RecordingEnqueue, scratch_vhost, wait_until
+from builders import (
+    CASE_HEADER,
+    SigningIdentities,
+    death,
+    planned_run,
+    run_in_state,
+    signed,
+    signing_identities,
+    tampered,
+    task_body,
+    task_headers,
+)
+from fakes import RecordingEnqueue
+from support import (
+    API_TOKEN,
+    RABBITMQ_URL,
+    confirmed_channel,
+    publish_raw,
+    scratch_database,
+    scratch_vhost,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-MARKER = "x-test-case"
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 UNKNOWN_RUN = "00000000-0000-4000-8000-000000000000"
 
 
@@ -86,37 +95,10 @@ def dead_letter_depth(url: str) -> int:
     return sum(queue_depth(url, f"{queue}.dlq") for queue in WORK_QUEUES)
 
 
-def raw_publish(
-    url: str,
-    *,
-    exchange: str,
-    routing_key: str,
-    headers: dict[str, Any] | None,
-    body: bytes,
-    content_type: str = "application/json",
-    expiration: str | None = None,
-) -> None:
+def raw_publish(url: str, **message: Any) -> None:
     """One message as a publisher with broker rights could send it, confirmed."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish(
-            exchange=exchange,
-            routing_key=routing_key,
-            body=body,
-            properties=pika.BasicProperties(
-                headers=headers,
-                content_type=content_type,
-                content_encoding="utf-8",
-                delivery_mode=2,
-                expiration=expiration,
-            ),
-            mandatory=True,
-        )
-    finally:
-        if connection.is_open:
-            connection.close()
+    with confirmed_channel(url) as channel:
+        publish_raw(channel, **message)
 
 
 def park(
@@ -131,9 +113,7 @@ def park(
     before = dead_letter_depth(url)
     raw_publish(url, exchange=WORK_EXCHANGE.name, routing_key=queue, headers=headers,
                 body=body, content_type=content_type)  # fmt: skip
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        channel = connection.channel()
+    with confirmed_channel(url) as channel:
 
         def taken() -> Any:
             method, _, _ = channel.basic_get(queue, auto_ack=False)
@@ -141,8 +121,6 @@ def park(
 
         method = wait_until(taken, timeout_s=10, what=f"the message on {queue}")
         channel.basic_nack(method.delivery_tag, requeue=False)
-    finally:
-        connection.close()
     wait_until(lambda: dead_letter_depth(url) > before, timeout_s=10, what="the dead letter")
 
 
@@ -155,59 +133,39 @@ def forge(url: str, queue: str, headers: dict[str, Any], body: bytes, **kwargs: 
     wait_until(lambda: dead_letter_depth(url) > before, timeout_s=10, what="the forged letter")
 
 
-def task_headers(task: Any, case: str, **changes: Any) -> dict[str, Any]:
-    headers = {"lang": "py", "task": task, "id": str(uuid.uuid4()), "retries": 0,
-               "root_id": None, "parent_id": None, "argsrepr": "", MARKER: case}  # fmt: skip
-    headers.update(changes)
-    return {key: value for key, value in headers.items() if value is not ...}
-
-
-def task_body(*args: Any, kwargs: dict[str, Any] | None = None) -> bytes:
-    return json.dumps([list(args), kwargs or {}, EMBED]).encode()
-
-
-def death(queue: str, reason: str = "rejected", **changes: Any) -> dict[str, Any]:
-    """An x-death entry shaped as RabbitMQ writes it."""
-    entry = {"count": 1, "reason": reason, "queue": queue, "exchange": WORK_EXCHANGE.name,
-             "routing-keys": [queue], "time": datetime.now(UTC).replace(microsecond=0)}  # fmt: skip
-    entry.update(changes)
-    return entry
-
-
 def letter_of(ledger: Ledger, case: str) -> DeadLetter:
     """The one dead letter recorded for a test case (whatever state it is in)."""
     found = [
         letter
         for letter in ledger.list_dead_letters(state=None, limit=100_000)
-        if letter.headers.get(MARKER) == case
+        if letter.headers.get(CASE_HEADER) == case
     ]
     assert len(found) == 1, f"{len(found)} dead letters for {case}"
     return found[0]
 
 
 def service(url: str, ledger: Ledger, **kwargs: Any) -> DeadLetterService:
-    return DeadLetterService(ledger, url, lambda run_id: None, **kwargs)
+    return DeadLetterService(ledger, url, RunService(ledger, RecordingEnqueue()), **kwargs)
 
 
-def new_run(
-    ledger: Ledger, state: RunState, *, running_chunk: int | None = None, chunks: int = 2
-) -> Run:
-    """A run in ``state``, planned in ``chunks`` chunks unless queued; one of them started
+def synced_letter(url: str, ledger: Ledger, case: str, **kwargs: Any) -> DeadLetter:
+    """Sync the dead-letter queues into ``ledger`` (``kwargs``: the service's options); the
+    letter of ``case``."""
+    service(url, ledger, **kwargs).sync()
+    return letter_of(ledger, case)
+
+
+def new_run(ledger: Ledger, state: RunState, *, running_chunk: int | None = None) -> Run:
+    """A run in ``state``, planned in two chunks from running on; one of them started
     (running) if ``running_chunk`` is given."""
-    run, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 11, 20), trigger=Trigger.MANUAL,
-        params={}, idempotency_key=f"dlq-{uuid.uuid4()}",
-    )  # fmt: skip
-    if state is not RunState.QUEUED:
-        ledger.move_run(run.id, RunState.PLANNING)
-    if state in {RunState.RUNNING, RunState.COMMITTING}:
-        ledger.record_plan(run.id, plan_chunks(1, chunks * 5, 5), {"key_column": "id"})
-        ledger.move_run(run.id, RunState.RUNNING)
-        if running_chunk is not None:
-            ledger.start_chunk(run.id, running_chunk)
+    if state not in {RunState.RUNNING, RunState.COMMITTING}:
+        return ledger.get_run(run_in_state(ledger, state))
+    run_id = planned_run(ledger, chunks=2)
+    if running_chunk is not None:
+        assert ledger.start_chunk(run_id, running_chunk) is not None
     if state is RunState.COMMITTING:
-        ledger.move_run(run.id, RunState.COMMITTING)
-    return ledger.get_run(run.id)
+        assert ledger.move_run(run_id, RunState.COMMITTING)
+    return ledger.get_run(run_id)
 
 
 def unchanged(ledger: Ledger, run: Run) -> bool:
@@ -378,9 +336,7 @@ def test_the_reason_names_what_the_worker_refused_it_for(
     case = f"{case}-{uuid.uuid4().hex[:6]}"
     park(idle_broker, queue, task_headers(task, case, **changes), body, content_type)
 
-    service(idle_broker, services.ledger).sync()
-
-    letter = letter_of(services.ledger, case)
+    letter = synced_letter(idle_broker, services.ledger, case)
     assert words in letter.reason, letter.reason
     assert "see its log" not in letter.reason and letter.run_id is None
 
@@ -422,12 +378,10 @@ def test_a_forged_dead_letter_is_recorded_with_its_run_and_changes_nothing(
     case = f"forged-{uuid.uuid4().hex[:6]}"
     headers = task_headers("etl.plan_run", case)
     if x_death is not None:
-        headers["x-death"] = [{k: v for k, v in entry.items() if v is not ...} for entry in x_death]
+        headers["x-death"] = x_death
     forge(idle_broker, PLAN_QUEUE, headers, task_body(run.id))
 
-    service(idle_broker, services.ledger).sync()
-
-    letter = letter_of(services.ledger, case)
+    letter = synced_letter(idle_broker, services.ledger, case)
     assert letter.run_id == run.id and words in letter.reason, letter.reason
     assert unchanged(services.ledger, run)
 
@@ -441,9 +395,7 @@ def test_a_message_the_consumer_refused_changes_no_run_even_for_work_under_way(
     headers = task_headers("etl.transform_chunk", case, timelimit="60")
     park(idle_broker, TRANSFORM_QUEUE, headers, task_body(run.id, 1))
 
-    service(idle_broker, services.ledger).sync()
-
-    letter = letter_of(services.ledger, case)
+    letter = synced_letter(idle_broker, services.ledger, case)
     assert letter.run_id is None and "header 'timelimit'" in letter.reason
     assert unchanged(services.ledger, run)
 
@@ -489,9 +441,7 @@ def test_a_chunk_the_broker_parks_at_its_delivery_limit_fails_its_active_run_nam
     headers = task_headers("etl.transform_chunk", case)
     raw_publish(quorum_broker, exchange=WORK_EXCHANGE.name, routing_key=TRANSFORM_QUEUE,
                 headers=headers, body=task_body(run.id, 1))  # fmt: skip
-    connection = pika.BlockingConnection(pika.URLParameters(quorum_broker))
-    try:
-        channel = connection.channel()
+    with confirmed_channel(quorum_broker) as channel:
 
         def returned_until_parked() -> bool:
             # A worker that dies holding it, again and again: returned to the queue.
@@ -501,8 +451,6 @@ def test_a_chunk_the_broker_parks_at_its_delivery_limit_fails_its_active_run_nam
             return queue_depth(quorum_broker, f"{TRANSFORM_QUEUE}.dlq") == 1
 
         wait_until(returned_until_parked, timeout_s=20, what="the delivery limit")
-    finally:
-        connection.close()
 
     service(quorum_broker, services.ledger).sync()
 
@@ -538,66 +486,21 @@ def test_a_plan_that_expired_before_a_worker_took_it_fails_its_queued_run(
 # -- 4. under signing: verified with the workers' certificate store ------------------------
 
 
-def make_identity(directory: Path, name: str) -> tuple[Path, Path]:
-    """A private key and a self-signed certificate, as PEM files."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
 @pytest.fixture(scope="module")
-def signing(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def signing(tmp_path_factory: pytest.TempPathFactory) -> SigningIdentities:
     """The workers' identity and store, and a stranger's identity."""
-    directory = tmp_path_factory.mktemp("signing")
-    store = directory / "trusted"
-    store.mkdir()
-    workers = make_identity(directory, "etl-workers")
-    (store / "etl-workers.pem").write_bytes(workers[1].read_bytes())
-    return {"store": str(store), "trusted": workers,
-            "stranger": make_identity(directory, "stranger")}  # fmt: skip
-
-
-def signed(identity: tuple[Path, Path], payload: bytes) -> bytes:
-    """``payload`` (a JSON task body) signed as Celery's "auth" serializer signs it."""
-    key, cert = identity
-    signer = SecureSerializer(PrivateKey(key.read_text()), Certificate(cert.read_text()),
-                              FSCertStore(str(cert)), "sha256")  # fmt: skip
-    signed_body: bytes = signer.serialize(json.loads(payload))
-    return signed_body
-
-
-def tampered(body: bytes, old: str, new: str) -> bytes:
-    raw = base64.b64decode(body)
-    return base64.b64encode(raw.replace(old.encode(), new.encode()))
+    return signing_identities(tmp_path_factory.mktemp("signing"))
 
 
 def test_under_signing_a_genuine_dead_letter_names_its_run_and_fails_what_it_left_undone(
-    idle_broker: str, services: Services, signing: dict[str, Any]
+    idle_broker: str, services: Services, signing: SigningIdentities
 ) -> None:
     run = new_run(services.ledger, RunState.PLANNING)  # a planning that gave up
     case = f"signed-{uuid.uuid4().hex[:6]}"
     park(idle_broker, PLAN_QUEUE, task_headers("etl.plan_run", case),
-         signed(signing["trusted"], task_body(run.id)), "application/data")  # fmt: skip
+         signed(signing.trusted, task_body(run.id)), "application/data")  # fmt: skip
 
-    service(idle_broker, services.ledger, cert_store=signing["store"]).sync()
-
-    letter = letter_of(services.ledger, case)
+    letter = synced_letter(idle_broker, services.ledger, case, cert_store=str(signing.store))
     assert letter.run_id == run.id
     failed = services.ledger.get_run(run.id)
     assert failed.state is RunState.FAILED
@@ -627,7 +530,7 @@ SIGNING_REFUSALS = [
 def test_under_signing_an_unverified_dead_letter_says_exactly_why_and_changes_no_run(
     idle_broker: str,
     services: Services,
-    signing: dict[str, Any],
+    signing: SigningIdentities,
     case: str,
     kind: str,
     content_type: str,
@@ -638,19 +541,17 @@ def test_under_signing_an_unverified_dead_letter_says_exactly_why_and_changes_no
     bodies = {
         "json": lambda: task_body(run.id),
         "tampered": lambda: tampered(
-            signed(signing["trusted"], task_body(other.id)), other.id, run.id
+            signed(signing.trusted, task_body(other.id)), other.id, run.id
         ),
-        "stranger": lambda: signed(signing["stranger"], task_body(run.id)),
+        "stranger": lambda: signed(signing.stranger, task_body(run.id)),
         "garbage": lambda: base64.b64encode(task_body(run.id)),
-        "wrong-arguments": lambda: signed(signing["trusted"], task_body(run.id, 1)),
+        "wrong-arguments": lambda: signed(signing.trusted, task_body(run.id, 1)),
     }
     case = f"{case}-{uuid.uuid4().hex[:6]}"
     park(idle_broker, PLAN_QUEUE, task_headers("etl.plan_run", case), bodies[kind](),
          content_type)  # fmt: skip
 
-    service(idle_broker, services.ledger, cert_store=signing["store"]).sync()
-
-    letter = letter_of(services.ledger, case)
+    letter = synced_letter(idle_broker, services.ledger, case, cert_store=str(signing.store))
     assert words in letter.reason, letter.reason
     assert letter.run_id is None
     assert unchanged(services.ledger, run) and unchanged(services.ledger, other)
@@ -679,7 +580,7 @@ def test_twenty_replays_at_once_of_a_failed_runs_letter_retry_it_once_and_send_n
     park(idle_broker, TRANSFORM_QUEUE, task_headers("etl.transform_chunk", case),
          task_body(run.id, 1))  # fmt: skip
     enqueue = RecordingEnqueue()
-    dead_letters = DeadLetterService(ledger, idle_broker, RunService(ledger, enqueue).retry_run)
+    dead_letters = DeadLetterService(ledger, idle_broker, RunService(ledger, enqueue))
     dead_letters.sync()
     ledger.fail_run(run.id, "chunk 1 failed: boom")
 
@@ -698,7 +599,7 @@ def test_twenty_replays_at_once_of_a_letter_republish_it_once(
     park(idle_broker, PLAN_QUEUE, task_headers("etl.plan_run", case), task_body(UNKNOWN_RUN))
     enqueue = RecordingEnqueue()
     dead_letters = DeadLetterService(
-        services.ledger, idle_broker, RunService(services.ledger, enqueue).retry_run
+        services.ledger, idle_broker, RunService(services.ledger, enqueue)
     )
     dead_letters.sync()
 
@@ -714,17 +615,10 @@ def test_twenty_replays_at_once_of_a_letter_republish_it_once(
 @pytest.fixture
 def fresh_database(postgres_url: str) -> Iterator[str]:
     """The URL of an empty database of the test's own, dropped afterwards."""
-    name = f"etl_dlq_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(make_url(postgres_url).set(database="postgres"),
-                          isolation_level="AUTOCOMMIT")  # fmt: skip
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    admin_url = make_url(postgres_url).set(database="postgres")
+    with scratch_database(admin_url.render_as_string(hide_password=False),
+                          f"etl_dlq_{uuid.uuid4().hex[:8]}") as url:  # fmt: skip
+        yield url
 
 
 @pytest.fixture

@@ -7,17 +7,30 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from etl.adapters.db import make_engine
-from etl.adapters.ledger import SCHEMA_VERSION, IdempotencyConflict, upgrade
+from etl.adapters.ledger import SCHEMA_VERSION, upgrade
 from etl.bootstrap import Services
 from etl.config import Settings
 from etl.domain.chunks import plan_chunks
-from etl.domain.runs import RunState, Trigger
+from etl.domain.errors import IdempotencyConflict
+from etl.domain.runs import ChunkState, Run, RunState, Trigger
+from etl.domain.windows import RunWindow
+from etl.formats.encoding import PartStats
+
+from builders import new_run, planned_run
 
 pytestmark = pytest.mark.integration
+
+WINDOW = RunWindow(key_column="id", key_min=1, key_max=2000)
+STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
+
+
+def running_run(services: Services) -> str:
+    """A run planned in three chunks and running, of a pipeline of its own."""
+    return planned_run(services.ledger, pipeline=f"p_{uuid.uuid4().hex[:8]}", day=date(2032, 1, 1))
 
 
 def test_concurrent_scheduled_dispatches_create_exactly_one_run(services: Services) -> None:
@@ -41,42 +54,87 @@ def test_idempotency_key_returns_the_same_run_and_refuses_a_different_request(
     services: Services,
 ) -> None:
     key = f"key-{uuid.uuid4()}"
-    first, created = services.ledger.create_run(
-        pipeline="orders_daily",
-        logical_date=date(2026, 1, 1),
-        trigger=Trigger.MANUAL,
-        params={},
-        idempotency_key=key,
-    )
-    again, created_again = services.ledger.create_run(
-        pipeline="orders_daily",
-        logical_date=date(2026, 1, 1),
-        trigger=Trigger.MANUAL,
-        params={},
-        idempotency_key=key,
-    )
-    assert created and not created_again and again.id == first.id
-    with pytest.raises(IdempotencyConflict, match=key):
-        services.ledger.create_run(
+
+    def request(day: date) -> tuple[Run, bool]:
+        return services.ledger.create_run(
             pipeline="orders_daily",
-            logical_date=date(2026, 1, 2),
+            logical_date=day,
             trigger=Trigger.MANUAL,
             params={},
             idempotency_key=key,
         )
 
+    first, created = request(date(2026, 1, 1))
+    again, created_again = request(date(2026, 1, 1))
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(IdempotencyConflict, match=key):
+        request(date(2026, 1, 2))
+
 
 def test_two_planners_record_one_plan(services: Services) -> None:
-    run, _ = services.ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 2, 1), trigger=Trigger.MANUAL, params={}
-    )
+    run_id = new_run(services.ledger, day=date(2026, 2, 1))
     plans = [plan_chunks(1, 1000, 100), plan_chunks(1, 2000, 300)]
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        recorded = list(pool.map(lambda plan: services.ledger.record_plan(run.id, plan, {}), plans))
+        recorded = list(
+            pool.map(lambda plan: services.ledger.record_plan(run_id, plan, WINDOW), plans)
+        )
     assert recorded[0] == recorded[1]
-    assert len(services.ledger.get_chunks(run.id)) in {10, 7}
-    assert services.ledger.get_run(run.id).chunk_count == len(recorded[0])
+    assert len(services.ledger.get_chunks(run_id)) in {10, 7}
+    assert services.ledger.get_run(run_id).chunk_count == len(recorded[0])
+
+
+@pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED])
+def test_a_chunk_of_an_ended_run_neither_starts_nor_finishes_on_postgres(
+    services: Services, state: RunState
+) -> None:
+    ledger = services.ledger
+    run_id = running_run(services)
+    assert ledger.start_chunk(run_id, 0) is not None
+    assert ledger.move_run(run_id, state, reason="ended by the test")
+
+    assert ledger.start_chunk(run_id, 1) is None
+    assert ledger.get_chunk(run_id, 1).attempts == 0
+    assert not ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    assert ledger.get_chunk(run_id, 0).state is ChunkState.RUNNING
+
+
+def test_a_chunk_start_waits_for_a_failing_run_and_then_does_not_start(
+    services: Services,
+) -> None:
+    """The run's state is read under a share lock in the chunk's own UPDATE: a fail not
+    yet committed makes the start wait, and the start then sees the run failed (a plain
+    read would have seen it running and started the chunk)."""
+    from support import wait_until
+
+    ledger = services.ledger
+    run_id = running_run(services)
+    engine = services.ledger.engine
+    with engine.connect() as failing:
+        failing.execute(text("UPDATE etl_runs SET state = 'failed' WHERE id = :id"), {"id": run_id})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            started = pool.submit(ledger.start_chunk, run_id, 1)
+            wait_until(
+                lambda: _waits_for_a_lock(engine, "UPDATE etl_chunks"),
+                timeout_s=10,
+                what="the chunk start to wait for the run's row",
+            )
+            assert not started.done()
+            failing.commit()
+            assert started.result(timeout=10) is None
+    assert ledger.get_chunk(run_id, 1).attempts == 0
+
+
+def _waits_for_a_lock(engine: Engine, query_start: str) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE :start"
+            ),
+            {"start": query_start + "%"},
+        ).scalar_one()
+    return bool(waiting)
 
 
 def test_state_moves_forward_only_on_postgres(services: Services) -> None:

@@ -13,13 +13,12 @@ from datetime import date
 
 import pytest
 
-from etl.bootstrap import Services
+from etl.bootstrap import Services, build_run_reader
 from etl.config import Settings, settings_env
-from etl.demo import seed_orders
 from etl.domain.runs import Run, RunState, Trigger
 from etl.service import execution as steps
-from etl.service.outputs import RunReader
 
+from builders import with_orders
 from support import expected_records
 
 pytestmark = pytest.mark.integration
@@ -30,8 +29,7 @@ CHUNK_SIZE = 1_000
 
 @pytest.fixture(scope="module")
 def seeded(services: Services) -> Services:
-    seed_orders(services.source_engine, SOURCE_ROWS)
-    return services
+    return with_orders(services, SOURCE_ROWS)
 
 
 @pytest.fixture
@@ -82,7 +80,7 @@ def etl_outputs(settings: Settings, *args: str) -> subprocess.CompletedProcess[s
 def test_the_reader_returns_exactly_the_transformed_source(outputs_services: Services) -> None:
     commit(outputs_services, date(2021, 3, 1))
     newest = commit(outputs_services, date(2021, 3, 2))
-    reader = RunReader.from_settings(outputs_services.settings)
+    reader = build_run_reader(outputs_services.settings)
 
     latest = reader.latest("orders_daily")
     rows = list(reader.rows(latest))
@@ -115,7 +113,7 @@ def test_outputs_verify_passes_an_intact_run_and_fails_an_overwritten_part(
     assert intact.returncode == 0, intact.stderr
     assert f"run {run.id} verified: 3 parts" in intact.stdout
 
-    reader = RunReader.from_settings(outputs_services.settings)
+    reader = build_run_reader(outputs_services.settings)
     victim = reader.open(reader.find(run.id, ["orders_daily"])).manifest.parts[2]
     outputs_services.parts.client.put_object(
         Bucket=outputs_services.parts.bucket, Key=victim.key, Body=b"other bytes entirely"
@@ -135,7 +133,7 @@ def test_outputs_verify_passes_an_intact_run_and_fails_an_overwritten_part(
 
 def test_outputs_verify_of_a_deleted_part_names_it(outputs_services: Services) -> None:
     run = commit(outputs_services, date(2021, 6, 1))
-    reader = RunReader.from_settings(outputs_services.settings)
+    reader = build_run_reader(outputs_services.settings)
     victim = reader.open(reader.find(run.id, ["orders_daily"])).manifest.parts[0]
     outputs_services.parts.delete_keys([victim.key])
 

@@ -1,5 +1,6 @@
 """The part writer against moto's S3 server: parts go up with S3's own SHA-256
-checksum, for the server to verify."""
+checksum, for the server to verify; a large one as a multipart upload, streamed, that
+reads back whole with the sha256 and ETag the ledger records."""
 
 from __future__ import annotations
 
@@ -21,11 +22,42 @@ from botocore.exceptions import ClientError
 
 from etl.adapters.s3 import S3PartWriter, make_s3_client
 from etl.bootstrap import Services
-from etl.formats.encoding import JsonLinesGzipWriter, read_json_lines_gzip
+from etl.formats.encoding import JsonLinesGzipWriter
+
+from builders import keys_under, read_json_lines_gzip
 
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
+# S3's smallest part is 5 MiB: an 11 MiB body goes up in three parts.
+IN_5_MIB_PARTS = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+
+
+@pytest.fixture
+def multipart_writer(services: Services) -> S3PartWriter:
+    """The session's part writer, uploading in 5 MiB parts from 5 MiB on."""
+    return S3PartWriter(services.parts.client, services.parts.bucket, transfer=IN_5_MIB_PARTS)
+
+
+def new_key() -> str:
+    """A part key no test has used."""
+    return f"it/{uuid.uuid4()}/part-00000.bin"
+
+
+def put_bytes(
+    writer: S3PartWriter, body: bytes, *, key: str | None = None, hashed: bytes | None = None
+) -> tuple[str, str]:
+    """``body`` put as a part (one row) at ``key`` (a new one by default), with the sha256
+    of ``hashed`` (``body`` itself by default); its key and ETag."""
+    key = key or new_key()
+    etag = writer.put_part(
+        key,
+        io.BytesIO(body),
+        content_type="application/octet-stream",
+        sha256=hashlib.sha256(body if hashed is None else hashed).hexdigest(),
+        rows=1,
+    )
+    return key, etag
 
 
 def test_a_part_round_trips_with_its_checksum_as_metadata(services: Services) -> None:
@@ -58,7 +90,7 @@ def test_missing_objects_have_no_metadata_and_listing_is_by_prefix(services: Ser
     services.parts.put_json(f"{prefix}/a/_manifest.json", {"x": 1})
     services.parts.put_marker(f"{prefix}/a/_SUCCESS")
     services.parts.put_marker(f"{prefix}/b/_SUCCESS")
-    assert sorted(services.parts.list_keys(f"{prefix}/a/")) == [
+    assert sorted(keys_under(services.parts, f"{prefix}/a/")) == [
         f"{prefix}/a/_SUCCESS",
         f"{prefix}/a/_manifest.json",
     ]
@@ -87,24 +119,30 @@ def test_s3_records_the_parts_own_sha256_checksum(services: Services) -> None:
     assert attributes["Checksum"]["ChecksumSHA256"] == s3_checksum(body)
 
 
-def test_a_multipart_part_carries_each_parts_checksum_and_their_composite(
-    services: Services,
+def test_a_part_over_the_threshold_is_uploaded_in_parts_and_reads_back_whole(
+    multipart_writer: S3PartWriter,
 ) -> None:
-    writer = S3PartWriter(
-        services.parts.client,
-        services.parts.bucket,
-        transfer=TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB),
-    )
     body = os.urandom(11 * MIB)
-    key = f"it/{uuid.uuid4()}/part-00000.parquet"
 
-    etag = writer.put_part(
-        key,
-        io.BytesIO(body),
-        content_type="application/octet-stream",
-        sha256=hashlib.sha256(body).hexdigest(),
-        rows=1,
-    )
+    key, etag = put_bytes(multipart_writer, body)
+
+    assert etag.strip('"').endswith("-3"), etag  # the ETag of a three-part upload
+    assert multipart_writer.part_metadata(key) == {
+        "bytes": len(body),
+        "etag": etag,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "rows": "1",
+    }
+    assert multipart_writer.get_bytes(key) == body
+
+
+def test_a_multipart_part_carries_each_parts_checksum_and_their_composite(
+    multipart_writer: S3PartWriter,
+) -> None:
+    writer = multipart_writer
+    body = os.urandom(11 * MIB)
+
+    key, etag = put_bytes(writer, body)
 
     # S3's checksum of a multipart object: the SHA-256 of its parts' SHA-256 digests.
     digests = [
@@ -201,8 +239,7 @@ def verifying(
     from 5 MiB on."""
     proxy = ChecksumVerifyingProxy(s3_endpoint)
     client = make_s3_client(proxy.url, services.settings.s3_region)
-    transfer = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
-    yield proxy, S3PartWriter(client, services.parts.bucket, transfer=transfer)
+    yield proxy, S3PartWriter(client, services.parts.bucket, transfer=IN_5_MIB_PARTS)
     proxy.close()
 
 
@@ -212,18 +249,11 @@ def test_honest_bytes_pass_the_servers_checksum_check(
 ) -> None:
     proxy, writer = verifying
     body = os.urandom(size)
-    key = f"it/{uuid.uuid4()}/part-00000.bin"
 
-    writer.put_part(
-        key,
-        io.BytesIO(body),
-        content_type="application/octet-stream",
-        sha256=hashlib.sha256(body).hexdigest(),
-        rows=1,
-    )
+    key, _ = put_bytes(writer, body)
 
     assert proxy.refused == []
-    assert hashlib.sha256(writer.get_bytes(key)).digest() == hashlib.sha256(body).digest()
+    assert writer.get_bytes(key) == body
 
 
 @pytest.mark.parametrize("size", [64 * 1024, 11 * MIB], ids=["single PUT", "multipart"])
@@ -232,17 +262,10 @@ def test_bytes_changed_on_the_way_are_refused_and_nothing_is_stored(
 ) -> None:
     proxy, writer = verifying
     proxy.corrupt_in_transit = True
-    body = os.urandom(size)
-    key = f"it/{uuid.uuid4()}/part-00000.bin"
+    key = new_key()
 
     with pytest.raises(ClientError) as refused:
-        writer.put_part(
-            key,
-            io.BytesIO(body),
-            content_type="application/octet-stream",
-            sha256=hashlib.sha256(body).hexdigest(),
-            rows=1,
-        )
+        put_bytes(writer, os.urandom(size), key=key)
 
     assert refused.value.response["Error"]["Code"] == "BadDigest"
     assert proxy.refused  # the first PUT (or part) already
@@ -255,17 +278,10 @@ def test_a_part_whose_bytes_are_not_those_hashed_is_refused(
     verifying: tuple[ChecksumVerifyingProxy, S3PartWriter],
 ) -> None:
     proxy, writer = verifying
-    written = b'{"order_id": 1}\n'
-    key = f"it/{uuid.uuid4()}/part-00000.jsonl"
+    key = new_key()
 
     with pytest.raises(ClientError, match="BadDigest"):
-        writer.put_part(
-            key,
-            io.BytesIO(b'{"order_id": 2}\n'),
-            content_type="application/x-ndjson",
-            sha256=hashlib.sha256(written).hexdigest(),
-            rows=1,
-        )
+        put_bytes(writer, b'{"order_id": 2}\n', key=key, hashed=b'{"order_id": 1}\n')
 
     assert proxy.refused == [f"PUT /{writer.bucket}/{key}"]
     assert writer.part_metadata(key) is None

@@ -6,24 +6,23 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pytest
 from scheduling_pipelines import EVENTS_INCREMENTAL, EVENTS_TABLE
 from sqlalchemy import text
 
 from etl.adapters.db import replace_table
-from etl.adapters.ledger import BackfillConflict
 from etl.adapters.ledger.beat import BeatState, LeaderLock
 from etl.bootstrap import Services
+from etl.domain.errors import BackfillConflict
 from etl.domain.runs import RunState, Trigger
-from etl.domain.windows import CursorWindow
-from etl.formats.encoding import read_json_lines_gzip
 from etl.pipelines import PIPELINES
 from etl.service import execution as steps
 from etl.service.lifecycle import RunService
 
-from support import RecordingEnqueue, wait_until
+from builders import beat_ticks, read_json_lines_gzip
+from fakes import RecordingEnqueue
+from support import wait_until
 
 
 @pytest.fixture
@@ -32,70 +31,54 @@ def events_pipeline(monkeypatch: pytest.MonkeyPatch) -> str:
     return EVENTS_INCREMENTAL.name
 
 
-def test_one_process_holds_the_leader_lock_and_another_takes_over_when_it_goes(
-    services: Services,
-) -> None:
-    url = services.settings.database_url
-    first, second = LeaderLock(url), LeaderLock(url)
-    try:
-        assert first.hold() and first.hold()  # kept while held
-        assert not second.hold()
-        first.release()
-        assert second.hold()
-        assert not first.hold()
-    finally:
-        first.release()
-        second.release()
-
-
-def test_a_leader_holds_no_transaction_open_between_its_checks(services: Services) -> None:
-    # Idle in a transaction, it would pin the oldest snapshot (vacuum stalls behind it)
-    # and be cut off by an idle_in_transaction_session_timeout.
-    lock = LeaderLock(services.settings.database_url)
-    try:
-        assert lock.hold() and lock.hold()  # took the lead, then checked it
-        with services.ledger.engine.connect() as conn:
-            states = (
-                conn.execute(
-                    text(
-                        "SELECT state FROM pg_stat_activity "
-                        "WHERE application_name = 'nightly-etl-beat-leader' "
-                        "AND datname = current_database()"
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        assert states == ["idle"]
-    finally:
+@pytest.fixture
+def leader_locks(services: Services) -> Iterator[tuple[LeaderLock, LeaderLock]]:
+    """Two Beats' leader locks on the session's database, released at the end."""
+    locks = LeaderLock(services.settings.database_url), LeaderLock(services.settings.database_url)
+    yield locks
+    for lock in locks:
         lock.release()
 
 
-def test_a_leader_whose_connection_is_killed_loses_the_lead_to_the_other(
-    services: Services,
+def leader_backends(services: Services, column: str) -> list[object]:
+    """``column`` of each backend a leader lock holds in this session's database."""
+    query = (
+        f"SELECT {column} FROM pg_stat_activity "
+        "WHERE application_name = 'nightly-etl-beat-leader' AND datname = current_database()"
+    )
+    with services.ledger.engine.begin() as conn:
+        return list(conn.execute(text(query)).scalars().all())
+
+
+def test_one_process_holds_the_leader_lock_and_another_takes_over_when_it_goes(
+    leader_locks: tuple[LeaderLock, LeaderLock],
 ) -> None:
-    url = services.settings.database_url
-    first, second = LeaderLock(url), LeaderLock(url)
-    try:
-        assert first.hold()
-        with services.ledger.engine.begin() as conn:
-            killed = (
-                conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE application_name = 'nightly-etl-beat-leader' "
-                        "AND datname = current_database()"
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        assert killed == [True]
-        assert second.hold()  # the server released the lock with the connection
-        assert not first.hold()  # and the old leader notices it is no longer leading
-    finally:
-        first.release()
-        second.release()
+    first, second = leader_locks
+    assert first.hold() and first.hold()  # kept while held
+    assert not second.hold()
+    first.release()
+    assert second.hold()
+    assert not first.hold()
+
+
+def test_a_leader_holds_no_transaction_open_between_its_checks(
+    services: Services, leader_locks: tuple[LeaderLock, LeaderLock]
+) -> None:
+    # Idle in a transaction, it would pin the oldest snapshot (vacuum stalls behind it)
+    # and be cut off by an idle_in_transaction_session_timeout.
+    lock, _ = leader_locks
+    assert lock.hold() and lock.hold()  # took the lead, then checked it
+    assert leader_backends(services, "state") == ["idle"]
+
+
+def test_a_leader_whose_connection_is_killed_loses_the_lead_to_the_other(
+    services: Services, leader_locks: tuple[LeaderLock, LeaderLock]
+) -> None:
+    first, second = leader_locks
+    assert first.hold()
+    assert leader_backends(services, "pg_terminate_backend(pid)") == [True]
+    assert second.hold()  # the server released the lock with the connection
+    assert not first.hold()  # and the old leader notices it is no longer leading
 
 
 def test_only_one_of_two_beats_advancing_the_same_entry_sends(services: Services) -> None:
@@ -119,7 +102,7 @@ def test_only_one_of_two_beats_advancing_the_same_entry_sends(services: Services
     assert advance("beat-a") == [slot]
     assert advance("beat-b") == []
     assert sent == ["beat-a"]
-    [tick] = state.ticks(entry)
+    [tick] = beat_ticks(state.engine, entry)
     assert (tick.dispatched_by, tick.logical_date) == ("beat-a", date(2026, 4, 30))
 
 
@@ -218,7 +201,8 @@ def test_incremental_runs_read_each_row_once_including_one_committed_late(
     first_id, first = run_once(services, date(2026, 5, 1))
 
     assert sorted(first) == list(range(1, 11))  # the late rows wait for the next window
-    window = CursorWindow.from_dict(services.ledger.get_run(first_id).window)
+    first_window = services.ledger.get_run(first_id).window
+    window = first_window.cursor if first_window else None
     assert window is not None and window.low is None
     assert services.ledger.watermark("events_incremental") == window.high
 
@@ -231,7 +215,8 @@ def test_incremental_runs_read_each_row_once_including_one_committed_late(
 
     assert sorted(second) == list(range(11, 15))
     assert not set(first) & set(second)
-    second_window = CursorWindow.from_dict(services.ledger.get_run(second_id).window)
+    second_run = services.ledger.get_run(second_id)
+    second_window = second_run.window.cursor if second_run.window else None
     assert second_window is not None and second_window.low == window.high
     manifest = services.parts.get_bytes(services.ledger.get_run(second_id).manifest_key or "")
     assert (
@@ -279,15 +264,15 @@ def test_a_retried_run_whose_window_was_committed_since_is_refused(events: Servi
 
 
 def test_full_refresh_pipelines_record_no_cursor_window(services: Services) -> None:
-    from etl.demo import seed_orders
+    from etl.adapters.sample_orders import seed_orders
 
     seed_orders(services.source_engine, 100)
     run, _ = RunService(services.ledger, RecordingEnqueue()).start_run(
         "orders_daily", logical_date=date(2026, 5, 3), params={"chunk_size": 50}
     )
     steps.plan_run(services, run.id)
-    window: dict[str, Any] = services.ledger.get_run(run.id).window or {}
-    assert "cursor_column" not in window and window["key_min"] == 1
+    window = services.ledger.get_run(run.id).window
+    assert window is not None and window.cursor is None and window.key_min == 1
     services.ledger.fail_run(run.id, "test over")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from amqp.exceptions import PreconditionFailed
@@ -33,17 +34,26 @@ def empty_vhost(rabbitmq_vhost: str) -> Iterator[str]:
         yield vhost
 
 
+def queues_of(vhost: str, *columns: str) -> dict[str, dict[str, Any]]:
+    """The vhost's queues by name, as rabbitmqctl lists them with ``columns``; each
+    one's arguments as a dict."""
+    listed = json.loads(
+        rabbitmqctl(
+            "list_queues", "-p", vhost, "name", "arguments", *columns, "--formatter", "json"
+        )
+    )
+    return {
+        queue["name"]: {**queue, "arguments": {k: v for k, _type, v in queue["arguments"]}}
+        for queue in listed
+    }
+
+
 def test_every_work_queue_dead_letters_into_its_own_queue(empty_vhost: str) -> None:
     declare_topology(f"{RABBITMQ_URL}/{empty_vhost}")
 
-    listed = json.loads(
-        rabbitmqctl(
-            "list_queues", "-p", empty_vhost, "name", "arguments", "durable", "--formatter", "json"
-        )
-    )
-    queues = {q["name"]: q for q in listed}
+    queues = queues_of(empty_vhost, "durable")
     for name in WORK_QUEUES:
-        arguments = {key: value for key, _type, value in queues[name]["arguments"]}
+        arguments = queues[name]["arguments"]
         assert arguments["x-dead-letter-exchange"] == "etl.dlx"
         assert arguments["x-dead-letter-routing-key"] == name
         assert queues[name]["durable"] is True
@@ -117,14 +127,9 @@ def test_an_unroutable_message_is_kept_in_etl_unroutable(empty_vhost: str) -> No
 
 def test_quorum_queues_carry_a_delivery_limit(empty_vhost: str) -> None:
     declare_topology(f"{RABBITMQ_URL}/{empty_vhost}", queue_type="quorum", delivery_limit=7)
-    listed = json.loads(
-        rabbitmqctl(
-            "list_queues", "-p", empty_vhost, "name", "type", "arguments", "--formatter", "json"
-        )
-    )
-    queues = {q["name"]: q for q in listed}
+    queues = queues_of(empty_vhost, "type")
     for name in WORK_QUEUES:
-        arguments = {key: value for key, _type, value in queues[name]["arguments"]}
+        arguments = queues[name]["arguments"]
         assert queues[name]["type"] == "quorum"
         assert arguments["x-delivery-limit"] == 7
         assert arguments["x-dead-letter-exchange"] == "etl.dlx"

@@ -12,16 +12,22 @@ from typing import Any
 import pytest
 import redis
 
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import ChunkState, RunState, Trigger
 from etl.domain.transform import BatchResult
 from etl.pipelines import PIPELINES
 from etl.pipelines.orders import ORDERS_DAILY
 from etl.service.execution import plan_run
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import TASK_START_SCHEDULED_RUN, TASK_TRANSFORM_CHUNK, EtlCelery, make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import (
+    TASK_START_SCHEDULED_RUN,
+    TASK_TRANSFORM_CHUNK,
+    EtlCelery,
+    celery_enqueue,
+    make_celery,
+)
 
 from support import assert_run_output_matches_source, wait_until
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+from flask.testing import FlaskClient
 from moto import mock_aws
 from sqlalchemy import Engine
 
@@ -18,7 +19,8 @@ from etl.adapters.s3 import S3PartWriter
 from etl.bootstrap import Services
 from etl.config import Settings
 
-from support import RecordingEnqueue
+from builders import api_app, fake_services
+from fakes import FakeServices, RecordingEnqueue
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -70,6 +72,7 @@ def services(sqlite_engine: Engine, fake_s3: tuple[Any, S3Client]) -> Services:
         ledger=Ledger(sqlite_engine),
         source_engine=sqlite_engine,
         parts=parts,
+        enqueue=RecordingEnqueue(),
     )
 
 
@@ -80,6 +83,19 @@ def ledger(sqlite_engine: Engine) -> Ledger:
 
 
 @pytest.fixture
-def enqueue() -> RecordingEnqueue:
-    """A fake Enqueue port that records what would have been sent."""
-    return RecordingEnqueue()
+def fakes() -> FakeServices:
+    """Every port in memory (tests/fakes.py), 2,000 sample orders as orders_daily's
+    source, the real run lifecycle on them."""
+    return fake_services(rows=2000)
+
+
+@pytest.fixture
+def enqueue(fakes: FakeServices) -> RecordingEnqueue:
+    """A fake Enqueue port that records what would have been sent (the fakes' own)."""
+    return fakes.enqueue
+
+
+@pytest.fixture
+def client(ledger: Ledger, enqueue: RecordingEnqueue) -> FlaskClient:
+    """The HTTP API on the SQLite ledger, enqueueing into ``enqueue`` (builders.api_app)."""
+    return api_app(ledger, enqueue).test_client()

@@ -11,16 +11,12 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from pydantic import SecretStr
 
-from api import ApiServices, create_app
-from etl.adapters.ledger import BackfillConflict, Ledger
+from etl.adapters.ledger import Ledger
 from etl.bootstrap import Services
 from etl.cli import main
 from etl.cli.backfill import progress_text
 from etl.cli.progress import ProgressLine
-from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.backfills import (
     MAX_BACKFILL_DAYS,
     BackfillProgress,
@@ -28,13 +24,15 @@ from etl.domain.backfills import (
     dates_between,
     plan_backfill,
 )
+from etl.domain.errors import BackfillConflict
 from etl.domain.runs import Run, RunState, Trigger
 from etl.pipelines import PIPELINES, get_pipeline
 from etl.service import execution as steps
-from etl.service.dead_letters import DeadLetterService
-from etl.service.lifecycle import EnqueueFailed, RunService, dispatch_waiting_runs
+from etl.service.backfills import cancel_backfill, start_backfill
+from etl.service.lifecycle import EnqueueFailed, RunService
 
-from support import RecordingEnqueue
+from builders import auth, with_orders
+from fakes import RecordingEnqueue
 
 D1 = date(2026, 10, 1)
 
@@ -45,8 +43,7 @@ def days(n: int) -> list[date]:
 
 @pytest.fixture
 def seeded(services: Services) -> Services:
-    seed_orders(services.source_engine, 300)
-    return services
+    return with_orders(services, 300)
 
 
 @pytest.fixture
@@ -172,8 +169,8 @@ def test_a_backfill_records_one_run_per_date_and_sends_only_max_active(
 ) -> None:
     service = RunService(ledger, enqueue)
 
-    backfill, plans = service.start_backfill(
-        "orders_daily", start=D1, end=D1 + timedelta(days=4), max_active=2
+    backfill, plans = start_backfill(
+        service, "orders_daily", start=D1, end=D1 + timedelta(days=4), max_active=2
     )
 
     assert backfill is not None and backfill.max_active == 2
@@ -186,8 +183,13 @@ def test_a_backfill_records_one_run_per_date_and_sends_only_max_active(
 
 
 def test_a_dry_run_starts_nothing(ledger: Ledger, enqueue: RecordingEnqueue) -> None:
-    backfill, plans = RunService(ledger, enqueue).start_backfill(
-        "orders_daily", start=D1, end=D1 + timedelta(days=2), max_active=1, dry_run=True
+    backfill, plans = start_backfill(
+        RunService(ledger, enqueue),
+        "orders_daily",
+        start=D1,
+        end=D1 + timedelta(days=2),
+        max_active=1,
+        dry_run=True,
     )
     assert backfill is None and len(plans) == 3 and all(p.run for p in plans)
     assert ledger.list_runs() == [] and enqueue.calls == []
@@ -198,12 +200,12 @@ def test_bad_backfills_are_refused_before_anything_is_recorded(
 ) -> None:
     service = RunService(ledger, enqueue)
     with pytest.raises(ValueError, match="before start"):
-        service.start_backfill("orders_daily", start=D1, end=D1 - timedelta(1), max_active=1)
+        start_backfill(service, "orders_daily", start=D1, end=D1 - timedelta(1), max_active=1)
     with pytest.raises(ValueError, match="max_active"):
-        service.start_backfill("orders_daily", start=D1, end=D1, max_active=0)
+        start_backfill(service, "orders_daily", start=D1, end=D1, max_active=0)
     with pytest.raises(Exception, match="chunk_size"):
-        service.start_backfill(
-            "orders_daily", start=D1, end=D1, max_active=1, params={"chunk_size": 0}
+        start_backfill(
+            service, "orders_daily", start=D1, end=D1, max_active=1, params={"chunk_size": 0}
         )
     assert ledger.list_runs() == [] and enqueue.calls == []
 
@@ -213,8 +215,12 @@ def test_a_refused_publish_fails_the_backfills_runs(
 ) -> None:
     enqueue.error = ConnectionError("broker down")
     with pytest.raises(EnqueueFailed, match="broker down"):
-        RunService(ledger, enqueue).start_backfill(
-            "orders_daily", start=D1, end=D1 + timedelta(days=1), max_active=1
+        start_backfill(
+            RunService(ledger, enqueue),
+            "orders_daily",
+            start=D1,
+            end=D1 + timedelta(days=1),
+            max_active=1,
         )
     assert {r.state for r in ledger.list_runs()} == {RunState.FAILED}
 
@@ -223,8 +229,12 @@ def test_runs_wait_for_a_place_and_start_as_places_free_up(
     seeded: Services, enqueue: RecordingEnqueue
 ) -> None:
     ledger = seeded.ledger
-    backfill, _ = RunService(ledger, enqueue).start_backfill(
-        "orders_daily", start=D1, end=D1 + timedelta(days=2), max_active=1
+    backfill, _ = start_backfill(
+        RunService(ledger, enqueue),
+        "orders_daily",
+        start=D1,
+        end=D1 + timedelta(days=2),
+        max_active=1,
     )
     assert backfill is not None
     first, second, third = ledger.backfill_runs(backfill.id)
@@ -236,7 +246,7 @@ def test_runs_wait_for_a_place_and_start_as_places_free_up(
     assert ledger.get_run(second.id).state is RunState.QUEUED
 
     assert finish(seeded, first.id).state is RunState.SUCCEEDED
-    assert dispatch_waiting_runs(ledger, enqueue, "orders_daily") == [second.id]
+    assert RunService(ledger, enqueue).admit_waiting("orders_daily") == [second.id]
     assert steps.plan_run(seeded, second.id) is not None
     assert ledger.get_run(second.id).state is RunState.RUNNING
     assert ledger.runs_to_admit("orders_daily", None) == []  # the third still waits
@@ -263,21 +273,21 @@ def test_a_second_backfill_skips_succeeded_dates_unless_asked(
     seeded: Services, enqueue: RecordingEnqueue
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
-    backfill, _ = service.start_backfill("orders_daily", start=D1, end=D1, max_active=1)
+    backfill, _ = start_backfill(service, "orders_daily", start=D1, end=D1, max_active=1)
     assert backfill is not None
     [run] = seeded.ledger.backfill_runs(backfill.id)
     assert finish(seeded, run.id).state is RunState.SUCCEEDED
 
-    again, plans = service.start_backfill(
-        "orders_daily", start=D1, end=D1 + timedelta(days=1), max_active=1
+    again, plans = start_backfill(
+        service, "orders_daily", start=D1, end=D1 + timedelta(days=1), max_active=1
     )
     assert again is not None
     assert [(p.run, p.reason.split(":")[0]) for p in plans] == [
         (False, "skipped"),
         (True, "no run yet"),
     ]
-    redo, plans = service.start_backfill(
-        "orders_daily", start=D1, end=D1, max_active=1, reprocess=Reprocess.ALL
+    redo, plans = start_backfill(
+        service, "orders_daily", start=D1, end=D1, max_active=1, reprocess=Reprocess.ALL
     )
     assert redo is not None and plans[0].run
 
@@ -321,20 +331,7 @@ def test_etl_backfill_usage_errors_exit_2(
     assert named in err and len(err.splitlines()) == 1
 
 
-@pytest.fixture
-def client(ledger: Ledger, enqueue: RecordingEnqueue) -> FlaskClient:
-    run_service = RunService(ledger, enqueue)
-    dead_letters = DeadLetterService(
-        ledger, "amqp://guest:guest@127.0.0.1:1//", run_service.retry_run
-    )
-    app = create_app(
-        Settings(api_token=SecretStr("t1")),
-        services=ApiServices(ledger=ledger, run_service=run_service, dead_letters=dead_letters),
-    )
-    return app.test_client()
-
-
-AUTH = {"Authorization": "Bearer t1"}
+AUTH = auth()
 
 
 def test_the_api_starts_a_backfill_and_reports_its_progress(
@@ -422,14 +419,14 @@ def test_cancelling_a_backfill_cancels_its_unfinished_runs_only(
     seeded: Services, enqueue: RecordingEnqueue, client: FlaskClient
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
-    backfill, _ = service.start_backfill(
-        "orders_daily", start=D1, end=D1 + timedelta(days=2), max_active=1
+    backfill, _ = start_backfill(
+        service, "orders_daily", start=D1, end=D1 + timedelta(days=2), max_active=1
     )
     assert backfill is not None
     first = seeded.ledger.backfill_runs(backfill.id)[0]
     assert finish(seeded, first.id).state is RunState.SUCCEEDED
 
-    runs = service.cancel_backfill(backfill.id)
+    runs = cancel_backfill(service, backfill.id)
 
     assert [r.state for r in runs] == [RunState.SUCCEEDED, RunState.CANCELLED, RunState.CANCELLED]
     assert runs[1].reason == "backfill cancelled"
@@ -500,7 +497,7 @@ def test_cancelling_a_backfill_sends_a_run_that_waited_behind_it_its_plan(
     seeded: Services, enqueue: RecordingEnqueue, one_at_a_time: str
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
-    backfill, _ = service.start_backfill(one_at_a_time, start=D1, end=D1, max_active=1)
+    backfill, _ = start_backfill(service, one_at_a_time, start=D1, end=D1, max_active=1)
     assert backfill is not None
     [backfilled] = seeded.ledger.backfill_runs(backfill.id)
     assert steps.plan_run(seeded, backfilled.id) is not None  # holds the pipeline's place
@@ -508,7 +505,7 @@ def test_cancelling_a_backfill_sends_a_run_that_waited_behind_it_its_plan(
     assert steps.plan_run(seeded, waiting.id) is None
     enqueue.calls.clear()
 
-    service.cancel_backfill(backfill.id)
+    cancel_backfill(service, backfill.id)
 
     assert enqueue.calls == [("etl.plan_run", [waiting.id])]
     assert steps.plan_run(seeded, waiting.id) is not None  # and now it has the place
@@ -523,7 +520,7 @@ def test_two_backfills_planned_at_once_cannot_both_start_a_date(
         day: run.id
         for day, run in seeded.ledger.latest_runs_by_date("orders_daily", D1, D1).items()
     }
-    first, _ = service.start_backfill("orders_daily", start=D1, end=D1, max_active=1)
+    first, _ = start_backfill(service, "orders_daily", start=D1, end=D1, max_active=1)
     assert first is not None
 
     with pytest.raises(BackfillConflict, match=f"orders_daily for {D1} started"):

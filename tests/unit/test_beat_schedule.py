@@ -18,6 +18,8 @@ from etl.adapters.ledger.beat import BeatState, LeaderLock
 from etl.domain.schedules import CatchUp, Cron
 from etl.pipelines import PIPELINES
 
+from builders import beat_ticks
+
 BERLIN_NIGHTLY = Entry(
     name="pipeline:orders_daily",
     schedule=Cron("30 2 * * *", "Europe/Berlin"),
@@ -101,7 +103,7 @@ def test_a_nightly_run_is_dispatched_once_per_night_across_a_dst_change(
     nights = [first + timedelta(days=n) for n in range(6)]
     # one run per night, for the day before it: nothing skipped, nothing doubled
     assert sent.dates == [(night - timedelta(days=1)).isoformat() for night in nights], label
-    ticks = BeatState(sqlite_engine).ticks(BERLIN_NIGHTLY.name)
+    ticks = beat_ticks(sqlite_engine, BERLIN_NIGHTLY.name)
     assert [t.logical_date for t in ticks] == [n - timedelta(days=1) for n in nights]
     assert not any(t.catch_up for t in ticks)
 
@@ -142,7 +144,7 @@ def test_missed_nights_follow_the_pipelines_catch_up_policy(
     # Beat was down from the 2nd at noon until the 5th at noon: three nights missed.
     d.tick(datetime(2026, 5, 5, 12, tzinfo=UTC))
     assert sent.dates == expected
-    catch_up = [t for t in BeatState(sqlite_engine).ticks(entry.name) if t.catch_up]
+    catch_up = [t for t in beat_ticks(sqlite_engine, entry.name) if t.catch_up]
     assert [t.logical_date.isoformat() for t in catch_up if t.logical_date] == expected
 
 
@@ -154,7 +156,7 @@ def test_a_send_the_broker_refuses_is_not_recorded_and_is_tried_again(
     sent.fail_next = 1
 
     assert d.tick(datetime(2026, 5, 2, 0, 31, tzinfo=UTC)) == d.poll_s
-    assert sent.dates == [] and BeatState(sqlite_engine).ticks(BERLIN_NIGHTLY.name) == []
+    assert sent.dates == [] and beat_ticks(sqlite_engine, BERLIN_NIGHTLY.name) == []
 
     d.tick(datetime(2026, 5, 2, 0, 31, 5, tzinfo=UTC))
     assert sent.dates == ["2026-05-01"]

@@ -9,16 +9,13 @@ import pytest
 from flask.testing import FlaskClient
 from pydantic import SecretStr
 
-from api import ApiServices, create_app
+from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
-from etl.config import Settings
-from etl.demo import seed_orders
 from etl.domain.runs import Trigger
 from etl.service import execution as steps
-from etl.service.dead_letters import DeadLetterService
-from etl.service.lifecycle import RunService
 
-from support import RecordingEnqueue
+from builders import api_app
+from fakes import RecordingEnqueue
 
 
 def basic(password: str) -> dict[str, str]:
@@ -27,14 +24,13 @@ def basic(password: str) -> dict[str, str]:
 
 @pytest.fixture
 def client(services: Services) -> FlaskClient:
-    run_service = RunService(services.ledger, RecordingEnqueue())
-    dead = DeadLetterService(
-        services.ledger, "amqp://guest:guest@127.0.0.1:1//", run_service.retry_run
+    app = api_app(
+        services.ledger,
+        RecordingEnqueue(),
+        api_token=SecretStr("full"),
+        api_read_token=SecretStr("reader"),
+        s3_bucket="unit-bucket",
     )
-    settings = Settings(
-        api_token=SecretStr("full"), api_read_token=SecretStr("reader"), s3_bucket="unit-bucket"
-    )
-    app = create_app(settings, ApiServices(services.ledger, run_service, dead))
     return app.test_client()
 
 

@@ -13,8 +13,9 @@ from etl.formats.encoding import (
     JsonLinesGzipWriter,
     PartStats,
     _json_lines,
-    read_json_lines_gzip,
 )
+
+from builders import read_json_lines_gzip
 
 RECORDS = [
     {"order_id": i, "customer_email": "j***@example.com", "amount_cents": i * 7, "note": "é ✓"}

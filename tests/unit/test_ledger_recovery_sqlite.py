@@ -3,65 +3,32 @@ their last activity, and the record of dead letters."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 import pytest
 
 from etl.adapters.ledger import Ledger
-from etl.domain.chunks import plan_chunks
 from etl.domain.dead_letters import DeadLetterState
-from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.formats.encoding import PartStats
+from etl.domain.runs import ChunkState, RunState
 
-DAY = date(2026, 11, 1)
-STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
+from builders import finish_chunk, new_run, planned_run, run_in_state
 
 
-def new_run(ledger: Ledger) -> str:
-    run, created = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={}
-    )
-    assert created
-    return run.id
-
-
-def planned_run(ledger: Ledger, chunks: int = 4) -> str:
-    run_id = new_run(ledger)
-    assert ledger.move_run(run_id, RunState.PLANNING)
-    ledger.record_plan(run_id, plan_chunks(1, chunks * 100, 100), {"key_min": 1})
-    assert ledger.move_run(run_id, RunState.RUNNING)
-    return run_id
-
-
-def finish(ledger: Ledger, run_id: str, index: int) -> None:
-    ledger.start_chunk(run_id, index)
-    assert ledger.finish_chunk(
-        run_id, index, s3_key=f"etl/part-{index:05d}.jsonl.gz", stats=STATS, rejected_by_reason={}
-    )
-
-
-def run_in_state(ledger: Ledger, state: RunState) -> str:
-    """A run moved along the allowed path to ``state``."""
-    if state is RunState.QUEUED:
-        return new_run(ledger)
-    if state is RunState.PLANNING:
-        run_id = new_run(ledger)
-        assert ledger.move_run(run_id, RunState.PLANNING)
-        return run_id
+def run_taken_to(ledger: Ledger, state: RunState) -> str:
+    """A run taken along the pipeline's path to ``state``: from running on, planned in
+    one chunk, done before it commits; failed or cancelled with a reason."""
+    if state in {RunState.QUEUED, RunState.PLANNING}:
+        return run_in_state(ledger, state)
     run_id = planned_run(ledger, chunks=1)
-    if state is RunState.RUNNING:
-        return run_id
     if state is RunState.FAILED:
         assert ledger.fail_run(run_id, "chunk 0 failed: boom")
-        return run_id
-    if state is RunState.CANCELLED:
+    elif state is RunState.CANCELLED:
         assert ledger.move_run(run_id, RunState.CANCELLED, reason="cancelled by request")
-        return run_id
-    finish(ledger, run_id, 0)
-    assert ledger.move_run(run_id, RunState.COMMITTING)
-    if state is RunState.SUCCEEDED:
-        assert ledger.move_run(run_id, RunState.SUCCEEDED)
+    elif state in {RunState.COMMITTING, RunState.SUCCEEDED}:
+        finish_chunk(ledger, run_id, 0)
+        assert ledger.move_run(run_id, RunState.COMMITTING)
+        if state is RunState.SUCCEEDED:
+            assert ledger.move_run(run_id, RunState.SUCCEEDED)
     return run_id
 
 
@@ -85,7 +52,7 @@ def test_reopening_a_failed_planned_run_queues_it_resetting_unfinished_chunks_ke
     ledger: Ledger,
 ) -> None:
     run_id = planned_run(ledger, chunks=4)
-    finish(ledger, run_id, 0)
+    finish_chunk(ledger, run_id, 0)
     ledger.start_chunk(run_id, 1)
     ledger.fail_chunk(run_id, 1, "ValueError: bad row")
     ledger.start_chunk(run_id, 2)
@@ -112,19 +79,12 @@ def test_reopening_a_failed_planned_run_queues_it_resetting_unfinished_chunks_ke
 
 @pytest.mark.parametrize(
     "state",
-    [
-        RunState.QUEUED,
-        RunState.PLANNING,
-        RunState.RUNNING,
-        RunState.COMMITTING,
-        RunState.SUCCEEDED,
-        RunState.CANCELLED,
-    ],
+    [state for state in RunState if state is not RunState.FAILED],
 )
 def test_a_run_that_is_not_failed_is_not_reopened_and_not_changed(
     ledger: Ledger, state: RunState
 ) -> None:
-    run_id = run_in_state(ledger, state)
+    run_id = run_taken_to(ledger, state)
     before = (ledger.get_run(run_id), ledger.get_chunks(run_id))
 
     assert ledger.reopen_run(run_id) is None
@@ -134,7 +94,7 @@ def test_a_run_that_is_not_failed_is_not_reopened_and_not_changed(
 
 
 def test_a_failed_run_is_reopened_only_once(ledger: Ledger) -> None:
-    run_id = run_in_state(ledger, RunState.FAILED)
+    run_id = run_taken_to(ledger, RunState.FAILED)
     assert ledger.reopen_run(run_id) is not None
     assert ledger.reopen_run(run_id) is None
     assert ledger.get_run(run_id).state is RunState.QUEUED
@@ -144,7 +104,7 @@ def test_a_failed_run_is_reopened_only_once(ledger: Ledger) -> None:
 
 
 def test_active_runs_are_the_unfinished_ones_oldest_first(ledger: Ledger) -> None:
-    ids = {state: run_in_state(ledger, state) for state in RunState}
+    ids = {state: run_taken_to(ledger, state) for state in RunState}
 
     active = ledger.active_runs()
 
@@ -180,7 +140,7 @@ def test_the_last_activity_of_an_unplanned_run_is_its_last_update(ledger: Ledger
 
 def test_the_last_activity_includes_a_chunk_changed_after_the_run(ledger: Ledger) -> None:
     run_id = planned_run(ledger, chunks=3)
-    finish(ledger, run_id, 1)
+    finish_chunk(ledger, run_id, 1)
     run, chunk = ledger.get_run(run_id), ledger.get_chunk(run_id, 1)
     assert chunk.finished_at is not None and chunk.finished_at > run.updated_at
 
@@ -189,7 +149,7 @@ def test_the_last_activity_includes_a_chunk_changed_after_the_run(ledger: Ledger
 
 def test_the_last_activity_is_the_run_when_it_changed_after_its_chunks(ledger: Ledger) -> None:
     run_id = planned_run(ledger, chunks=3)
-    finish(ledger, run_id, 1)
+    finish_chunk(ledger, run_id, 1)
     assert ledger.fail_run(run_id, "chunk 2 failed: boom")
 
     assert ledger.last_activity(run_id) == ledger.get_run(run_id).updated_at
@@ -343,10 +303,14 @@ def test_a_replay_the_broker_refuses_leaves_the_dead_letter_dead_for_the_next_tr
     ledger: Ledger,
 ) -> None:
     from etl.service.dead_letters import DeadLetterService
+    from etl.service.lifecycle import RunService
+
+    from fakes import RecordingEnqueue
 
     dead_letter_id, _ = ledger.record_dead_letter(letter(run_id=None))
     # Nothing listens on port 1: the send fails at once.
-    refusing = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", lambda _: None)
+    runs = RunService(ledger, RecordingEnqueue())
+    refusing = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", runs)
 
     with pytest.raises(OSError):
         refusing.replay(dead_letter_id)

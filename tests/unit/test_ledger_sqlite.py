@@ -6,34 +6,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from etl.adapters.ledger import SCHEMA_VERSION, IdempotencyConflict, Ledger, RunNotFound, upgrade
+from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
 from etl.domain.chunks import ChunkRange, plan_chunks
+from etl.domain.errors import IdempotencyConflict, RunNotFound
 from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
-DAY = date(2026, 11, 1)
+from builders import DAY, new_run, planned_run
+
 STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
 
 
-def new_run(ledger: Ledger, **changes: object) -> str:
-    values: dict[str, object] = {
-        "pipeline": "orders_daily",
-        "logical_date": DAY,
-        "trigger": Trigger.MANUAL,
-        "params": {},
-    }
-    values.update(changes)
-    run, created = ledger.create_run(**values)  # type: ignore[arg-type]
-    assert created
-    return run.id
-
-
-def planned_run(ledger: Ledger, chunks: int = 3) -> str:
-    run_id = new_run(ledger)
-    ledger.move_run(run_id, RunState.PLANNING)
-    ledger.record_plan(run_id, plan_chunks(1, chunks * 100, 100), {"key_min": 1})
-    ledger.move_run(run_id, RunState.RUNNING)
-    return run_id
+def window(key_min: int | None, key_max: int | None) -> RunWindow:
+    return RunWindow(key_column="id", key_min=key_min, key_max=key_max)
 
 
 def test_upgrade_twice_is_harmless_and_reports_the_schema_version(sqlite_engine: Engine) -> None:
@@ -85,7 +71,7 @@ def test_a_scheduled_run_is_unique_per_pipeline_and_date(ledger: Ledger) -> None
 def test_scheduled_runs_of_other_dates_or_pipelines_are_separate(ledger: Ledger) -> None:
     ids = {
         new_run(ledger, trigger=Trigger.SCHEDULE),
-        new_run(ledger, trigger=Trigger.SCHEDULE, logical_date=date(2026, 11, 2)),
+        new_run(ledger, trigger=Trigger.SCHEDULE, day=date(2026, 11, 2)),
         new_run(ledger, trigger=Trigger.SCHEDULE, pipeline="other_pipeline"),
     }
     assert len(ids) == 3
@@ -115,14 +101,14 @@ def test_the_same_idempotency_key_and_request_finds_the_same_run(ledger: Ledger)
 
 @pytest.mark.parametrize(
     "different",
-    [{"params": {"chunk_size": 501}}, {"logical_date": date(2026, 11, 2)}, {"pipeline": "other"}],
+    [{"params": {"chunk_size": 501}}, {"day": date(2026, 11, 2)}, {"pipeline": "other"}],
 )
 def test_the_same_idempotency_key_for_a_different_request_conflicts(
     ledger: Ledger, different: dict[str, object]
 ) -> None:
     run_id = new_run(ledger, params={"chunk_size": 500}, idempotency_key="req-1")
     with pytest.raises(IdempotencyConflict, match="req-1") as caught:
-        new_run(ledger, **{"params": {"chunk_size": 500}, "idempotency_key": "req-1", **different})
+        new_run(ledger, **{"params": {"chunk_size": 500}, "idempotency_key": "req-1", **different})  # type: ignore[arg-type]
     assert run_id in str(caught.value)
     assert [run.id for run in ledger.list_runs()] == [run_id]
 
@@ -185,30 +171,30 @@ def test_a_committing_run_cannot_be_cancelled(ledger: Ledger) -> None:
 def test_record_plan_stores_pending_chunks_and_the_window(ledger: Ledger) -> None:
     run_id = new_run(ledger)
     planned = [ChunkRange(0, 1, 101), ChunkRange(1, 101, 151)]
-    chunks = ledger.record_plan(run_id, planned, {"key_column": "id", "key_min": 1, "key_max": 150})
+    chunks = ledger.record_plan(run_id, planned, window(1, 150))
     assert [(c.index, c.key_lo, c.key_hi, c.state, c.attempts) for c in chunks] == [
         (0, 1, 101, ChunkState.PENDING, 0),
         (1, 101, 151, ChunkState.PENDING, 0),
     ]
     run = ledger.get_run(run_id)
     assert run.chunk_count == 2
-    assert run.window == {"key_column": "id", "key_min": 1, "key_max": 150}
+    assert run.window == window(1, 150)
 
 
 def test_record_plan_twice_keeps_the_first_plan(ledger: Ledger) -> None:
     run_id = new_run(ledger)
-    first = ledger.record_plan(run_id, plan_chunks(1, 300, 100), {"key_max": 300})
-    second = ledger.record_plan(run_id, plan_chunks(1, 1000, 50), {"key_max": 1000})
+    first = ledger.record_plan(run_id, plan_chunks(1, 300, 100), window(1, 300))
+    second = ledger.record_plan(run_id, plan_chunks(1, 1000, 50), window(1, 1000))
     assert second == first
     assert ledger.get_chunks(run_id) == first
     assert ledger.get_run(run_id).chunk_count == 3
-    assert ledger.get_run(run_id).window == {"key_max": 300}
+    assert ledger.get_run(run_id).window == window(1, 300)
 
 
 def test_an_empty_plan_is_recorded_once_as_zero_chunks(ledger: Ledger) -> None:
     run_id = new_run(ledger)
-    assert ledger.record_plan(run_id, [], {"key_min": None, "key_max": None}) == []
-    assert ledger.record_plan(run_id, plan_chunks(1, 10, 5), {}) == []
+    assert ledger.record_plan(run_id, [], window(None, None)) == []
+    assert ledger.record_plan(run_id, plan_chunks(1, 10, 5), window(1, 10)) == []
     assert ledger.get_run(run_id).chunk_count == 0
 
 
@@ -249,6 +235,76 @@ def test_a_done_chunk_is_not_restarted(ledger: Ledger) -> None:
     chunk = ledger.start_chunk(run_id, 0)
     assert chunk.state is ChunkState.DONE
     assert chunk.attempts == 1
+
+
+def end_run(ledger: Ledger, run_id: str, state: RunState) -> None:
+    """Fail or cancel a run, as the lifecycle would."""
+    assert ledger.move_run(run_id, state, reason=f"{state} by the test")
+
+
+@pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED])
+def test_a_chunk_of_an_ended_run_does_not_start(ledger: Ledger, state: RunState) -> None:
+    run_id = planned_run(ledger)
+    end_run(ledger, run_id, state)
+
+    assert ledger.start_chunk(run_id, 1) is None
+    chunk = ledger.get_chunk(run_id, 1)
+    assert (chunk.state, chunk.attempts, chunk.started_at) == (ChunkState.PENDING, 0, None)
+
+
+def test_a_chunk_of_a_run_queued_again_for_a_retry_does_not_start(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    end_run(ledger, run_id, RunState.FAILED)
+    assert ledger.reopen_run(run_id) is not None  # queued: it waits for admission again
+
+    assert ledger.start_chunk(run_id, 0) is None
+    assert ledger.get_chunk(run_id, 0).attempts == 0
+
+
+def test_a_done_chunk_of_an_ended_run_is_returned_as_it_is(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    ledger.start_chunk(run_id, 0)
+    assert ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    end_run(ledger, run_id, RunState.FAILED)
+
+    chunk = ledger.start_chunk(run_id, 0)
+    assert chunk is not None
+    assert (chunk.state, chunk.attempts, chunk.s3_key) == (ChunkState.DONE, 1, "k")
+
+
+@pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED])
+def test_a_chunk_finishing_after_its_run_ended_is_not_recorded(
+    ledger: Ledger, state: RunState
+) -> None:
+    run_id = planned_run(ledger)
+    assert ledger.start_chunk(run_id, 2) is not None
+    end_run(ledger, run_id, state)
+
+    assert not ledger.finish_chunk(run_id, 2, s3_key="k", stats=STATS, rejected_by_reason={})
+    chunk = ledger.get_chunk(run_id, 2)
+    assert chunk.state is ChunkState.RUNNING
+    assert chunk.s3_key is None and chunk.rows is None
+    assert ledger.chunk_counts(run_id)[ChunkState.DONE] == 0
+    # The worker then releases it: pending again, so no chunk of an ended run is running.
+    assert ledger.release_chunk(run_id, 2, "the run ended")
+    assert ledger.get_chunk(run_id, 2).state is ChunkState.PENDING
+    assert not ledger.release_chunk(run_id, 2, "the run ended")  # only a running chunk
+
+
+def test_a_chunk_of_a_committing_run_neither_starts_nor_finishes(ledger: Ledger) -> None:
+    # The commit has checked the chunks: nothing may change under it.
+    run_id = planned_run(ledger, chunks=2)
+    assert ledger.start_chunk(run_id, 0) is not None
+    assert ledger.move_run(run_id, RunState.COMMITTING)
+
+    assert ledger.start_chunk(run_id, 1) is None
+    assert not ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+
+
+def test_advisory_lock_ids_are_distinct() -> None:
+    from etl.adapters.ledger.locks import ALL_LOCK_IDS
+
+    assert len(set(ALL_LOCK_IDS)) == len(ALL_LOCK_IDS)
 
 
 def test_fail_chunk_does_not_undo_a_done_chunk(ledger: Ledger) -> None:

@@ -14,12 +14,12 @@ from etl.config import Settings
 from etl.service.dead_letters import DeadLetterService
 from etl.service.lifecycle import RunService
 
-from support import RecordingEnqueue
+from fakes import RecordingEnqueue
 
 
 def app_routes(ledger: Ledger) -> set[tuple[str, str]]:
     run_service = RunService(ledger, RecordingEnqueue())
-    dead = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", run_service.retry_run)
+    dead = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", run_service)
     app = create_app(Settings(api_token=SecretStr("t")), ApiServices(ledger, run_service, dead))
     routes = set()
     for rule in app.url_map.iter_rules():
@@ -58,7 +58,7 @@ def test_the_document_is_openapi_3_1_with_every_model_resolvable() -> None:
 
 def test_the_document_is_served_to_a_token_holder(ledger: Ledger) -> None:
     run_service = RunService(ledger, RecordingEnqueue())
-    dead = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", run_service.retry_run)
+    dead = DeadLetterService(ledger, "amqp://guest:guest@127.0.0.1:1//", run_service)
     app = create_app(Settings(api_token=SecretStr("t")), ApiServices(ledger, run_service, dead))
     client: FlaskClient = app.test_client()
     assert client.get("/api/v1/openapi.json").status_code == 401

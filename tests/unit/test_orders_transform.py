@@ -8,13 +8,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from etl.adapters.sample_orders import sample_orders
 from etl.domain.transform import RowRejected
 from etl.pipelines.orders import (
     ORDERS_COLUMNS,
     mask_email,
     normalise_currency,
     normalise_status,
-    sample_orders,
     to_cents,
     to_utc_iso,
     transform_orders,

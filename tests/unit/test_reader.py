@@ -11,7 +11,6 @@ import pytest
 
 from etl.bootstrap import Services
 from etl.cli import main
-from etl.demo import seed_orders
 from etl.domain.layout import pipeline_prefix, run_prefix
 from etl.domain.runs import Run, RunState, Trigger
 from etl.pipelines.orders import transform_orders
@@ -19,14 +18,15 @@ from etl.service import execution as steps
 from etl.service.outputs import IntegrityError, RunNotCommitted, RunNotFound, RunReader
 from etl.service.retention import prune
 
+from builders import keys_under, with_orders
+
 SEEDED = 1500
 CHUNK_SIZE = 500
 
 
 @pytest.fixture
 def seeded(services: Services) -> Services:
-    assert seed_orders(services.source_engine, SEEDED) == SEEDED
-    return services
+    return with_orders(services, SEEDED)
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def commit(seeded: Services) -> Callable[..., Run]:
 def expected_rows(services: Services) -> list[dict[str, object]]:
     from sqlalchemy import select
 
-    from etl.pipelines.orders import ORDERS_TABLE
+    from etl.adapters.sample_orders import ORDERS_TABLE
 
     with services.source_engine.connect() as conn:
         query = select(ORDERS_TABLE).order_by(ORDERS_TABLE.c.id)
@@ -217,7 +217,7 @@ def test_prune_deletes_old_runs_but_never_the_latest_committed_one(
     [kept] = reader.runs("orders_daily")
     assert kept.run_id == latest.id and kept.committed
     base = pipeline_prefix("etl", "orders_daily")
-    assert all(f"run={latest.id}/" in key for key in seeded.parts.list_keys(base + "/"))
+    assert all(f"run={latest.id}/" in key for key in keys_under(seeded.parts, base + "/"))
     assert prune(reader, "orders_daily", keep_days=30, now=later) == []
 
 

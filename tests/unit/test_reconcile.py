@@ -1,56 +1,40 @@
-"""The reconciler on a SQLite ledger with a recording enqueue port. Time is never waited
+"""The reconciler on the in-memory fakes of its ports (tests/fakes.py). Time is never waited
 for: each test passes a ``now`` chosen relative to what the ledger recorded."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, update
 
-from etl.adapters.ledger import Ledger, runs_table
-from etl.domain.chunks import plan_chunks
-from etl.domain.runs import RunState, Trigger
-from etl.formats.encoding import PartStats
+from etl.domain.runs import RunState
 from etl.service.lifecycle import RunService
 from etl.service.reconcile import reconcile
 
-from support import RecordingEnqueue
+from builders import new_run as new_run_on
+from builders import planned_run as running_run
+from fakes import FakeLedger, FakeServices, RecordingEnqueue
 
 STALE_S = 300
 DEADLINE_S = 6 * 3600
-STATS = PartStats(rows=10, bytes=100, sha256="c" * 64)
 
 
-def run_reconcile(ledger: Ledger, enqueue: RecordingEnqueue, now: datetime) -> list[str]:
-    return reconcile(ledger, enqueue, now=now, stale_after_s=STALE_S, deadline_s=DEADLINE_S)
+@pytest.fixture
+def ledger(fakes: FakeServices) -> FakeLedger:
+    return fakes.ledger
 
 
-def new_run(ledger: Ledger, day: int = 1) -> str:
-    run, _ = ledger.create_run(
-        pipeline="orders_daily",
-        logical_date=date(2026, 11, day),
-        trigger=Trigger.MANUAL,
-        params={},
-    )
-    return run.id
+def run_reconcile(ledger: FakeLedger, enqueue: RecordingEnqueue, now: datetime) -> list[str]:
+    runs = RunService(ledger, enqueue)
+    return reconcile(runs, now=now, stale_after_s=STALE_S, deadline_s=DEADLINE_S)
 
 
-def running_run(ledger: Ledger, *, chunks: int = 3, done: int = 0) -> str:
-    run_id = new_run(ledger)
-    assert ledger.move_run(run_id, RunState.PLANNING)
-    planned = plan_chunks(1, chunks * 100, 100) if chunks else []
-    ledger.record_plan(run_id, planned, {"key_min": 1 if chunks else None})
-    assert ledger.move_run(run_id, RunState.RUNNING)
-    for index in range(done):
-        ledger.start_chunk(run_id, index)
-        ledger.finish_chunk(
-            run_id, index, s3_key=f"etl/part-{index:05d}", stats=STATS, rejected_by_reason={}
-        )
-    return run_id
+def new_run(ledger: FakeLedger, day: int = 1) -> str:
+    return new_run_on(ledger, day=date(2026, 11, day))
 
 
-def idle_for(ledger: Ledger, run_id: str, seconds: float) -> datetime:
+def idle_for(ledger: FakeLedger, run_id: str, seconds: float) -> datetime:
     """The moment at which the run will have had no activity for ``seconds``."""
     return ledger.last_activity(run_id) + timedelta(seconds=seconds)
 
@@ -59,7 +43,7 @@ def idle_for(ledger: Ledger, run_id: str, seconds: float) -> datetime:
 
 
 def test_a_stale_run_with_every_chunk_done_gets_its_commit_sent_again(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=3, done=3)
 
@@ -71,7 +55,7 @@ def test_a_stale_run_with_every_chunk_done_gets_its_commit_sent_again(
 
 
 def test_a_run_with_every_chunk_done_is_left_alone_until_it_is_stale(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=3, done=3)
 
@@ -81,7 +65,7 @@ def test_a_run_with_every_chunk_done_is_left_alone_until_it_is_stale(
 
 
 def test_the_reconciler_sends_the_commit_again_on_every_pass_while_the_run_is_stale(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     # Documented behaviour: a second commit is harmless (commit_run skips a run that
     # ended), so the reconciler keeps no memory of what it sent.
@@ -95,7 +79,7 @@ def test_the_reconciler_sends_the_commit_again_on_every_pass_while_the_run_is_st
 
 
 def test_a_stale_run_of_zero_chunks_gets_its_commit_sent_again(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=0)
 
@@ -106,7 +90,7 @@ def test_a_stale_run_of_zero_chunks_gets_its_commit_sent_again(
 
 @pytest.mark.parametrize("done", [0, 2])
 def test_a_stale_running_run_with_a_chunk_in_progress_is_not_redispatched(
-    ledger: Ledger, enqueue: RecordingEnqueue, done: int
+    ledger: FakeLedger, enqueue: RecordingEnqueue, done: int
 ) -> None:
     run_id = running_run(ledger, chunks=3, done=done)
     ledger.start_chunk(run_id, done)
@@ -119,7 +103,7 @@ def test_a_stale_running_run_with_a_chunk_in_progress_is_not_redispatched(
 
 
 def test_a_run_stuck_committing_gets_its_commit_sent_again(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=2, done=2)
     assert ledger.move_run(run_id, RunState.COMMITTING)
@@ -136,7 +120,7 @@ def test_a_run_stuck_committing_gets_its_commit_sent_again(
 
 @pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING])
 def test_a_run_stuck_before_running_gets_its_plan_sent_again(
-    ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+    ledger: FakeLedger, enqueue: RecordingEnqueue, state: RunState
 ) -> None:
     run_id = new_run(ledger)
     if state is RunState.PLANNING:
@@ -154,7 +138,7 @@ def test_a_run_stuck_before_running_gets_its_plan_sent_again(
 
 
 def test_a_queued_run_has_no_deadline_it_is_sent_its_plan_again(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     # A queued run has not started: it may be waiting for a place (max_active_runs, a
     # backfill's limit). Its deadline counts from when it starts.
@@ -170,7 +154,7 @@ def test_a_queued_run_has_no_deadline_it_is_sent_its_plan_again(
 
 @pytest.mark.parametrize("state", [RunState.PLANNING])
 def test_an_unplanned_run_past_its_deadline_is_failed_and_nothing_is_sent(
-    ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+    ledger: FakeLedger, enqueue: RecordingEnqueue, state: RunState
 ) -> None:
     run_id = new_run(ledger)
     assert ledger.move_run(run_id, RunState.PLANNING)
@@ -186,7 +170,7 @@ def test_an_unplanned_run_past_its_deadline_is_failed_and_nothing_is_sent(
 
 
 def test_a_running_run_past_its_deadline_is_failed_naming_how_many_chunks_are_unfinished(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=4, done=1)
     created = ledger.get_run(run_id).created_at
@@ -203,7 +187,7 @@ def test_a_running_run_past_its_deadline_is_failed_naming_how_many_chunks_are_un
 
 
 def test_a_run_with_every_chunk_done_past_its_deadline_is_failed_not_committed(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=2, done=2)
     created = ledger.get_run(run_id).created_at
@@ -218,7 +202,7 @@ def test_a_run_with_every_chunk_done_past_its_deadline_is_failed_not_committed(
 
 
 def test_a_run_exactly_at_its_deadline_is_not_yet_failed(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=2, done=1)
     ledger.start_chunk(run_id, 1)  # still working on it
@@ -230,16 +214,13 @@ def test_a_run_exactly_at_its_deadline_is_not_yet_failed(
 
 
 def test_a_run_retried_long_after_it_was_created_is_not_failed_by_its_first_deadline(
-    ledger: Ledger, enqueue: RecordingEnqueue, sqlite_engine: Engine
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=3, done=1)
     assert ledger.fail_run(run_id, "chunk 1 failed: boom")
     # The nightly run was created yesterday; an operator retries it this morning.
     yesterday = ledger.get_run(run_id).created_at - timedelta(days=1)
-    with sqlite_engine.begin() as conn:
-        conn.execute(
-            update(runs_table).where(runs_table.c.id == run_id).values(created_at=yesterday)
-        )
+    ledger.runs[run_id] = dataclasses.replace(ledger.get_run(run_id), created_at=yesterday)
     RunService(ledger, enqueue).retry_run(run_id)
 
     actions = run_reconcile(ledger, enqueue, idle_for(ledger, run_id, 60))
@@ -251,7 +232,9 @@ def test_a_run_retried_long_after_it_was_created_is_not_failed_by_its_first_dead
 # -- runs that ended, and several runs at once ---------------------------------------------
 
 
-def test_runs_that_ended_are_ignored_however_old(ledger: Ledger, enqueue: RecordingEnqueue) -> None:
+def test_runs_that_ended_are_ignored_however_old(
+    ledger: FakeLedger, enqueue: RecordingEnqueue
+) -> None:
     succeeded = running_run(ledger, chunks=1, done=1)
     assert ledger.move_run(succeeded, RunState.COMMITTING)
     assert ledger.move_run(succeeded, RunState.SUCCEEDED)
@@ -269,7 +252,7 @@ def test_runs_that_ended_are_ignored_however_old(ledger: Ledger, enqueue: Record
 
 
 def test_each_unfinished_run_gets_what_it_needs_in_one_pass(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     queued = new_run(ledger, day=3)
     all_done = running_run(ledger, chunks=2, done=2)
@@ -285,7 +268,7 @@ def test_each_unfinished_run_gets_what_it_needs_in_one_pass(
 
 
 def test_a_run_committing_past_its_deadline_gets_its_commit_again_not_a_failure(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     # Its commit may be writing _SUCCESS right now: failing it could leave a failed run
     # with a committed output.
@@ -304,7 +287,7 @@ def test_a_run_committing_past_its_deadline_gets_its_commit_again_not_a_failure(
 
 
 def test_a_stale_run_with_pending_chunks_and_none_running_gets_its_plan_sent_again(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=4, done=1)
 
@@ -316,7 +299,7 @@ def test_a_stale_run_with_pending_chunks_and_none_running_gets_its_plan_sent_aga
 
 
 def test_a_run_with_a_chunk_in_progress_is_left_alone(
-    ledger: Ledger, enqueue: RecordingEnqueue
+    ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = running_run(ledger, chunks=4, done=1)
     ledger.start_chunk(run_id, 1)  # a long chunk: the others may wait behind it

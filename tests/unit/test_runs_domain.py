@@ -11,6 +11,7 @@ from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
 from etl.domain.manifest import MANIFEST_VERSION, build_manifest
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger, commit_problems
+from etl.domain.windows import RunWindow
 
 RUN_ID = "0b9f5c1e-5d8e-4a53-9c57-0c6f6b1f3c2d"
 CREATED = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
@@ -49,7 +50,7 @@ def a_run(**changes: Any) -> Run:
         "created_at": CREATED,
         "updated_at": CREATED,
         "chunk_count": 3,
-        "window": {"key_column": "id", "key_min": 0, "key_max": 299},
+        "window": RunWindow(key_column="id", key_min=0, key_max=299),
     }
     values.update(changes)
     return Run(**values)

@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import date, datetime
 
 from sqlalchemy import Connection, Engine, create_engine, select, text, update
 from sqlalchemy.pool import NullPool
 
-from etl.adapters.ledger import (
-    aware_utc,
-    insert_ignoring_conflicts,
-    now,
-    schedule_state_table,
-    schedule_ticks_table,
-)
-
-# The advisory lock's key; any constant works if every Beat uses the same one.
-BEAT_LEADER_LOCK_ID = 0x6E657465
-
-
-@dataclass(frozen=True)
-class Tick:
-    """One dispatched slot, as recorded."""
-
-    entry: str
-    slot: datetime
-    logical_date: date | None
-    catch_up: bool
-    dispatched_by: str
-    dispatched_at: datetime
+from etl.adapters.ledger.locks import BEAT_LEADER_LOCK_ID
+from etl.adapters.ledger.rows import aware_utc, insert_ignoring_conflicts
+from etl.adapters.ledger.schema import schedule_state_table, schedule_ticks_table
+from etl.domain.clock import utc_now
 
 
 class BeatState:
@@ -64,7 +45,7 @@ class BeatState:
                 insert_ignoring_conflicts(
                     conn,
                     schedule_state_table,
-                    {"entry": entry, "last_slot": moment, "updated_at": now()},
+                    {"entry": entry, "last_slot": moment, "updated_at": utc_now()},
                 )
             )
         recorded = self.last_slot(entry)
@@ -98,7 +79,7 @@ class BeatState:
                     schedule_state_table.c.entry == entry,
                     schedule_state_table.c.last_slot == expected_last,
                 )
-                .values(last_slot=new_last, updated_at=now())
+                .values(last_slot=new_last, updated_at=utc_now())
             ).rowcount
             if moved != 1:
                 return []
@@ -110,26 +91,6 @@ class BeatState:
                 send(slot, logical_date)
                 sent.append(slot)
         return sent
-
-    def ticks(self, entry: str) -> list[Tick]:
-        """Every slot dispatched for an entry, oldest first."""
-        query = (
-            select(schedule_ticks_table)
-            .where(schedule_ticks_table.c.entry == entry)
-            .order_by(schedule_ticks_table.c.slot)
-        )
-        with self.engine.connect() as conn:
-            return [
-                Tick(
-                    entry=row["entry"],
-                    slot=aware_utc(row["slot"]),  # type: ignore[arg-type]
-                    logical_date=row["logical_date"],
-                    catch_up=bool(row["catch_up"]),
-                    dispatched_by=row["dispatched_by"],
-                    dispatched_at=aware_utc(row["dispatched_at"]),  # type: ignore[arg-type]
-                )
-                for row in conn.execute(query).mappings()
-            ]
 
     @staticmethod
     def _record_tick(
@@ -146,7 +107,7 @@ class BeatState:
             "logical_date": logical_date,
             "catch_up": int(catch_up),
             "dispatched_by": holder,
-            "dispatched_at": now(),
+            "dispatched_at": utc_now(),
         }
         inserted: int = conn.execute(
             insert_ignoring_conflicts(conn, schedule_ticks_table, values)

@@ -1,4 +1,5 @@
-"""RunService.retry_run and cancel_run on a SQLite ledger with a recording enqueue port."""
+"""The run lifecycle (RunService): start, retry and cancel, on the in-memory fakes of its
+ports (tests/fakes.py). The same moves on PostgreSQL: tests/integration."""
 
 from __future__ import annotations
 
@@ -7,75 +8,35 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from etl.adapters.ledger import IdempotencyConflict, Ledger, RunNotFound
-from etl.domain.chunks import plan_chunks
-from etl.domain.runs import ChunkState, RunState, Trigger
-from etl.formats.encoding import PartStats
-from etl.service.lifecycle import EnqueueFailed, RunNotCancellable, RunNotRetryable, RunService
+from etl.domain.errors import (
+    EnqueueFailed,
+    IdempotencyConflict,
+    RunNotCancellable,
+    RunNotFound,
+    RunNotRetryable,
+)
+from etl.domain.runs import ChunkState, RunState
+from etl.service.lifecycle import RunService
 
-from support import RecordingEnqueue
-
-DAY = date(2026, 11, 1)
-STATS = PartStats(rows=10, bytes=100, sha256="b" * 64)
+from builders import failed_planned_run, run_in_state
+from fakes import FakeLedger, FakeServices, RecordingEnqueue
 
 
 @pytest.fixture
-def service(ledger: Ledger, enqueue: RecordingEnqueue) -> RunService:
-    return RunService(ledger, enqueue)
+def service(fakes: FakeServices) -> RunService:
+    return fakes.runs
 
 
-def new_run(ledger: Ledger) -> str:
-    run, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={}
-    )
-    return run.id
-
-
-def planned_run(ledger: Ledger, chunks: int = 3) -> str:
-    run_id = new_run(ledger)
-    assert ledger.move_run(run_id, RunState.PLANNING)
-    ledger.record_plan(run_id, plan_chunks(1, chunks * 100, 100), {"key_min": 1})
-    assert ledger.move_run(run_id, RunState.RUNNING)
-    return run_id
-
-
-def failed_planned_run(ledger: Ledger) -> str:
-    """Three chunks: 0 done, 1 failed, 2 never started; the run failed naming chunk 1."""
-    run_id = planned_run(ledger, chunks=3)
-    ledger.start_chunk(run_id, 0)
-    ledger.finish_chunk(run_id, 0, s3_key="etl/part-00000", stats=STATS, rejected_by_reason={})
-    ledger.start_chunk(run_id, 1)
-    ledger.fail_chunk(run_id, 1, "ValueError: bad row")
-    assert ledger.fail_run(run_id, "chunk 1 failed: ValueError: bad row")
-    return run_id
-
-
-def run_in_state(ledger: Ledger, state: RunState) -> str:
-    run_id = new_run(ledger)
-    path = {
-        RunState.QUEUED: [],
-        RunState.PLANNING: [RunState.PLANNING],
-        RunState.RUNNING: [RunState.PLANNING, RunState.RUNNING],
-        RunState.COMMITTING: [RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING],
-        RunState.SUCCEEDED: [
-            RunState.PLANNING,
-            RunState.RUNNING,
-            RunState.COMMITTING,
-            RunState.SUCCEEDED,
-        ],
-        RunState.FAILED: [RunState.FAILED],
-        RunState.CANCELLED: [RunState.CANCELLED],
-    }[state]
-    for step in path:
-        assert ledger.move_run(run_id, step)
-    return run_id
+@pytest.fixture
+def ledger(fakes: FakeServices) -> FakeLedger:
+    return fakes.ledger
 
 
 # -- retry_run -----------------------------------------------------------------------------
 
 
 def test_retrying_a_failed_planned_run_reopens_it_and_enqueues_its_plan_once(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = failed_planned_run(ledger)
 
@@ -94,7 +55,7 @@ def test_retrying_a_failed_planned_run_reopens_it_and_enqueues_its_plan_once(
 
 
 def test_retrying_a_failed_run_that_was_never_planned_queues_it_and_enqueues_its_plan(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = run_in_state(ledger, RunState.FAILED)
 
@@ -115,7 +76,7 @@ def test_retrying_a_failed_run_that_was_never_planned_queues_it_and_enqueues_its
     ],
 )
 def test_a_run_that_is_not_failed_is_not_retryable_and_nothing_is_enqueued(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue, state: RunState
 ) -> None:
     run_id = run_in_state(ledger, state)
     before = ledger.get_run(run_id)
@@ -128,7 +89,7 @@ def test_a_run_that_is_not_failed_is_not_retryable_and_nothing_is_enqueued(
 
 
 def test_a_second_retry_of_the_same_run_is_refused_and_enqueues_nothing_more(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = failed_planned_run(ledger)
     service.retry_run(run_id)
@@ -140,7 +101,7 @@ def test_a_second_retry_of_the_same_run_is_refused_and_enqueues_nothing_more(
 
 
 def test_a_retry_the_broker_refuses_fails_the_run_again_with_the_reason(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
 ) -> None:
     run_id = failed_planned_run(ledger)
     enqueue.error = ConnectionRefusedError("broker down")
@@ -173,7 +134,7 @@ def test_retrying_an_unknown_run_is_run_not_found(
 
 @pytest.mark.parametrize("state", [RunState.QUEUED, RunState.PLANNING, RunState.RUNNING])
 def test_an_unfinished_run_is_cancelled_with_the_reason(
-    service: RunService, ledger: Ledger, enqueue: RecordingEnqueue, state: RunState
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue, state: RunState
 ) -> None:
     run_id = run_in_state(ledger, state)
 
@@ -188,7 +149,7 @@ def test_an_unfinished_run_is_cancelled_with_the_reason(
 
 
 def test_cancelling_twice_leaves_the_run_cancelled_without_an_error(
-    service: RunService, ledger: Ledger
+    service: RunService, ledger: FakeLedger
 ) -> None:
     run_id = run_in_state(ledger, RunState.RUNNING)
     first = service.cancel_run(run_id)
@@ -201,7 +162,7 @@ def test_cancelling_twice_leaves_the_run_cancelled_without_an_error(
 
 @pytest.mark.parametrize("state", [RunState.SUCCEEDED, RunState.FAILED, RunState.COMMITTING])
 def test_a_run_that_ended_or_is_committing_is_not_cancellable_and_unchanged(
-    service: RunService, ledger: Ledger, state: RunState
+    service: RunService, ledger: FakeLedger, state: RunState
 ) -> None:
     run_id = run_in_state(ledger, state)
     before = ledger.get_run(run_id)

@@ -1,114 +1,34 @@
+"""The HTTP API's runs: starting one (validated, recorded, enqueued once, idempotent),
+reading and listing them, cancelling and retrying."""
+
 from __future__ import annotations
 
 import json
-import re
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
-from pydantic import SecretStr
 
-from api import ApiServices, create_app
 from etl.adapters.ledger import Ledger
-from etl.config import Settings, SettingsError
-from etl.domain.chunks import plan_chunks
 from etl.domain.runs import RunState, Trigger
-from etl.service.dead_letters import DeadLetterService
-from etl.service.lifecycle import RunService
 
-from support import RecordingEnqueue
+from builders import (
+    GOOD_BODY,
+    api_app,
+    auth,
+    failed_planned_run,
+    field_names,
+    new_run,
+    run_in_state,
+)
+from fakes import RecordingEnqueue
 
-GOOD_BODY = {"pipeline": "orders_daily", "logical_date": "2026-11-01"}
-DAY = date(2026, 11, 1)
-
-
-def make_app(ledger: Ledger, enqueue: RecordingEnqueue, **settings: Any) -> Flask:
-    settings.setdefault("api_token", SecretStr("t1,t2"))
-    run_service = RunService(ledger, enqueue)
-    # No broker in unit tests: the dead-letter routes are covered by the integration suite.
-    dead_letters = DeadLetterService(
-        ledger, "amqp://guest:guest@127.0.0.1:1//", run_service.retry_run
-    )
-    return create_app(
-        Settings(**settings),
-        services=ApiServices(ledger=ledger, run_service=run_service, dead_letters=dead_letters),
-    )
-
-
-@pytest.fixture
-def client(ledger: Ledger, enqueue: RecordingEnqueue) -> FlaskClient:
-    return make_app(ledger, enqueue).test_client()
-
-
-def auth(token: str = "t1", **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", **headers}
+# -- POST /api/v1/runs ---------------------------------------------------------------------
 
 
 def post_run(client: FlaskClient, body: Any, **headers: str) -> Any:
     return client.post("/api/v1/runs", json=body, headers=auth(**headers))
-
-
-def field_names(response: Any) -> list[str]:
-    return [detail["field"] for detail in response.get_json()["details"]]
-
-
-# -- authentication ------------------------------------------------------------------------
-
-
-def test_healthz_needs_no_token(client: FlaskClient) -> None:
-    response = client.get("/healthz")
-    assert response.status_code == 200
-    assert response.get_json() == {"status": "ok"}
-
-
-ROUTES = [
-    ("POST", "/api/v1/runs"),
-    ("GET", "/api/v1/runs"),
-    ("GET", "/api/v1/runs/some-id"),
-    ("GET", "/api/v1/no-such-route"),
-]
-
-
-@pytest.mark.parametrize(("method", "path"), ROUTES)
-@pytest.mark.parametrize(
-    "headers",
-    [
-        {},
-        {"Authorization": "Bearer"},
-        {"Authorization": "Bearer wrong"},
-        {"Authorization": "Bearer t1,t2"},
-        {"Authorization": "Basic t1"},
-        {"Authorization": "t1"},
-    ],
-    ids=["none", "empty", "wrong", "whole-list", "basic", "no-scheme"],
-)
-def test_every_api_route_refuses_a_missing_or_wrong_token_with_json_401(
-    client: FlaskClient, enqueue: RecordingEnqueue, method: str, path: str, headers: dict[str, str]
-) -> None:
-    response = client.open(path, method=method, json=GOOD_BODY, headers=headers)
-    assert response.status_code == 401
-    assert response.is_json
-    assert "token" in response.get_json()["error"]
-    assert enqueue.calls == []
-
-
-@pytest.mark.parametrize("token", ["t1", "t2"])
-def test_either_rotated_token_is_accepted(client: FlaskClient, token: str) -> None:
-    response = client.get("/api/v1/runs", headers={"Authorization": f"bearer {token}"})
-    assert response.status_code == 200
-
-
-@pytest.mark.parametrize("token", ["", " , "])
-def test_the_app_refuses_to_start_without_a_token(
-    ledger: Ledger, enqueue: RecordingEnqueue, token: str
-) -> None:
-    with pytest.raises(SettingsError, match="ETL_API_TOKEN"):
-        make_app(ledger, enqueue, api_token=SecretStr(token))
-
-
-# -- POST /api/v1/runs ---------------------------------------------------------------------
 
 
 def test_a_new_run_is_accepted_recorded_and_enqueued_once(
@@ -248,7 +168,7 @@ def test_a_body_that_is_not_json_is_a_415(
 
 
 def test_a_body_over_the_limit_is_a_413(ledger: Ledger, enqueue: RecordingEnqueue) -> None:
-    client = make_app(ledger, enqueue, api_max_body_bytes=2048).test_client()
+    client = api_app(ledger, enqueue, api_max_body_bytes=2048).test_client()
     body = {**GOOD_BODY, "params": {"padding": "x" * 10_240}}
 
     response = post_run(client, body)
@@ -284,6 +204,44 @@ def test_a_broker_that_refuses_the_task_is_a_503_and_the_run_is_failed_with_the_
     assert run.id in response.get_json()["error"]
 
 
+def test_repeating_a_request_whose_publish_was_refused_sends_it_now(
+    client: FlaskClient, ledger: Ledger, enqueue: RecordingEnqueue
+) -> None:
+    body = {"pipeline": "orders_daily", "logical_date": "2026-11-01"}
+    key = {"Idempotency-Key": "abc-1"}
+    enqueue.error = ConnectionRefusedError("broker down")
+    refused = client.post("/api/v1/runs", json=body, headers=auth(**key))
+    assert refused.status_code == 503
+
+    enqueue.error = None
+    again = client.post("/api/v1/runs", json=body, headers=auth(**key))
+
+    assert again.status_code == 202
+    [run] = ledger.list_runs()
+    assert again.get_json()["id"] == run.id and run.state is RunState.QUEUED
+    assert enqueue.calls == [("etl.plan_run", [run.id])]
+    # once sent, a further repeat is the same run and sends nothing
+    assert client.post("/api/v1/runs", json=body, headers=auth(**key)).status_code == 200
+    assert len(enqueue.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "field"),
+    [
+        ("get", "/api/v1/runs?pipeline=a%00b", None, "pipeline"),
+        ("get", "/api/v1/runs/abc%00", None, "path"),
+        ("post", "/api/v1/runs", {"pipeline": "orders_daily", "params": {"x": "a\x00"}}, "body"),
+    ],
+)
+def test_a_nul_character_anywhere_is_a_400_not_a_database_error(
+    client: FlaskClient, ledger: Ledger, method: str, url: str, body: Any, field: str
+) -> None:
+    response = getattr(client, method)(url, json=body, headers=auth())
+    assert response.status_code == 400
+    assert field_names(response) == [field]
+    assert ledger.list_runs() == []
+
+
 # -- GET /api/v1/runs ----------------------------------------------------------------------
 
 
@@ -297,9 +255,7 @@ def test_runs_are_listed_newest_first_and_filtered_by_pipeline_and_state(
     client: FlaskClient, ledger: Ledger
 ) -> None:
     day = post_run(client, GOOD_BODY).get_json()["id"]
-    other, _ = ledger.create_run(
-        pipeline="other_pipeline", logical_date=DAY, trigger=Trigger.MANUAL, params={}
-    )
+    other = new_run(ledger, pipeline="other_pipeline")
     planning = post_run(client, {**GOOD_BODY, "logical_date": "2026-11-02"}).get_json()["id"]
     ledger.move_run(planning, RunState.PLANNING)
 
@@ -308,12 +264,52 @@ def test_runs_are_listed_newest_first_and_filtered_by_pipeline_and_state(
         assert response.status_code == 200
         return [run["id"] for run in response.get_json()["runs"]]
 
-    assert listed("") == [planning, other.id, day]
+    assert listed("") == [planning, other, day]
     assert listed("?pipeline=orders_daily") == [planning, day]
     assert listed("?state=planning") == [planning]
-    assert listed("?state=queued&pipeline=other_pipeline") == [other.id]
+    assert listed("?state=queued&pipeline=other_pipeline") == [other]
     assert listed("?limit=1") == [planning]
     assert listed("?pipeline=nothing") == []
+
+
+def add_runs(ledger: Ledger, count: int, trigger: Trigger = Trigger.MANUAL) -> list[str]:
+    """``count`` runs of orders_daily, a day apart from 2026-01-01; their ids, oldest first."""
+    first = date(2026, 1, 1)
+    return [new_run(ledger, day=first + timedelta(days=n), trigger=trigger) for n in range(count)]
+
+
+def test_runs_are_paged_with_a_cursor_newest_first_without_gaps_or_repeats(
+    client: FlaskClient, ledger: Ledger
+) -> None:
+    ids = add_runs(ledger, 7)
+    seen, cursor, pages = [], "", 0
+    while True:
+        response = client.get(f"/api/v1/runs?limit=3{cursor}", headers=auth())
+        assert response.status_code == 200
+        body = response.get_json()
+        seen += [run["id"] for run in body["runs"]]
+        pages += 1
+        if body["next_cursor"] is None:
+            break
+        cursor = f"&cursor={body['next_cursor']}"
+    assert seen == list(reversed(ids)) and pages == 3
+
+
+def test_runs_are_filtered_by_trigger_and_logical_date_range(
+    client: FlaskClient, ledger: Ledger
+) -> None:
+    manual = add_runs(ledger, 5)
+    scheduled = add_runs(ledger, 2, Trigger.SCHEDULE)
+
+    def listed(query: str) -> list[str]:
+        response = client.get(f"/api/v1/runs?{query}", headers=auth())
+        assert response.status_code == 200, response.get_json()
+        return [run["id"] for run in response.get_json()["runs"]]
+
+    assert listed("trigger=schedule") == list(reversed(scheduled))
+    assert listed("trigger=manual&logical_date_from=2026-01-02&logical_date_to=2026-01-03") == [
+        manual[2], manual[1]
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -326,6 +322,13 @@ def test_runs_are_listed_newest_first_and_filtered_by_pipeline_and_state(
         ("limit=", "limit"),
         ("state=exploded", "state"),
         ("colour=blue", "colour"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=%ZZ", "cursor"),
+        ("trigger=cron", "trigger"),
+        ("logical_date_from=2026-02-30", "logical_date_from"),
+        ("logical_date_to=yesterday", "logical_date_to"),
+        ("limit=1e3", "limit"),
+        ("sort=asc", "sort"),
     ],
 )
 def test_bad_list_queries_are_a_400_naming_the_field(
@@ -346,34 +349,10 @@ def test_a_limit_of_non_ascii_digits_is_a_400_not_a_500(client: FlaskClient) -> 
 # -- POST /api/v1/runs/<id>/cancel and /retry ----------------------------------------------
 
 
-def failed_planned_run(ledger: Ledger) -> str:
-    run, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={}
-    )
-    ledger.move_run(run.id, RunState.PLANNING)
-    ledger.record_plan(run.id, plan_chunks(1, 200, 100), {"key_min": 1})
-    ledger.move_run(run.id, RunState.RUNNING)
-    ledger.fail_chunk(run.id, 1, "ValueError: bad row")
-    assert ledger.fail_run(run.id, "chunk 1 failed: ValueError: bad row")
-    return run.id
-
-
-def run_moved_to(ledger: Ledger, *states: RunState) -> str:
-    run, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={}
-    )
-    for state in states:
-        assert ledger.move_run(run.id, state)
-    return run.id
-
-
-SUCCEEDED_PATH = (RunState.PLANNING, RunState.RUNNING, RunState.COMMITTING, RunState.SUCCEEDED)
-
-
 def test_cancelling_a_running_run_is_a_200_with_the_cancelled_run(
     client: FlaskClient, ledger: Ledger, enqueue: RecordingEnqueue
 ) -> None:
-    run_id = run_moved_to(ledger, RunState.PLANNING, RunState.RUNNING)
+    run_id = run_in_state(ledger, RunState.RUNNING)
 
     response = client.post(f"/api/v1/runs/{run_id}/cancel", headers=auth())
 
@@ -388,7 +367,7 @@ def test_cancelling_a_running_run_is_a_200_with_the_cancelled_run(
 def test_cancelling_a_succeeded_run_is_a_409_and_changes_nothing(
     client: FlaskClient, ledger: Ledger
 ) -> None:
-    run_id = run_moved_to(ledger, *SUCCEEDED_PATH)
+    run_id = run_in_state(ledger, RunState.SUCCEEDED)
 
     response = client.post(f"/api/v1/runs/{run_id}/cancel", headers=auth())
 
@@ -409,21 +388,6 @@ def test_cancelling_or_retrying_an_unknown_run_is_a_json_404(
     assert enqueue.calls == []
 
 
-@pytest.mark.parametrize("action", ["cancel", "retry"])
-def test_cancelling_or_retrying_without_a_token_is_a_401_and_changes_nothing(
-    client: FlaskClient, ledger: Ledger, enqueue: RecordingEnqueue, action: str
-) -> None:
-    run_id = failed_planned_run(ledger) if action == "retry" else run_moved_to(ledger)
-    before = ledger.get_run(run_id)
-
-    response = client.post(f"/api/v1/runs/{run_id}/{action}")
-
-    assert response.status_code == 401
-    assert "token" in response.get_json()["error"]
-    assert ledger.get_run(run_id) == before
-    assert enqueue.calls == []
-
-
 def test_retrying_a_failed_planned_run_is_a_202_and_enqueues_its_plan(
     client: FlaskClient, ledger: Ledger, enqueue: RecordingEnqueue
 ) -> None:
@@ -441,7 +405,7 @@ def test_retrying_a_failed_planned_run_is_a_202_and_enqueues_its_plan(
 def test_retrying_a_running_run_is_a_409_and_nothing_is_enqueued(
     client: FlaskClient, ledger: Ledger, enqueue: RecordingEnqueue
 ) -> None:
-    run_id = run_moved_to(ledger, RunState.PLANNING, RunState.RUNNING)
+    run_id = run_in_state(ledger, RunState.RUNNING)
 
     response = client.post(f"/api/v1/runs/{run_id}/retry", headers=auth())
 
@@ -464,56 +428,3 @@ def test_a_retry_the_broker_refuses_is_a_503_and_the_run_is_failed_again(
     run = ledger.get_run(run_id)
     assert run.state is RunState.FAILED
     assert run.reason is not None and "broker down" in run.reason
-
-
-# -- GET /api/v1/dead-letters (validation only: listing syncs from the broker) -------------
-
-
-def test_listing_dead_letters_without_a_token_is_a_401(client: FlaskClient) -> None:
-    response = client.get("/api/v1/dead-letters")
-    assert response.status_code == 401
-    assert "token" in response.get_json()["error"]
-
-
-def test_replaying_a_dead_letter_without_a_token_is_a_401(client: FlaskClient) -> None:
-    response = client.post("/api/v1/dead-letters/1/replay")
-    assert response.status_code == 401
-
-
-@pytest.mark.parametrize(
-    ("query", "fields"),
-    [("colour=blue", ["colour"]), ("state=dead&limit=5", ["limit", "state"]), ("all=yes", ["all"])],
-)
-def test_bad_dead_letter_queries_are_a_400_naming_the_field(
-    client: FlaskClient, query: str, fields: list[str]
-) -> None:
-    response = client.get(f"/api/v1/dead-letters?{query}", headers=auth())
-    assert response.status_code == 400
-    assert sorted(field_names(response)) == fields
-
-
-# Reachable without a token, on purpose: the process and readiness probes.
-PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "static"}
-
-
-def every_route(app: Any) -> list[tuple[str, str]]:
-    """Each method and path the app serves (path parameters filled in): the API, the
-    metrics and the dashboard (whose 401 asks a browser for the token)."""
-    routes = []
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS:
-            continue
-        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"some-\1", rule.rule)
-        routes += [(method, path) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
-    return routes
-
-
-def test_every_route_the_app_serves_refuses_a_request_without_a_token(
-    client: FlaskClient, enqueue: RecordingEnqueue
-) -> None:
-    routes = every_route(client.application)
-    assert ("POST", "/api/v1/runs") in routes and len(routes) > 10
-    for method, path in routes:
-        response = client.open(path, method=method, json=GOOD_BODY)
-        assert response.status_code == 401, (method, path, response.status_code)
-    assert enqueue.calls == []

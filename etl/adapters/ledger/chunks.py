@@ -1,0 +1,209 @@
+"""Chunks in the ledger: a run's plan, and each chunk's attempts and part.
+
+A chunk starts and records its part only while its run is planning or running; both
+checks are in the same statement as the write, so a run that ends meanwhile is seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+
+from etl.adapters.ledger.rows import load_chunk, load_chunks, load_run
+from etl.adapters.ledger.schema import chunks_table, runs_table
+from etl.domain.chunks import ChunkRange
+from etl.domain.clock import utc_now
+from etl.domain.runs import CHUNK_WORK_RUN_STATES, Chunk, ChunkState
+from etl.domain.windows import RunWindow
+from etl.formats.encoding import PartStats
+
+
+class ChunksLedger:
+    """The chunks table: plan, start, finish, fail."""
+
+    engine: Engine
+
+    def record_plan(
+        self, run_id: str, planned: Sequence[ChunkRange], window: RunWindow
+    ) -> list[Chunk]:
+        """Store a run's chunks and window once; a second call returns the first plan.
+
+        The run row is locked while planning so two deliveries of ``plan_run`` cannot
+        record two different plans.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(select(runs_table.c.id).where(runs_table.c.id == run_id).with_for_update())
+            existing = load_chunks(conn, run_id)
+            run = load_run(conn, run_id)
+            if run.chunk_count is not None:
+                return existing
+            moment = utc_now()
+            if planned:
+                conn.execute(
+                    chunks_table.insert(),
+                    [
+                        {
+                            "run_id": run_id,
+                            "idx": chunk.index,
+                            "key_lo": chunk.key_lo,
+                            "key_hi": chunk.key_hi,
+                            "state": ChunkState.PENDING.value,
+                            "attempts": 0,
+                            "updated_at": moment,
+                        }
+                        for chunk in planned
+                    ],
+                )
+            conn.execute(
+                update(runs_table)
+                .where(runs_table.c.id == run_id)
+                .values(chunk_count=len(planned), key_window=window.as_dict(), updated_at=moment)
+            )
+            return load_chunks(conn, run_id)
+
+    def get_chunks(self, run_id: str) -> list[Chunk]:
+        """A run's chunks in index order."""
+        with self.engine.connect() as conn:
+            return load_chunks(conn, run_id)
+
+    def get_chunk(self, run_id: str, index: int) -> Chunk:
+        """One chunk; raises ChunkNotFound if the run has no such chunk."""
+        with self.engine.connect() as conn:
+            return load_chunk(conn, run_id, index)
+
+    def start_chunk(self, run_id: str, index: int) -> Chunk | None:
+        """Count an attempt at a chunk that is not done yet, only while its run is active
+        (planning or running); returns the chunk as it is now (done, and not counted, if
+        another delivery finished it), or None if the run has ended and the chunk is not
+        done. One transaction: it is on every chunk's path. Raises ChunkNotFound."""
+        moment = utc_now()
+        with self.engine.begin() as conn:
+            started = conn.execute(
+                update(chunks_table)
+                .where(
+                    chunks_table.c.run_id == run_id,
+                    chunks_table.c.idx == index,
+                    chunks_table.c.state != ChunkState.DONE.value,
+                    _run_is_working(run_id),
+                )
+                .values(
+                    state=ChunkState.RUNNING.value,
+                    attempts=chunks_table.c.attempts + 1,
+                    updated_at=moment,
+                    started_at=moment,
+                    error=None,
+                )
+            ).rowcount
+            chunk = load_chunk(conn, run_id, index)
+        if started == 1 or chunk.state is ChunkState.DONE:
+            return chunk
+        return None
+
+    def finish_chunk(
+        self,
+        run_id: str,
+        index: int,
+        *,
+        s3_key: str,
+        stats: PartStats,
+        rejected_by_reason: dict[str, int],
+        etag: str | None = None,
+    ) -> bool:
+        """Record a chunk's part once, only while its run is active (planning or running);
+        False if another delivery recorded it first or the run has ended."""
+        moment = utc_now()
+        return self._update_chunk(
+            run_id,
+            index,
+            (chunks_table.c.state != ChunkState.DONE.value) & _run_is_working(run_id),
+            state=ChunkState.DONE.value,
+            s3_key=s3_key,
+            etag=etag,
+            rows=stats.rows,
+            bytes=stats.bytes,
+            sha256=stats.sha256,
+            rows_rejected=sum(rejected_by_reason.values()),
+            rejected_by_reason=rejected_by_reason,
+            error=None,
+            moment=moment,
+            finished_at=moment,
+        )
+
+    def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
+        """Put back to pending a chunk whose run ended while it worked (its part is not
+        recorded), so no chunk of an ended run shows as running; False if not running."""
+        return self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state == ChunkState.RUNNING.value,
+            state=ChunkState.PENDING.value,
+            error=reason[:2000],
+        )
+
+    def fail_chunk(self, run_id: str, index: int, error: str) -> None:
+        """Mark a chunk failed with its error, unless it is already done."""
+        moment = utc_now()
+        self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state != ChunkState.DONE.value,
+            moment=moment,
+            state=ChunkState.FAILED.value,
+            error=error[:2000],
+            finished_at=moment,
+        )
+
+    def invalidate_chunk(self, run_id: str, index: int, error: str) -> bool:
+        """Mark a done chunk failed because its part is not as recorded, so a retry of its
+        (failed) run transforms it again; False if the chunk was not done."""
+        return self._update_chunk(
+            run_id,
+            index,
+            chunks_table.c.state == ChunkState.DONE.value,
+            state=ChunkState.FAILED.value,
+            error=error[:2000],
+        )
+
+    def _update_chunk(
+        self, run_id: str, index: int, only_if: Any, moment: datetime | None = None, **values: Any
+    ) -> bool:
+        """Change one chunk if ``only_if`` holds for it, stamped ``moment``; True if it changed."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(chunks_table)
+                .where(chunks_table.c.run_id == run_id, chunks_table.c.idx == index, only_if)
+                .values(updated_at=moment or utc_now(), **values)
+            ).rowcount
+        return changed == 1
+
+    def chunk_counts(self, run_id: str) -> dict[ChunkState, int]:
+        """How many of a run's chunks are in each state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(chunks_table.c.state, func.count())
+                .where(chunks_table.c.run_id == run_id)
+                .group_by(chunks_table.c.state)
+            ).all()
+        counts = {state: 0 for state in ChunkState}
+        counts.update({ChunkState(state): int(count) for state, count in rows})
+        return counts
+
+
+def _run_is_working(run_id: str) -> Any:
+    """A condition true while the run is planning or running: a chunk of a run that has
+    ended (or is queued again for a retry) must neither start nor record its part.
+
+    On PostgreSQL the run's row is share-locked, so a concurrent fail or cancel either
+    waits for this statement or is seen by it; SQLite has one writer at a time anyway."""
+    return (
+        select(runs_table.c.id)
+        .where(
+            runs_table.c.id == run_id,
+            runs_table.c.state.in_([state.value for state in CHUNK_WORK_RUN_STATES]),
+        )
+        .with_for_update(read=True)
+        .exists()
+    )
