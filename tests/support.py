@@ -397,6 +397,23 @@ class ChildProcess:
         self._log.close()
 
 
+@contextmanager
+def etl_workers(settings: Settings, log_dir: Path, count: int = 2) -> Iterator[list[ChildProcess]]:
+    """``count`` `etl worker` processes (prefork, one child each) sharing the queues (each
+    names its node after its pid); all ready on entry, all stopped on exit."""
+    started: list[ChildProcess] = []
+    try:
+        for number in range(count):
+            args = ["worker", "--concurrency", "1"]
+            started.append(ChildProcess.etl(args, settings, log_dir / f"worker-{number}.log"))
+        for worker in started:
+            worker.wait_for_log("ready.")
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
 class TlsServer:
     """Accepts TLS on a loopback port with ``certificate`` and records how each handshake
     went ("ok" or the error's name). What passes it is relayed to ``relay_to`` (host,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from etl.adapters.ledger import runs_table
 from etl.adapters.ledger.beat import BeatState
+from etl.adapters.ledger.schema import runs_table
 from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import PLAN_QUEUE, queue_stats
 from etl.bootstrap import Services, build_services

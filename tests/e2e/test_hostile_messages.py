@@ -13,6 +13,7 @@ import json
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from support import (
     API_TOKEN,
     ChildProcess,
     confirmed_channel,
+    etl_workers,
     publish_raw,
     run_etl,
     scratch_vhost,
@@ -81,22 +83,8 @@ def workers(
     hostile_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ChildProcess]]:
     """Two `etl worker` processes, one pool process each."""
-    logs = tmp_path_factory.mktemp("hostile-workers")
-    started = []
-    try:
-        for number in range(2):
-            worker = ChildProcess.etl(
-                ["worker", "--concurrency", "1", "--hostname", f"hostile{number}@%h"],
-                hostile_settings,
-                logs / f"worker-{number}.log",
-            )
-            started.append(worker)
-        for worker in started:
-            worker.wait_for_log("ready.")
+    with etl_workers(hostile_settings, tmp_path_factory.mktemp("hostile-workers")) as started:
         yield started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +102,29 @@ def healthy_runs(hostile_services: Services) -> dict[str, Run]:
         params={"chunk_size": 1_000},
     )  # fmt: skip
     return {"planned": ledger.get_run(planned.id), "queued": ledger.get_run(queued.id)}
+
+
+@dataclass
+class Rig:
+    """What every test here works with: the module's services and settings, its two
+    workers, the healthy runs that must not change, and a confirmed pika channel."""
+
+    services: Services
+    settings: Settings
+    workers: list[ChildProcess]
+    healthy: dict[str, Run]
+    channel: Any
+
+
+@pytest.fixture(scope="module")
+def rig(
+    hostile_services: Services,
+    hostile_settings: Settings,
+    workers: list[ChildProcess],
+    healthy_runs: dict[str, Run],
+    channel: Any,
+) -> Rig:
+    return Rig(hostile_services, hostile_settings, workers, healthy_runs, channel)
 
 
 @pytest.fixture(scope="module")
@@ -240,32 +251,28 @@ def assert_still_serving(
 
 
 def test_hostile_headers_bodies_and_arguments_are_refused_and_dead_lettered_by_reason(
-    hostile_services: Services,
-    hostile_settings: Settings,
-    workers: list[ChildProcess],
-    healthy_runs: dict[str, Run],
-    channel: Any,
+    rig: Rig,
 ) -> None:
-    victim = healthy_runs["planned"].id
-    peak_before = [peak_memory_bytes(worker) for worker in workers]
+    victim = rig.healthy["planned"].id
+    peak_before = [peak_memory_bytes(worker) for worker in rig.workers]
     expected: dict[str, str] = {}
     for queue in WORK_QUEUES:
         for case, headers, body, content_type, words in explicit_cases(victim):
             name = f"{queue}:{case}"
-            publish(channel, queue, name, headers=headers, body=body,
+            publish(rig.channel, queue, name, headers=headers, body=body,
                     content_type=content_type or "application/json")  # fmt: skip
             expected[name] = words
 
-    assert_still_serving(hostile_services, hostile_settings, workers, day=1)
-    found = wait_for_letters(hostile_services, expected.keys(), timeout_s=90)
+    assert_still_serving(rig.services, rig.settings, rig.workers, day=1)
+    found = wait_for_letters(rig.services, expected.keys(), timeout_s=90)
     problems = []
     for name, words in expected.items():
         (letter,) = found[name]
         if words not in letter.reason or any(vague in letter.reason for vague in VAGUE):
             problems.append(f"{name}: {letter.reason!r} (wanted {words!r})")
     assert not problems, "\n".join(problems)
-    assert_healthy_runs_unchanged(hostile_services, healthy_runs)
-    for worker, before in zip(workers, peak_before, strict=True):
+    assert_healthy_runs_unchanged(rig.services, rig.healthy)
+    for worker, before in zip(rig.workers, peak_before, strict=True):
         assert "refused a task message" in worker.log()
         # The 20 MB run id and 50 kB argsrepr never reached a log line whole...
         assert len(worker.log()) < 2_000_000
@@ -280,16 +287,10 @@ def peak_memory_bytes(worker: ChildProcess) -> int:
     return int(line.split()[1]) * 1024
 
 
-def test_dead_letters_forged_straight_into_the_dead_letter_exchange_change_no_run(
-    hostile_services: Services,
-    hostile_settings: Settings,
-    workers: list[ChildProcess],
-    healthy_runs: dict[str, Run],
-    channel: Any,
-) -> None:
-    queued = healthy_runs["queued"].id
+def test_dead_letters_forged_straight_into_the_dead_letter_exchange_change_no_run(rig: Rig) -> None:
+    queued = rig.healthy["queued"].id
     # Channels of its own (a refused publish closes one), confirmed so a refusal is seen.
-    connection = pika.BlockingConnection(pika.URLParameters(hostile_settings.broker_url))
+    connection = pika.BlockingConnection(pika.URLParameters(rig.settings.broker_url))
 
     def confirmed() -> Any:
         opened = connection.channel()
@@ -305,7 +306,7 @@ def test_dead_letters_forged_straight_into_the_dead_letter_exchange_change_no_ru
     # Dead letters forged straight into the DLQs, with a death record as RabbitMQ writes
     # it claiming a worker rejected them after giving up: for the queued run's plan, and
     # for the planned run's chunk and commit, none of which any worker started.
-    planned = healthy_runs["planned"].id
+    planned = rig.healthy["planned"].id
     forgeries = {
         "forged-plan": (PLAN_QUEUE, task_headers(), task_body(queued)),
         "forged-chunk": (TRANSFORM_QUEUE, task_headers(TASK_TRANSFORM_CHUNK),
@@ -317,15 +318,15 @@ def test_dead_letters_forged_straight_into_the_dead_letter_exchange_change_no_ru
                 body=body, exchange="")  # fmt: skip
 
     wanted = set(forgeries)
-    found = wait_for_letters(hostile_services, wanted, timeout_s=30)
+    found = wait_for_letters(rig.services, wanted, timeout_s=30)
     # Recorded with the runs they name, and shown; never acted on.
     assert {case: found[case][0].run_id for case in wanted} == {
         "forged-plan": queued,
         "forged-chunk": planned,
         "forged-commit": planned,
     }
-    assert_healthy_runs_unchanged(hostile_services, healthy_runs)
-    assert_still_serving(hostile_services, hostile_settings, workers, day=2)
+    assert_healthy_runs_unchanged(rig.services, rig.healthy)
+    assert_still_serving(rig.services, rig.settings, rig.workers, day=2)
     connection.close()
 
 
@@ -364,13 +365,7 @@ BODIES = st.one_of(
 )
 
 
-def test_a_sweep_of_header_types_and_bodies_never_stops_a_worker(
-    hostile_services: Services,
-    hostile_settings: Settings,
-    workers: list[ChildProcess],
-    healthy_runs: dict[str, Run],
-    channel: Any,
-) -> None:
+def test_a_sweep_of_header_types_and_bodies_never_stops_a_worker(rig: Rig) -> None:
     sent: list[str] = []
 
     @settings(
@@ -388,37 +383,32 @@ def test_a_sweep_of_header_types_and_bodies_never_stops_a_worker(
     )
     def send(queue: str, task: Any, overrides: dict[str, Any], body: bytes) -> None:
         name = f"sweep-{len(sent)}"
-        publish(channel, queue, name, headers=task_headers(task, **overrides), body=body)
+        publish(rig.channel, queue, name, headers=task_headers(task, **overrides), body=body)
         sent.append(name)
 
     send()
 
-    assert_still_serving(hostile_services, hostile_settings, workers, day=3)
-    found = wait_for_letters(hostile_services, sent, timeout_s=90)
+    assert_still_serving(rig.services, rig.settings, rig.workers, day=3)
+    found = wait_for_letters(rig.services, sent, timeout_s=90)
     vague = [f"{name}: {found[name][0].reason}" for name in sent
              if any(v in found[name][0].reason for v in VAGUE)]  # fmt: skip
     assert not vague, "\n".join(vague)
-    assert_healthy_runs_unchanged(hostile_services, healthy_runs)
+    assert_healthy_runs_unchanged(rig.services, rig.healthy)
 
 
-def test_the_cli_and_the_api_list_the_hostile_dead_letters(
-    hostile_services: Services,
-    hostile_settings: Settings,
-    workers: list[ChildProcess],
-    channel: Any,
-) -> None:
+def test_the_cli_and_the_api_list_the_hostile_dead_letters(rig: Rig) -> None:
     task_id = str(uuid.uuid4())
-    publish(channel, PLAN_QUEUE, "listed", headers={"task": ["etl.plan_run"], "id": task_id},
+    publish(rig.channel, PLAN_QUEUE, "listed", headers={"task": ["etl.plan_run"], "id": task_id},
             body=b'[["x"],{},{}]')  # fmt: skip
 
     def listed_by_cli() -> dict[str, Any] | None:
-        out = run_etl(hostile_settings, "dlq", "list", "--json")
+        out = run_etl(rig.settings, "dlq", "list", "--json")
         assert out.returncode == 0, out.stderr
         return next((x for x in json.loads(out.stdout) if x["task_id"] == task_id), None)
 
     letter = wait_until(listed_by_cli, timeout_s=60, what="etl dlq list showing the letter")
     assert "header 'task'" in letter["reason"]
-    client = create_app(hostile_settings).test_client()
+    client = create_app(rig.settings).test_client()
     answer = client.get("/api/v1/dead-letters", headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert answer.status_code == 200, answer.get_data(as_text=True)
     by_api = [x for x in answer.get_json()["dead_letters"] if x["task_id"] == task_id]

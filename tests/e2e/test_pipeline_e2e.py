@@ -21,7 +21,13 @@ from etl.domain.runs import RunState
 from etl.service.lifecycle import wait_for_run
 
 from builders import with_orders
-from support import API_TOKEN, ChildProcess, assert_run_output_matches_source, wait_until
+from support import (
+    API_TOKEN,
+    ChildProcess,
+    assert_run_output_matches_source,
+    etl_workers,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,21 +43,9 @@ def seeded(services: Services) -> Services:
 def workers(
     service_settings: Settings, seeded: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[ChildProcess]]:
-    """Two `etl worker` processes (prefork, one child each) sharing the queues."""
-    logs = tmp_path_factory.mktemp("workers")
-    started = [
-        ChildProcess.etl(
-            ["worker", "--concurrency", "1"], service_settings, logs / f"worker-{i}.log"
-        )
-        for i in range(2)
-    ]
-    try:
-        for worker in started:
-            worker.wait_for_log("ready.")
+    """Two `etl worker` processes sharing the queues."""
+    with etl_workers(service_settings, tmp_path_factory.mktemp("workers")) as started:
         yield started
-    finally:
-        for worker in started:
-            worker.stop()
 
 
 def _free_port() -> int:

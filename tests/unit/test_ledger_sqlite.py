@@ -30,7 +30,7 @@ def test_upgrade_twice_is_harmless_and_reports_the_schema_version(sqlite_engine:
 def test_a_version_3_ledger_is_migrated_to_keep_part_etags(sqlite_engine: Engine) -> None:
     from sqlalchemy import delete, inspect, text
 
-    from etl.adapters.ledger import schema_version_table
+    from etl.adapters.ledger.schema import schema_version_table
 
     with sqlite_engine.begin() as conn:  # back to what version 3 created
         conn.execute(text("ALTER TABLE etl_chunks DROP COLUMN etag"))
@@ -379,7 +379,7 @@ def test_a_version_1_ledger_is_migrated_to_the_current_schema(tmp_path: Path) ->
     from sqlalchemy import insert, inspect
 
     from etl.adapters.db import make_engine
-    from etl.adapters.ledger import chunks_table, runs_table, schema_version_table
+    from etl.adapters.ledger.schema import chunks_table, runs_table, schema_version_table
 
     engine = make_engine("sqlite:///" + str(tmp_path / "v1.db"))
     with engine.begin() as conn:  # the ledger as version 1 created it

@@ -18,33 +18,10 @@ from etl.adapters.ledger.admission import AdmissionLedger
 from etl.adapters.ledger.backfills import BackfillsLedger
 from etl.adapters.ledger.chunks import ChunksLedger
 from etl.adapters.ledger.dead_letters import DeadLettersLedger
-from etl.adapters.ledger.migrations import MIGRATIONS, upgrade
-from etl.adapters.ledger.rows import aware_utc, insert_ignoring_conflicts
-from etl.adapters.ledger.runs import RunsLedger, request_fingerprint
-from etl.adapters.ledger.schema import (
-    SCHEMA_VERSION,
-    backfills_table,
-    chunks_table,
-    dead_letters_table,
-    metadata,
-    runs_table,
-    schedule_state_table,
-    schedule_ticks_table,
-    schema_version_table,
-    watermarks_table,
-)
+from etl.adapters.ledger.migrations import upgrade
+from etl.adapters.ledger.runs import RunsLedger
+from etl.adapters.ledger.schema import SCHEMA_VERSION
 from etl.adapters.ledger.watermarks import WatermarksLedger
-
-# The errors live in the domain; these names keep the ledger's old imports working.
-from etl.domain.errors import (
-    BackfillConflict,
-    BackfillNotFound,
-    ChunkNotFound,
-    DeadLetterNotFound,
-    IdempotencyConflict,
-    RunNotFound,
-    WatermarkMoved,
-)
 
 
 class Ledger(
@@ -61,28 +38,4 @@ class Ledger(
         self.engine = engine
 
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "BackfillConflict",
-    "BackfillNotFound",
-    "ChunkNotFound",
-    "DeadLetterNotFound",
-    "IdempotencyConflict",
-    "Ledger",
-    "RunNotFound",
-    "WatermarkMoved",
-    "aware_utc",
-    "backfills_table",
-    "chunks_table",
-    "dead_letters_table",
-    "insert_ignoring_conflicts",
-    "metadata",
-    "request_fingerprint",
-    "runs_table",
-    "schedule_state_table",
-    "schedule_ticks_table",
-    "schema_version_table",
-    "upgrade",
-    "watermarks_table",
-]
+__all__ = ["SCHEMA_VERSION", "Ledger", "upgrade"]
