@@ -331,9 +331,9 @@ class FakeLedger:
         return True
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
-        """Put a running chunk back to pending, its part unrecorded; False otherwise."""
+        """Put a running chunk of an ended run back to pending; False otherwise."""
         chunk = self.get_chunk(run_id, index)
-        if chunk.state is not ChunkState.RUNNING:
+        if chunk.state is not ChunkState.RUNNING or self._run_works(run_id):
             return False
         self._set_chunk(chunk, self.clock(), state=ChunkState.PENDING, error=reason[:_TEXT_KEPT])
         return True

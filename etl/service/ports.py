@@ -117,7 +117,8 @@ class ChunkLedger(Protocol):
         ...
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
-        """Put a running chunk of an ended run back to pending, its part unrecorded."""
+        """Put a running chunk of an ended run back to pending, its part unrecorded;
+        False if it is not running or its run works again."""
         ...
 
     def fail_chunk(self, run_id: str, index: int, error: str) -> None:

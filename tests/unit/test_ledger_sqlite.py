@@ -291,6 +291,21 @@ def test_a_chunk_finishing_after_its_run_ended_is_not_recorded(
     assert not ledger.release_chunk(run_id, 2, "the run ended")  # only a running chunk
 
 
+def test_a_late_release_leaves_alone_a_chunk_a_retry_has_started_again(ledger: Ledger) -> None:
+    # The run ended while chunk 2 was transformed; it was retried and chunk 2 started
+    # again before the first delivery released it: that release must not touch it.
+    run_id = planned_run(ledger)
+    assert ledger.start_chunk(run_id, 2) is not None
+    end_run(ledger, run_id, RunState.FAILED)
+    assert ledger.reopen_run(run_id) is not None
+    assert ledger.move_run(run_id, RunState.PLANNING)
+    assert ledger.move_run(run_id, RunState.RUNNING)
+    assert ledger.start_chunk(run_id, 2) is not None
+
+    assert not ledger.release_chunk(run_id, 2, "the run ended")
+    assert ledger.get_chunk(run_id, 2).state is ChunkState.RUNNING
+
+
 def test_a_chunk_of_a_committing_run_neither_starts_nor_finishes(ledger: Ledger) -> None:
     # The commit has checked the chunks: nothing may change under it.
     run_id = planned_run(ledger, chunks=2)

@@ -134,11 +134,12 @@ class ChunksLedger:
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
         """Put back to pending a chunk whose run ended while it worked (its part is not
-        recorded), so no chunk of an ended run shows as running; False if not running."""
+        recorded), so no chunk of an ended run shows as running; False if it is not
+        running, or if its run works again (a retry's delivery may have started it)."""
         return self._update_chunk(
             run_id,
             index,
-            chunks_table.c.state == ChunkState.RUNNING.value,
+            (chunks_table.c.state == ChunkState.RUNNING.value) & ~_run_is_working(run_id),
             state=ChunkState.PENDING.value,
             error=reason[:2000],
         )
