@@ -52,9 +52,7 @@ def replay_dead_letter(dead_letter_id: int) -> Response:
     """Send a parked message's work again, once (a repeat replay sends nothing)."""
     try:
         outcome = _dead_letters().replay(dead_letter_id)
-    except LookupError as exc:
-        raise ApiError(404, str(exc)) from None
-    except Exception as exc:
+    except Exception as exc:  # not found and the like: the app's EtlError handler
         if is_transient(exc):
             raise ApiError(503, "the broker is unavailable; try again") from None
         raise

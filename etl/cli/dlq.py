@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from etl.cli.common import EXIT_OK, CliError, Parser, open_services
+from etl.cli.common import EXIT_OK, Parser, open_services
 from etl.config import Settings
 
 if TYPE_CHECKING:
@@ -65,10 +65,7 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
     service.sync()
-    try:
-        letter = service.ledger.get_dead_letter(args.id)
-    except LookupError as exc:
-        raise CliError(str(exc)) from None
+    letter = service.ledger.get_dead_letter(args.id)
     document = _summary(letter)
     document["headers"] = letter.headers
     document["body"] = letter.body.decode("utf-8", errors="replace")
@@ -81,13 +78,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    if args.all:
-        outcomes = service.replay_all(run_id=args.run)
-    else:
-        try:
-            outcomes = [service.replay(args.id)]
-        except LookupError as exc:
-            raise CliError(str(exc)) from None
+    outcomes = service.replay_all(run_id=args.run) if args.all else [service.replay(args.id)]
     for outcome in outcomes:
         print(f"dead letter {outcome.dead_letter_id}: {outcome.action}")
     if not outcomes:
