@@ -19,7 +19,7 @@ from etl.adapters.topology import (
     broker_connection,
     dead_letter_queue_name,
 )
-from etl.domain.dead_letters import DEATH_HEADERS, JSON_CONTENT_TYPE, UnverifiedBody, printable
+from etl.domain.dead_letters import JSON_CONTENT_TYPE, UnverifiedBody, printable, sent_headers
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def republish(
     ssl: BrokerTls = False,
 ) -> None:
     """Publish a parked message's body, as it was, back to its work queue (confirmed)."""
-    fresh_headers = {key: value for key, value in headers.items() if key not in DEATH_HEADERS}
+    fresh_headers = sent_headers(headers)
     with broker_connection(broker_url, ssl, confirm_publish=True) as connection:
         # One attempt, failing at once: the dead letter stays dead for the next replay.
         connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)

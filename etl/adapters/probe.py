@@ -23,12 +23,17 @@ def database_problem(url: str, timeout: float = 3.0) -> str | None:
     args = {} if url.startswith("sqlite") else {"connect_timeout": int(timeout)}
     engine = create_engine(url, connect_args=args)
     try:
+        return _select_one_problem(engine)
+    finally:
+        engine.dispose()
+
+
+def _select_one_problem(engine: Engine) -> str | None:
+    try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-    finally:
-        engine.dispose()
     return None
 
 
@@ -56,11 +61,6 @@ def readiness_problems(
     bucket. None for a reachable one, else the problem (which may name hosts: log it,
     do not show it to strangers)."""
     problems: dict[str, str | None] = {"broker": broker_problem(broker_url, timeout, broker_ssl)}
-    try:
-        with ledger_engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        problems["database"] = None
-    except Exception as exc:
-        problems["database"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    problems["database"] = _select_one_problem(ledger_engine)
     problems["bucket"] = parts.bucket_problem()
     return problems

@@ -17,10 +17,11 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from etl.domain.clock import as_utc
 from etl.domain.runs import TERMINAL_RUN_STATES, ChunkState, RunState
 from etl.domain.task_messages import (
     TASK_COMMIT_RUN,
@@ -57,6 +58,11 @@ DEATH_HEADERS = frozenset(
 ACTED_ON_DEATHS = frozenset({"rejected", "delivery_limit", "expired"})
 JSON_CONTENT_TYPE = "application/json"
 SIGNED_CONTENT_TYPE = "application/data"  # Celery's "auth" serializer
+
+
+def sent_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """A parked message's headers as they were sent: without the broker's death headers."""
+    return {key: value for key, value in headers.items() if key not in DEATH_HEADERS}
 
 
 class DeadLetterState(StrEnum):
@@ -149,8 +155,7 @@ def read_death(headers: Any, source_queue: str) -> tuple[Death | None, str | Non
             f"its death record names queue {printable(queue, 100)!r}, not {source_queue!r} "
             "whose dead letters it is among"
         )
-    when = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return Death(queue=queue, reason=reason, count=count, time=when), None
+    return Death(queue=queue, reason=reason, count=count, time=as_utc(moment)), None
 
 
 def explain_death(reason: str) -> str:
@@ -229,11 +234,7 @@ def judge(
     so an ETA refused then is refused now), its content type, its signature when
     ``open_signed`` is given (signing on), its body and arguments."""
     death, death_problem = read_death(headers, source_queue)
-    original = (
-        {k: v for k, v in headers.items() if k not in DEATH_HEADERS}
-        if isinstance(headers, Mapping)
-        else headers
-    )
+    original = sent_headers(headers) if isinstance(headers, Mapping) else headers
     task = original.get("task") if isinstance(original, Mapping) else None
     try:
         check_headers(
@@ -406,7 +407,6 @@ def _storable_text(text: str, cut: _Cut) -> str:
 def content_digest(body: bytes, headers: Mapping[str, Any]) -> str:
     """A message's identity when it has no task id to go by: its body and its headers as
     sent (the broker's death headers left out, so dying again keeps it)."""
-    sent = {k: v for k, v in headers.items() if k not in DEATH_HEADERS}
     digest = hashlib.sha256(body)
-    digest.update(json.dumps(sent, sort_keys=True, default=repr).encode())
+    digest.update(json.dumps(sent_headers(headers), sort_keys=True, default=repr).encode())
     return "sha256:" + digest.hexdigest()

@@ -15,8 +15,10 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from etl.domain.clock import as_utc
 
 # Task names are the contract between the processes that send tasks (API, CLI, Beat) and
 # the workers that run them; senders use these names and never import the tasks module.
@@ -290,7 +292,7 @@ def check_headers(
         raise InvalidTaskMessage(f"unknown task {_excerpt(headers['task'])}")
     eta = headers.get("eta")
     if eta is not None and now is not None and max_eta_s is not None:
-        ahead = (_aware(datetime.fromisoformat(eta)) - now).total_seconds()
+        ahead = (as_utc(datetime.fromisoformat(eta)) - now).total_seconds()
         if ahead > max_eta_s:
             raise InvalidTaskMessage(
                 f"header 'eta' is {ahead:.0f} s ahead, beyond the {max_eta_s:.0f} s a worker "
@@ -299,10 +301,6 @@ def check_headers(
     if "compression" in headers:
         # We never compress; a compressed body could be a decompression bomb.
         raise InvalidTaskMessage("header 'compression' is refused (we never compress)")
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def check_json_body(task: str, body: bytes) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 from etl import metrics
+from etl.domain.clock import utc_now
 from etl.domain.dates import previous_day
 from etl.domain.errors import EnqueueFailed, RunNotCancellable, RunNotRetryable, UnknownPipeline
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
@@ -63,7 +64,7 @@ class RunService:
         params: dict[str, Any] | None = None,
         trigger: Trigger = Trigger.MANUAL,
         idempotency_key: str | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
     ) -> tuple[Run, bool]:
         """Record a run and enqueue its planning; returns (run, created).
 

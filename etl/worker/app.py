@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -19,6 +18,7 @@ from etl.adapters.topology import (
     work_queues,
 )
 from etl.config import MAX_ETA_AHEAD_S, Settings
+from etl.domain.clock import utc_now
 from etl.domain.task_messages import (
     TASK_COMMIT_RUN,
     TASK_PLAN_RUN,
@@ -27,7 +27,7 @@ from etl.domain.task_messages import (
     TASK_TRANSFORM_CHUNK,
     InvalidTaskMessage,
     check_headers,
-    check_json_body,
+    check_json_message,
 )
 from etl.logs import tag_messages_with_run_id
 
@@ -127,24 +127,22 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
 
 
 def _check_message(message: Any, accepted_types: set[str], json_bodies: bool) -> None:
-    headers = message.headers
-    check_headers(
-        headers,
-        message.properties,
-        now=datetime.now(UTC),
-        max_eta_s=MAX_ETA_AHEAD_S,
-    )
     if message.content_type not in accepted_types:
         raise InvalidTaskMessage(
             f"content type {str(message.content_type)[:100]!r} is refused "
             f"(accepted: {', '.join(sorted(accepted_types))})"
         )
-    if json_bodies:
+    now = utc_now()
+    if not json_bodies:
         # A signed body is checked in the task, after its signature is verified.
-        body = message.body
-        if isinstance(body, str):  # kombu hands some transports' bodies back as text
-            body = body.encode(message.content_encoding or "utf-8")
-        check_json_body(headers["task"], bytes(body))
+        check_headers(message.headers, message.properties, now=now, max_eta_s=MAX_ETA_AHEAD_S)
+        return
+    body = message.body
+    if isinstance(body, str):  # kombu hands some transports' bodies back as text
+        body = body.encode(message.content_encoding or "utf-8")
+    check_json_message(
+        message.headers, bytes(body), message.properties, now=now, max_eta_s=MAX_ETA_AHEAD_S
+    )
 
 
 def celery_enqueue(app: EtlCelery) -> Callable[[str, list[Any]], None]:

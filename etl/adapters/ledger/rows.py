@@ -3,7 +3,7 @@ and the few SQL helpers every aggregate module shares."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, select
@@ -12,6 +12,7 @@ from sqlalchemy.engine import RowMapping
 
 from etl.adapters.ledger.schema import backfills_table, chunks_table, runs_table
 from etl.domain.backfills import Backfill, Reprocess
+from etl.domain.clock import as_utc
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.errors import BackfillNotFound, ChunkNotFound, RunNotFound
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
@@ -30,9 +31,7 @@ def insert_ignoring_conflicts(conn: Connection, table: Table, values: dict[str, 
 def aware_utc(moment: datetime | None) -> datetime | None:
     """The moment as an aware UTC datetime (None stays None)."""
     # SQLite hands back naive datetimes; everything the ledger writes is UTC.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+    return None if moment is None else as_utc(moment)
 
 
 def run_from_row(row: RowMapping) -> Run:
