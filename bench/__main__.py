@@ -46,8 +46,8 @@ from etl.domain.runs import RunState
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import make_writer
 from etl.pipelines.orders import ORDERS_DAILY
-from etl.service.lifecycle import RunService, celery_enqueue, wait_for_run
-from etl.worker.app import make_celery
+from etl.service.lifecycle import RunService, wait_for_run
+from etl.worker.app import celery_enqueue, make_celery
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
