@@ -358,6 +358,8 @@ class ChildProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         env = {**os.environ, **settings_env(settings), **(extra_env or {})}
+        # SIGABRT then prints every thread's stack into the log (see wait_for_exit).
+        env["PYTHONFAULTHANDLER"] = "1"
         self.process = subprocess.Popen(
             argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -384,6 +386,19 @@ class ChildProcess:
         """What it has printed so far."""
         self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_exit(self, *, timeout_s: float) -> int:
+        """Its exit code once it has ended; if it has not within ``timeout_s``, fail with
+        its log and the stack of each of its threads, where it is stuck."""
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            with suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+            raise AssertionError(
+                f"still running {timeout_s}s later; its log and stacks:\n{self.log()}"
+            ) from None
 
     def stop(self, timeout_s: float = 20) -> None:
         """SIGTERM the group (a warm shutdown for a Celery worker), then SIGKILL."""

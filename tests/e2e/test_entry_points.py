@@ -28,7 +28,7 @@ def test_beat_starts_with_the_nightly_schedule_and_stops_on_sigterm(
         beat.wait_for_log("entry pipeline:orders_daily", timeout_s=30)
         beat.wait_for_log("is now the leader", timeout_s=30)
         beat.process.send_signal(signal.SIGTERM)
-        assert beat.process.wait(timeout=20) == 0, beat.log()
+        assert beat.wait_for_exit(timeout_s=20) == 0, beat.log()
     finally:
         beat.stop()
 
