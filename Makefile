@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# Two sessions (one per core), each with its own vhost, database and S3; a file's tests
+# stay together so its module fixtures are built once.
 test: install ## Run the whole suite (unit, integration, e2e) on the local services
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-unit: install ## Only the unit tests (no services needed)
 	$(BIN)/pytest tests/unit

@@ -1,9 +1,10 @@
 """Fixtures for tests that use the real local services.
 
 Each test session gets its own RabbitMQ vhost and its own PostgreSQL database, both
-removed at the end, so sessions cannot disturb each other. S3 is moto's server on a
-free loopback port, reachable from worker subprocesses. Locally a test whose service
-is down is skipped with the reason; in CI (CI=true) it fails instead.
+removed at the end, so sessions cannot disturb each other. S3 is moto's server, in a
+process of its own on a free loopback port, reachable from worker subprocesses. Locally
+a test whose service is down is skipped with the reason; in CI (CI=true) it fails
+instead.
 
 A test whose fault reaches past a vhost or a database gets its own of what it breaks:
 a RabbitMQ node of its own to stop (support.scratch_rabbitmq_node), a Redis database
@@ -21,7 +22,6 @@ import pytest
 from pydantic import SecretStr
 
 from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
-from etl.adapters.s3 import LocalS3
 from etl.bootstrap import Services, build_services
 from etl.config import Settings
 
@@ -31,6 +31,7 @@ from support import (
     RABBITMQ_URL,
     REDIS_URL,
     SESSION_TAG,
+    moto_s3_server,
     require_service,
     scratch_database,
     scratch_vhost,
@@ -80,10 +81,10 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3 server on a free loopback port, for this process and its children."""
-    with LocalS3() as local_s3:
-        yield local_s3.endpoint_url
+    with moto_s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint_url:
+        yield endpoint_url
 
 
 @pytest.fixture(scope="session")

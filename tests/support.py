@@ -142,6 +142,39 @@ def _redis_databases(client: redis.Redis) -> int:
     return int(databases or 16)  # 16: Redis's default
 
 
+@contextmanager
+def moto_s3_server(log_path: Path) -> Iterator[str]:
+    """moto's S3 server in a process of its own, on a free loopback port (its endpoint
+    URL). Not a thread of the test process: unit tests start and reset moto's mocks
+    there, and its in-memory state is one per process, so a reset would wipe the
+    buckets the real-service tests' workers write to."""
+    for _ in range(3):  # another process may take the free port before the server binds
+        [port] = free_ports(1)
+        with log_path.open("wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            if _wait_for_port(port, server, timeout_s=30):
+                yield f"http://127.0.0.1:{port}"
+                return
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    raise RuntimeError(f"moto's S3 server did not start: {log_path.read_text()[-2000:]}")
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports on the loopback interface that nothing listens on now."""
     probes = [socket.socket() for _ in range(count)]
