@@ -8,7 +8,7 @@ BENCH_ROWS ?= 1000000
 BENCH_SCALE_ROWS ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-integration test-e2e lint format audit bench demo clean up down
+.PHONY: help install test test-unit test-integration test-e2e lint format audit bench bench-backfill demo clean up down
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ audit: install ## Security: bandit on the code, pip-audit on the dependencies (n
 
 bench: install ## Benchmark: naive script vs COPY limit vs the pipeline (BENCH_ROWS=1000000; BENCH_SCALE_ROWS=10000000 adds a 10x run)
 	$(BIN)/python -m bench --rows $(BENCH_ROWS) --scale-rows $(BENCH_SCALE_ROWS)
+
+bench-backfill: install ## Benchmark: a backfill of 30 Berlin days x 100,000 rows, 2 workers; checks each run's rows
+	$(BIN)/python -m bench.backfill
 
 format: install ## Format and auto-fix with ruff
 	$(BIN)/ruff format .

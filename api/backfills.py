@@ -1,4 +1,4 @@
-"""``/api/v1/backfills``: one run per logical date over a range, and their progress."""
+"""``/api/v1/backfills``: one run per data interval over a range, and their progress."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from api.models import (
     CreateBackfillRequest,
     CreateBackfillResponse,
     FieldError,
+    IntervalResponse,
 )
 from etl.service.backfills import cancel_backfill as cancel_backfill_runs
 from etl.service.backfills import start_backfill
@@ -52,7 +53,13 @@ def create_backfill() -> tuple[Response, int]:
             )
         ),
         dates=[
-            BackfillDate(logical_date=p.logical_date, run=p.run, reason=p.reason) for p in plans
+            BackfillDate(
+                logical_date=p.logical_date,
+                interval=IntervalResponse.of(p.interval),
+                run=p.run,
+                reason=p.reason,
+            )
+            for p in plans
         ],
     ).model_dump(mode="json")
     response = jsonify(document)

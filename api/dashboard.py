@@ -16,9 +16,11 @@ from api.context import api_services
 from etl.adapters.ledger import Ledger
 from etl.domain.errors import RunNotFound
 from etl.domain.runs import Chunk, ChunkState, Run
-from etl.pipelines import PIPELINES
+from etl.pipelines import PIPELINES, interval_name
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
+# Every page names a run's interval as its pipeline does: a date, or a finer one's start.
+bp.add_app_template_global(interval_name)
 
 
 def _ledger() -> Ledger:
@@ -90,14 +92,21 @@ def pipelines() -> str:
     """The pipelines, their schedules and their next and last runs."""
     ledger = _ledger()
     moment = datetime.now(UTC)
-    rows = [
-        {
-            "pipeline": pipeline,
-            "next": pipeline.next_run_at(moment),
-            "last": ledger.latest_run(pipeline.name),
-        }
-        for pipeline in sorted(PIPELINES.values(), key=lambda p: p.name)
-    ]
+    rows = []
+    for pipeline in sorted(PIPELINES.values(), key=lambda p: p.name):
+        next_at = pipeline.next_run_at(moment)
+        rows.append(
+            {
+                "pipeline": pipeline,
+                "next": next_at,
+                "next_interval": (
+                    pipeline.schedule.interval_for(next_at)
+                    if next_at is not None and pipeline.schedule is not None
+                    else None
+                ),
+                "last": ledger.latest_run(pipeline.name),
+            }
+        )
     return render_template("dashboard/pipelines.html", rows=rows)
 
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from etl.domain.backfills import Backfill, BackfillProgress, Reprocess
 from etl.domain.dates import parse_logical_date
 from etl.domain.dead_letters import DeadLetter
+from etl.domain.intervals import DataInterval, parse_date_or_timestamp
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
+
+
+def _date_or_timestamp(value: Any) -> Any:
+    # pydantic alone also reads 0 or "1700006400" as Unix times.
+    if not isinstance(value, str):
+        raise ValueError("must be a string: YYYY-MM-DD, or an ISO 8601 timestamp with offset")
+    return parse_date_or_timestamp(value)
 
 
 class CreateRunRequest(BaseModel):
@@ -19,7 +27,15 @@ class CreateRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pipeline: str = Field(min_length=1, max_length=63)
-    logical_date: date | None = Field(default=None, description="YYYY-MM-DD; default yesterday")
+    interval: date | datetime | None = Field(
+        default=None,
+        description="the run's data interval: its date (YYYY-MM-DD) for a daily pipeline, "
+        "the ISO 8601 timestamp with offset that starts it for a finer one; default the "
+        "last interval that has ended",
+    )
+    logical_date: date | None = Field(
+        default=None, description="YYYY-MM-DD: the same as interval, for a daily pipeline"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("logical_date", mode="before")
@@ -31,6 +47,34 @@ class CreateRunRequest(BaseModel):
         if not isinstance(value, str):
             raise ValueError("must be a string YYYY-MM-DD")
         return parse_logical_date(value)
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _date_or_timestamp(cls, value: Any) -> Any:
+        return None if value is None else _date_or_timestamp(value)
+
+    @model_validator(mode="after")
+    def _one_name(self) -> CreateRunRequest:
+        if self.interval is not None and self.logical_date is not None:
+            raise ValueError("give interval or logical_date, not both")
+        return self
+
+    @property
+    def requested_interval(self) -> date | datetime | None:
+        """The interval the request names, if any."""
+        return self.interval if self.interval is not None else self.logical_date
+
+
+class IntervalResponse(BaseModel):
+    """A data interval: the rows stamped ``start <= t < end``."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of(cls, interval: DataInterval) -> IntervalResponse:
+        """Build from a domain interval."""
+        return cls(start=interval.start, end=interval.end)
 
 
 class ChunkProgress(BaseModel):
@@ -49,6 +93,7 @@ class RunResponse(BaseModel):
     id: str
     pipeline: str
     logical_date: date
+    interval: IntervalResponse
     trigger: str
     state: str
     params: dict[str, Any]
@@ -77,6 +122,7 @@ class RunResponse(BaseModel):
             id=run.id,
             pipeline=run.pipeline,
             logical_date=run.logical_date,
+            interval=IntervalResponse.of(run.interval),
             trigger=run.trigger.value,
             state=run.state.value,
             params=run.params,
@@ -139,7 +185,12 @@ class PipelineResponse(BaseModel):
     max_active_runs: int | None
     output_format: str
     incremental: bool
+    mode: str = Field(description="which rows a run reads: snapshot, partitioned, incremental")
+    interval: str = Field(description='what each run covers, e.g. "day (Europe/Berlin)"')
     next_run_at: datetime | None
+    next_interval: IntervalResponse | None = Field(
+        description="the interval the next scheduled run covers"
+    )
     last_run: RunResponse | None
     last_success: RunResponse | None
 
@@ -239,13 +290,18 @@ class ReplayResponse(BaseModel):
 
 
 class CreateBackfillRequest(BaseModel):
-    """``POST /api/v1/backfills``: one run per logical date from start to end."""
+    """``POST /api/v1/backfills``: one run per data interval from start to end."""
 
     model_config = ConfigDict(extra="forbid")
 
     pipeline: str = Field(min_length=1, max_length=63)
-    start: date = Field(description="first logical date, YYYY-MM-DD")
-    end: date = Field(description="last logical date, YYYY-MM-DD")
+    start: date | datetime = Field(
+        description="first date (YYYY-MM-DD: every interval of those days), or the ISO 8601 "
+        "timestamp with offset that starts the first interval"
+    )
+    end: date | datetime = Field(
+        description="last date, inclusive, or the timestamp that starts the last interval"
+    )
     # Strict: a JSON body says 2 and true, and "2", 2.0, "yes" or 1 are mistakes to name.
     max_active: int = Field(default=1, ge=1, le=100, strict=True, description="runs active at once")
     reprocess: Reprocess = Field(
@@ -256,10 +312,8 @@ class CreateBackfillRequest(BaseModel):
 
     @field_validator("start", "end", mode="before")
     @classmethod
-    def _yyyy_mm_dd_only(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            raise ValueError("must be a string YYYY-MM-DD")
-        return parse_logical_date(value)
+    def _date_or_timestamp(cls, value: Any) -> Any:
+        return _date_or_timestamp(value)
 
     @field_validator("max_active", mode="before")
     @classmethod
@@ -270,9 +324,10 @@ class CreateBackfillRequest(BaseModel):
 
 
 class BackfillDate(BaseModel):
-    """What a backfill does for one date."""
+    """What a backfill does for one interval."""
 
     logical_date: date
+    interval: IntervalResponse
     run: bool
     reason: str
 

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 
 from api.context import api_services
 from api.errors import ApiError
-from api.models import PipelineListResponse, PipelineResponse, RunResponse
+from api.models import IntervalResponse, PipelineListResponse, PipelineResponse, RunResponse
 from etl.adapters.ledger import Ledger
 from etl.domain.runs import RunState
 from etl.pipelines import PIPELINES, Pipeline
@@ -27,6 +27,7 @@ def describe(pipeline: Pipeline, ledger: Ledger, moment: datetime) -> PipelineRe
     last = ledger.latest_run(pipeline.name)
     success = ledger.latest_run(pipeline.name, RunState.SUCCEEDED)
     schedule: dict[str, Any] | None = pipeline.schedule.describe() if pipeline.schedule else None
+    next_run_at = pipeline.next_run_at(moment)
     return PipelineResponse(
         name=pipeline.name,
         description=pipeline.description,
@@ -35,7 +36,14 @@ def describe(pipeline: Pipeline, ledger: Ledger, moment: datetime) -> PipelineRe
         max_active_runs=pipeline.max_active_runs,
         output_format=pipeline.output_format,
         incremental=pipeline.source.incremental,
-        next_run_at=pipeline.next_run_at(moment),
+        mode=str(pipeline.source.mode),
+        interval=pipeline.grain.describe(),
+        next_run_at=next_run_at,
+        next_interval=(
+            None
+            if next_run_at is None or pipeline.schedule is None
+            else IntervalResponse.of(pipeline.schedule.interval_for(next_run_at))
+        ),
         last_run=RunResponse.from_run(last) if last else None,
         last_success=RunResponse.from_run(success) if success else None,
     )

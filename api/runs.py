@@ -35,12 +35,17 @@ def create_run() -> tuple[Response, int]:
     try:
         run, created = services.run_service.start_run(
             wanted.pipeline,
-            logical_date=wanted.logical_date,
+            interval=wanted.requested_interval,
             params=wanted.params,
             idempotency_key=key,
         )
     except ValidationError as exc:
         raise ApiError(400, "invalid request", field_errors(exc, prefix="params.")) from None
+    except ValueError as exc:  # an interval this pipeline does not have
+        field = "interval" if wanted.interval is not None else "logical_date"
+        raise ApiError(
+            400, "invalid request", [FieldError(field=field, message=str(exc))]
+        ) from None
     document = RunResponse.from_run(run).model_dump(mode="json")
     response = jsonify(document)
     response.headers["Location"] = f"/api/v1/runs/{run.id}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from etl.domain.schedules import CatchUp, Every, Schedule, logical_date_for
+from etl.domain.schedules import CatchUp, Every, Schedule
 from etl.pipelines import Pipeline
 from etl.worker.app import TASK_RECONCILE, TASK_START_SCHEDULED_RUN
 
@@ -25,23 +25,25 @@ class Entry:
     task: str
     catch_up: CatchUp
     catch_up_limit: int
-    # The pipeline a slot starts a run of (its logical date comes from the slot), or
-    # None for a task with no logical date (the reconciler).
+    # The pipeline a slot starts a run of (its interval comes from the slot), or None
+    # for a task with no interval (the reconciler).
     pipeline: str | None = None
     # A message nobody took within this many seconds is dropped by the broker.
     expires_s: int | None = None
 
     def logical_date(self, slot: datetime) -> date | None:
         """The logical date of the run a slot starts (None: not a pipeline entry)."""
-        return logical_date_for(self.schedule, slot) if self.pipeline else None
+        if self.pipeline is None:
+            return None
+        return self.schedule.grain.logical_date(self.schedule.interval_for(slot))
 
-    def args(self, logical_date: date | None) -> list[Any]:
-        """The task's arguments for one slot."""
+    def args(self, slot: datetime) -> list[Any]:
+        """The task's arguments for one slot: the pipeline, and its run's interval as the
+        pipeline names it (a date for a daily one, the start for a finer one)."""
         if self.pipeline is None:
             return []
-        if logical_date is None:
-            raise ValueError(f"entry {self.name} needs a logical date for each slot")
-        return [self.pipeline, logical_date.isoformat()]
+        grain = self.schedule.grain
+        return [self.pipeline, grain.name(self.schedule.interval_for(slot))]
 
 
 def schedule_entries(pipelines: dict[str, Pipeline]) -> list[Entry]:

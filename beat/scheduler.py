@@ -101,12 +101,13 @@ class Dispatcher:
         ]
 
         def send(slot: datetime, logical_date: date | None) -> None:
-            self.send(entry.task, entry.args(logical_date), entry.expires_s)
+            args = entry.args(slot)
+            self.send(entry.task, args, entry.expires_s)
             logger.info(
                 "beat: sent %s for slot %s%s",
                 entry.name,
                 slot.isoformat(),
-                f" (logical date {logical_date})" if logical_date else "",
+                f" (interval {args[1]})" if len(args) > 1 else "",
             )
 
         self.state.advance(

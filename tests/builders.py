@@ -35,8 +35,9 @@ from etl.adapters.sample_orders import sample_orders, seed_orders
 from etl.adapters.topology import WORK_EXCHANGE
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.domain.chunks import plan_chunks
-from etl.domain.layout import part_key, run_prefix
+from etl.domain.chunks import ChunkRange, KeySpan, pick_boundaries, plan_chunks
+from etl.domain.intervals import DataInterval, Grain
+from etl.domain.layout import part_key, partition_path, run_prefix
 from etl.domain.runs import RunState, Trigger
 from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.domain.windows import RunWindow
@@ -83,12 +84,20 @@ def new_run(
     ``idempotency_key`` was seen before); its id."""
     run, _ = ledger.create_run(
         pipeline=pipeline,
+        interval=utc_day(day),
         logical_date=day,
         trigger=trigger,
         params=params or {},
         idempotency_key=idempotency_key,
+        interval_name=day.isoformat(),
     )
     return run.id
+
+
+def utc_day(day: date) -> DataInterval:
+    """The data interval of a daily run in UTC (a pipeline without a schedule, or one
+    whose schedule is in UTC): ``day`` midnight to midnight."""
+    return Grain().of_date(day)
 
 
 def run_in_state(ledger: LedgerPort, state: RunState, **run_fields: Any) -> str:
@@ -99,13 +108,21 @@ def run_in_state(ledger: LedgerPort, state: RunState, **run_fields: Any) -> str:
     return run_id
 
 
+def dense_plan(key_min: int, key_max: int, size: int) -> list[ChunkRange]:
+    """The plan of a source holding every integer key of ``key_min..key_max`` once, in
+    chunks of ``size`` rows (none when key_max is below key_min)."""
+    keys = list(range(key_min, key_max + 1))
+    span = KeySpan(len(keys), keys[0], keys[-1]) if keys else KeySpan(0)
+    return plan_chunks(span, pick_boundaries(keys, size))
+
+
 def planned_run(ledger: LedgerPort, *, chunks: int = 3, done: int = 0, **run_fields: Any) -> str:
     """A running run planned into ``chunks`` chunks of 100 keys (keys 1..chunks*100),
     its first ``done`` chunks finished with STATS; its id."""
     run_id = run_in_state(ledger, RunState.PLANNING, **run_fields)
     key_max = chunks * 100 if chunks else None
     window = RunWindow(key_column="id", key_min=1 if chunks else None, key_max=key_max)
-    ledger.record_plan(run_id, plan_chunks(1, key_max, 100), window)
+    ledger.record_plan(run_id, dense_plan(1, key_max or 0, 100), window)
     assert ledger.move_run(run_id, RunState.RUNNING)
     for index in range(done):
         finish_chunk(ledger, run_id, index)
@@ -155,8 +172,9 @@ def fake_services(rows: int = 2000, **settings: Any) -> FakeServices:
 def prefix_of(services: Any, run_id: str) -> str:
     """Where a run's objects go (``services``: anything with settings and ledger)."""
     run = services.ledger.get_run(run_id)
-    output_path = get_pipeline(run.pipeline).output_path
-    return run_prefix(services.settings.s3_prefix, output_path, run.logical_date, run.id)
+    pipeline = get_pipeline(run.pipeline)
+    partition = partition_path(pipeline.grain, run.interval)
+    return run_prefix(services.settings.s3_prefix, pipeline.output_path, partition, run.id)
 
 
 def chunk_key(services: Any, run_id: str, index: int) -> str:

@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from etl.config import Settings
 from etl.domain.admission import Candidate, admissible, waits_for_a_place
 from etl.domain.backfills import Backfill, Reprocess
-from etl.domain.chunks import ChunkRange
+from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan, pick_boundaries
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.errors import (
     BackfillConflict,
@@ -33,6 +33,7 @@ from etl.domain.errors import (
     RunNotFound,
     WatermarkMoved,
 )
+from etl.domain.intervals import DataInterval
 from etl.domain.outputs import StoredObject
 from etl.domain.runs import (
     ACTIVE_RUN_STATES,
@@ -45,7 +46,7 @@ from etl.domain.runs import (
     RunState,
     Trigger,
 )
-from etl.domain.windows import CursorWindow, RunWindow
+from etl.domain.windows import CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
 from etl.service.lifecycle import RunService
@@ -59,9 +60,9 @@ START = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 _TEXT_KEPT = 2000  # the ledger's reason and error columns
 
 
-def _fingerprint(pipeline: str, logical_date: date | None, params: Mapping[str, Any]) -> str:
+def _fingerprint(pipeline: str, interval_name: str | None, params: Mapping[str, Any]) -> str:
     # What tells a repeated request from another one (the ledger hashes the same).
-    return json.dumps([pipeline, str(logical_date), params], sort_keys=True)
+    return json.dumps([pipeline, interval_name, params], sort_keys=True)
 
 
 class FakeClock:
@@ -114,22 +115,21 @@ class FakeLedger:
         self,
         *,
         pipeline: str,
+        interval: DataInterval,
         logical_date: date,
         trigger: Trigger,
         params: dict[str, Any],
         idempotency_key: str | None = None,
-        logical_date_requested: bool = True,
+        interval_name: str | None = None,
     ) -> tuple[Run, bool]:
         """Record a queued run, or find the one this request duplicates: (run, created)."""
-        fingerprint = _fingerprint(
-            pipeline, logical_date if logical_date_requested else None, params
-        )
+        fingerprint = _fingerprint(pipeline, interval_name, params)
         for run in self.runs.values():
             same_key = idempotency_key is not None and run.idempotency_key == idempotency_key
             same_slot = (
                 trigger is Trigger.SCHEDULE
                 and run.trigger is Trigger.SCHEDULE
-                and (run.pipeline, run.logical_date) == (pipeline, logical_date)
+                and (run.pipeline, run.interval.start) == (pipeline, interval.start)
             )
             if same_key and self.fingerprints[run.id] != fingerprint:
                 raise IdempotencyConflict(
@@ -138,13 +138,14 @@ class FakeLedger:
                 )
             if same_key or same_slot:
                 return run, False
-        run = self._add_run(pipeline, logical_date, trigger, params, idempotency_key)
+        run = self._add_run(pipeline, interval, logical_date, trigger, params, idempotency_key)
         self.fingerprints[run.id] = fingerprint
         return run, True
 
     def _add_run(
         self,
         pipeline: str,
+        interval: DataInterval,
         logical_date: date,
         trigger: Trigger,
         params: dict[str, Any],
@@ -156,6 +157,7 @@ class FakeLedger:
             id=str(uuid.uuid4()),
             pipeline=pipeline,
             logical_date=logical_date,
+            interval=interval,
             trigger=trigger,
             state=RunState.QUEUED,
             params=dict(params),
@@ -165,7 +167,7 @@ class FakeLedger:
             backfill_id=backfill_id,
         )
         self.runs[run.id] = run
-        self.fingerprints[run.id] = _fingerprint(pipeline, logical_date, params)
+        self.fingerprints[run.id] = _fingerprint(pipeline, str(logical_date), params)
         return run
 
     def get_run(self, run_id: str) -> Run:
@@ -259,7 +261,7 @@ class FakeLedger:
         for planned_chunk in planned:
             chunk = Chunk(
                 run_id, planned_chunk.index, planned_chunk.key_lo, planned_chunk.key_hi,
-                ChunkState.PENDING,
+                ChunkState.PENDING, key_hi_inclusive=planned_chunk.key_hi_inclusive,
             )  # fmt: skip
             self.chunks[(run_id, chunk.index)] = chunk
             self.chunk_updated[(run_id, chunk.index)] = moment
@@ -392,7 +394,7 @@ class FakeLedger:
                 for r in self.runs.values()
                 if r.pipeline == pipeline and r.state is RunState.QUEUED
             ),
-            key=lambda r: (r.logical_date, r.created_at),
+            key=lambda r: (r.interval.start, r.created_at),
         )
         waiting = [
             candidate
@@ -432,23 +434,26 @@ class FakeLedger:
         max_active: int,
         reprocess: str,
         params: dict[str, Any],
-        dates: Sequence[date],
-        planned_on: Mapping[date, str | None] | None = None,
+        intervals: Sequence[tuple[DataInterval, date, str]],
+        planned_on: Mapping[datetime, str | None] | None = None,
+        covering: tuple[datetime, datetime] | None = None,
     ) -> tuple[Backfill, list[Run]]:
-        """Record a backfill and a queued run per date; BackfillConflict if the dates'
-        latest runs are no longer those it was planned on."""
-        if planned_on is not None:
+        """Record a backfill and a queued run per interval; BackfillConflict if the
+        intervals' latest runs are no longer those it was planned on."""
+        if planned_on is not None and covering is not None:
             now_latest = {
-                day: run.id for day, run in self.latest_runs_by_date(pipeline, start, end).items()
+                moment: run.id
+                for moment, run in self.latest_runs_by_interval(pipeline, *covering).items()
             }
             changed = sorted(
-                day
-                for day in set(now_latest) | set(planned_on)
-                if now_latest.get(day) != planned_on.get(day)
+                moment
+                for moment in set(now_latest) | set(planned_on)
+                if now_latest.get(moment) != planned_on.get(moment)
             )
             if changed:
                 raise BackfillConflict(
-                    f"runs of {pipeline} for {', '.join(map(str, changed[:5]))} started "
+                    f"runs of {pipeline} for intervals starting "
+                    f"{', '.join(m.isoformat() for m in changed[:5])} started "
                     "while this backfill was planned; plan it again"
                 )
         backfill = Backfill(
@@ -463,8 +468,10 @@ class FakeLedger:
         )
         self.backfills[backfill.id] = backfill
         runs = [
-            self._add_run(pipeline, day, Trigger.BACKFILL, params, backfill_id=backfill.id)
-            for day in dates
+            self._add_run(
+                pipeline, interval, day, Trigger.BACKFILL, params, backfill_id=backfill.id
+            )
+            for interval, day, _ in intervals
         ]
         return backfill, runs
 
@@ -476,16 +483,18 @@ class FakeLedger:
             raise BackfillNotFound(backfill_id) from None
 
     def backfill_runs(self, backfill_id: str) -> list[Run]:
-        """A backfill's runs in logical date order."""
+        """A backfill's runs in interval order."""
         runs = [run for run in self.runs.values() if run.backfill_id == backfill_id]
-        return sorted(runs, key=lambda run: run.logical_date)
+        return sorted(runs, key=lambda run: run.interval.start)
 
-    def latest_runs_by_date(self, pipeline: str, start: date, end: date) -> dict[date, Run]:
-        """The most recently created run of each logical date in ``[start, end]``."""
+    def latest_runs_by_interval(
+        self, pipeline: str, first: datetime, last: datetime
+    ) -> dict[datetime, Run]:
+        """The most recently created run of each interval starting in ``[first, last]``."""
         return {
-            run.logical_date: run
+            run.interval.start: run
             for run in self.runs.values()
-            if run.pipeline == pipeline and start <= run.logical_date <= end
+            if run.pipeline == pipeline and first <= run.interval.start <= last
         }
 
     # -- dead letters -------------------------------------------------------------------
@@ -667,24 +676,55 @@ class ListSource:
         self.key_column = key_column
         self.source_now = source_now  # the source database's clock
 
-    def key_bounds(self, window: CursorWindow | None = None) -> tuple[int | None, int | None]:
-        """The smallest and largest key (in the window); (None, None) when empty."""
-        keys = [row[self.key_column] for row in self.rows if _in_window(row, window)]
-        return (min(keys), max(keys)) if keys else (None, None)
+    def key_span(self, window: ReadScope | None = None) -> KeySpan:
+        """How many rows with a key (in the window), and their smallest and largest key."""
+        keys = self._keys(window)
+        return KeySpan(len(keys), keys[0], keys[-1]) if keys else KeySpan(0)
+
+    def key_boundaries(
+        self, chunk_size: int, span: KeySpan, window: ReadScope | None = None
+    ) -> list[ChunkKey]:
+        """The first key of each chunk when ``ceil(rows / chunk_size)`` chunks share the
+        rows (in the window) with keys in ``[span.key_min, span.key_max]`` evenly, in key
+        order, once each (etl.domain.chunks.chunk_starts)."""
+        low, high = span.key_min, span.key_max
+        return pick_boundaries(
+            [key for key in self._keys(window) if low <= key <= high], chunk_size
+        )
+
+    def _keys(self, window: ReadScope | None) -> list[Any]:
+        return sorted(
+            row[self.key_column]
+            for row in self.rows
+            if row[self.key_column] is not None and _in_window(row, window)
+        )
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:
         """The source's clock less the lag."""
         return self.source_now - timedelta(seconds=lag_s)
 
     def read_range(
-        self, key_lo: int, key_hi: int, batch_size: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        batch_size: int,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
-        """The rows with ``key_lo <= key < key_hi`` (in the window), in key order, in batches."""
+        """The rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
+        ``key_hi_inclusive``) in the window, in key order, in batches."""
+
+        def in_range(key: Any) -> bool:
+            if key is None or key < key_lo:
+                return False
+            return bool(key <= key_hi if key_hi_inclusive else key < key_hi)
+
         selected = sorted(
             (
                 row
                 for row in self.rows
-                if key_lo <= row[self.key_column] < key_hi and _in_window(row, window)
+                if in_range(row[self.key_column]) and _in_window(row, window)
             ),
             key=lambda row: row[self.key_column],
         )
@@ -697,17 +737,31 @@ class ListSource:
         return False
 
     def read_range_text(
-        self, key_lo: int, key_hi: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[pa.Table]:
         """Not offered (copies_text is False)."""
         raise NotImplementedError("ListSource has no COPY text; copies_text is False")
 
 
-def _in_window(row: Mapping[str, Any], window: CursorWindow | None) -> bool:
+def _in_window(row: Mapping[str, Any], window: ReadScope | None) -> bool:
+    # What SqlSource's WHERE keeps: the interval of a partitioned source, the cursor
+    # window of an incremental one.
     if window is None:
         return True
-    cursor = row[window.column]
-    return bool(cursor <= window.high and (window.low is None or cursor > window.low))
+    if window.time_column is not None:
+        moment = row[window.time_column]
+        if not window.interval.start <= moment < window.interval.end:
+            return False
+    if window.cursor is None:
+        return True
+    cursor = row[window.cursor.column]
+    low = window.cursor.low
+    return bool(cursor <= window.cursor.high and (low is None or cursor > low))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
-from etl.domain.layout import run_prefix, success_key
+from etl.domain.layout import partition_path, run_prefix, success_key
 from etl.domain.runs import Run
 from etl.formats.encoding import read_part
 from etl.pipelines import get_pipeline
@@ -313,7 +313,8 @@ def assert_run_output_matches_source(services: Services, run: Run) -> dict[str, 
     assert run.manifest_key, f"run {run.id} has no manifest ({run.state}: {run.reason})"
     manifest = json.loads(services.parts.get_bytes(run.manifest_key))
     pipeline = get_pipeline(run.pipeline)
-    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
+    partition = partition_path(pipeline.grain, run.interval)
+    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, partition, run.id)
     assert services.parts.part_metadata(success_key(prefix)) is not None, "_SUCCESS is missing"
     assert manifest["run_id"] == run.id and manifest["pipeline"] == run.pipeline
 
@@ -446,14 +447,17 @@ class ChildProcess:
 
 
 @contextmanager
-def etl_workers(settings: Settings, log_dir: Path, count: int = 2) -> Iterator[list[ChildProcess]]:
+def etl_workers(
+    settings: Settings, log_dir: Path, count: int = 2, extra_env: dict[str, str] | None = None
+) -> Iterator[list[ChildProcess]]:
     """``count`` `etl worker` processes (prefork, one child each) sharing the queues (each
     names its node after its pid); all ready on entry, all stopped on exit."""
     started: list[ChildProcess] = []
     try:
         for number in range(count):
             args = ["worker", "--concurrency", "1"]
-            started.append(ChildProcess.etl(args, settings, log_dir / f"worker-{number}.log"))
+            log = log_dir / f"worker-{number}.log"
+            started.append(ChildProcess.etl(args, settings, log, extra_env=extra_env))
         for worker in started:
             worker.wait_for_log("ready.")
         yield started

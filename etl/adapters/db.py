@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.domain.windows import CursorWindow
+from etl.domain.chunks import ChunkKey, KeySpan, as_chunk_key, count_chunks
+from etl.domain.windows import ReadScope
 from etl.pipelines.base import Source
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ def redact_url(url: str) -> str:
 
 
 class SqlSource:
-    """Reads a pipeline's source: its key bounds, and its rows one key range at a time."""
+    """Reads a pipeline's source: its rows and keys to plan chunks by, and its rows one
+    key range at a time."""
 
     def __init__(self, engine: Engine, source: Source) -> None:
         self._engine = engine
@@ -64,18 +66,65 @@ class SqlSource:
         else:
             self._from = f"({source.query}) AS etl_source"
 
-    def key_bounds(self, window: CursorWindow | None = None) -> tuple[int | None, int | None]:
-        """The smallest and largest key now in the source, or in the window (None, None
-        when empty)."""
+    def key_span(self, window: ReadScope | None = None) -> KeySpan:
+        """How many rows (with a key) the source holds now, or the window does, and their
+        smallest and largest key."""
         where, params = self._window_filter(window)
+        keyed = f" WHERE {self._key} IS NOT NULL" + (
+            " AND " + where[len(" WHERE ") :] if where else ""
+        )
+        # The ends by ORDER BY, not MIN/MAX: PostgreSQL has no MIN(uuid), and the order is
+        # the one the chunks' ranges compare in (the column's collation, a type's own).
+        # Identifiers only, validated by Source and quoted; values are bound.
+        first = f"SELECT {self._key} FROM {self._from}{keyed} ORDER BY {self._key}"  # nosec B608
         with self._engine.connect() as conn:
-            row = conn.execute(
-                # Identifiers only, validated by Source and quoted; values are bound.
-                text(f"SELECT MIN({self._key}), MAX({self._key}) FROM {self._from}{where}"),  # nosec B608
+            count, low, high = conn.execute(
+                text(
+                    f"SELECT (SELECT COUNT(*) FROM {self._from}{keyed}), "  # nosec B608
+                    f"({first} LIMIT 1), ({first} DESC LIMIT 1)"
+                ),
                 params,
             ).one()
-        low, high = row
-        return (None if low is None else int(low), None if high is None else int(high))
+        if not count:
+            return KeySpan(rows=0)
+        return KeySpan(rows=int(count), key_min=as_chunk_key(low), key_max=as_chunk_key(high))
+
+    def key_boundaries(
+        self, chunk_size: int, span: KeySpan, window: ReadScope | None = None
+    ) -> list[ChunkKey]:
+        """The first key of each of the chunks that share the span's rows evenly
+        (etl.domain.chunks.chunk_starts), once each, among the rows of the window with
+        keys in ``[span.key_min, span.key_max]``.
+
+        One ordered pass over the keys, numbered by row_number(): with an index on the key
+        PostgreSQL walks the index (about 0.3 s for a million rows), without one it sorts.
+        """
+        if not span.rows or span.key_min is None or span.key_max is None:
+            return []
+        where, params = self._window_filter(window)
+        clause = " AND " + where.removeprefix(" WHERE ") if where else ""
+        # Identifiers only, validated by Source and quoted; values are bound. A row
+        # numbered past the span's count (written since) starts no chunk: at most
+        # `chunks` chunks, the number check_chunk_count allowed.
+        query = (
+            "SELECT DISTINCT etl_key FROM ("  # nosec B608
+            f"SELECT {self._key} AS etl_key, row_number() OVER (ORDER BY {self._key}) AS etl_row "
+            f"FROM {self._from} "
+            f"WHERE {self._key} >= :etl_key_min AND {self._key} <= :etl_key_max{clause}"
+            ") AS etl_keys "
+            "WHERE etl_row <= :etl_rows "
+            "AND ((etl_row - 1) * :etl_chunks) % :etl_rows < :etl_chunks "
+            "ORDER BY etl_key"
+        )
+        bounds = {
+            "etl_key_min": span.key_min,
+            "etl_key_max": span.key_max,
+            "etl_rows": span.rows,
+            "etl_chunks": count_chunks(span.rows, chunk_size),
+        }
+        with self._engine.connect() as conn:
+            keys = conn.execute(text(query), {**bounds, **params}).scalars()
+            return [as_chunk_key(key) for key in keys]
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:
         """The database's clock less the lag: the upper end of a window planned now.
@@ -91,14 +140,20 @@ class SqlSource:
         return moment - timedelta(seconds=lag_s)
 
     def read_range(
-        self, key_lo: int, key_hi: int, batch_size: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        batch_size: int,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Stream the rows with ``key_lo <= key < key_hi`` (and in the window) in key
-        order, in batches.
+        """Stream the rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
+        ``key_hi_inclusive``) and in the window, in key order, in batches.
 
         A server-side cursor keeps memory at one batch whatever the chunk size.
         """
-        query, params = self._range_query(key_lo, key_hi, window, lambda name: f":{name}")
+        query, params = self._range_query(key_lo, key_hi, key_hi_inclusive, window)
         with self._engine.connect() as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
                 text(query), params
@@ -112,10 +167,15 @@ class SqlSource:
         return self._engine.dialect.name == "postgresql"
 
     def read_range_text(
-        self, key_lo: int, key_hi: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[pa.Table]:
-        """The rows of read_range as PostgreSQL prints them, in Arrow tables of text (the
-        key column as int64, NULL as null), for a pipeline's columnar transform.
+        """The rows of read_range as PostgreSQL prints them, in Arrow tables of text (an
+        integer key column as int64, NULL as null), for a pipeline's columnar transform.
 
         COPY is several times faster than a cursor and makes no Python object per value.
         Timestamps are printed in UTC, in ISO style, whatever the server's defaults. The
@@ -125,13 +185,18 @@ class SqlSource:
         import pyarrow as pa
         import pyarrow.csv as pa_csv
 
-        query, params = self._range_query(key_lo, key_hi, window, lambda name: f"%({name})s")
+        query, params = self._range_query(key_lo, key_hi, key_hi_inclusive, window)
+        # In psycopg2's own style (%(name)s, a literal % doubled), for COPY.
+        compiled = text(query).bindparams(**params).compile(dialect=self._engine.dialect)
+        # A chunk of an integer key has int bounds (etl.domain.chunks.as_chunk_key); any
+        # other key (text, UUID, time, decimal) stays text, as COPY prints it.
+        key_type = pa.int64() if isinstance(key_lo, int) else pa.string()
         with tempfile.TemporaryFile() as spool:
             raw = self._engine.raw_connection()
             try:
                 cursor: Any = raw.cursor()  # psycopg2's, for mogrify and copy_expert
                 cursor.execute("SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
-                statement = cursor.mogrify(query, params).decode()
+                statement = cursor.mogrify(str(compiled), compiled.params).decode()
                 cursor.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv)", spool)
                 cursor.close()
                 raw.rollback()  # ends the SET LOCALs; nothing was written
@@ -151,7 +216,7 @@ class SqlSource:
                 # COPY writes NULL as an empty field and an empty string as "".
                 convert_options=pa_csv.ConvertOptions(
                     column_types={
-                        column: pa.int64() if column == self._source.key_column else pa.string()
+                        column: key_type if column == self._source.key_column else pa.string()
                         for column in columns
                     },
                     null_values=[""],
@@ -164,35 +229,50 @@ class SqlSource:
 
     def _range_query(
         self,
-        key_lo: int,
-        key_hi: int,
-        window: CursorWindow | None,
-        bind: Callable[[str], str],
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        key_hi_inclusive: bool,
+        window: ReadScope | None,
     ) -> tuple[str, dict[str, Any]]:
-        # The one place a chunk becomes SQL: its key range and `low < cursor <= high`.
-        # ``bind`` writes a placeholder in the driver's style.
-        where, params = self._window_filter(window, bind)
+        # The one place a chunk becomes SQL: its key range and the run's scope. A text
+        # bound is compared as the key column's own type (PostgreSQL reads the untyped
+        # literal as such).
+        where, params = self._window_filter(window)
         clause = " AND " + where.removeprefix(" WHERE ") if where else ""
+        below = "<=" if key_hi_inclusive else "<"
         # Identifiers only, validated by Source and quoted; values are bound.
         query = (
             f"SELECT {self._columns} FROM {self._from} "  # nosec B608
-            f"WHERE {self._key} >= {bind('key_lo')} AND {self._key} < {bind('key_hi')}{clause} "
-            f"ORDER BY {self._key}"
+            f"WHERE {self._key} >= :etl_key_lo AND {self._key} {below} :etl_key_hi"
+            f"{clause} ORDER BY {self._key}"
         )
-        return query, {"key_lo": key_lo, "key_hi": key_hi, **params}
+        return query, {"etl_key_lo": key_lo, "etl_key_hi": key_hi, **params}
 
-    def _window_filter(
-        self, window: CursorWindow | None, bind: Callable[[str], str] = lambda name: f":{name}"
-    ) -> tuple[str, dict[str, Any]]:
+    def _window_filter(self, window: ReadScope | None) -> tuple[str, dict[str, Any]]:
+        # The rows of a run's scope (" WHERE ..." or ""), and every value its SQL binds:
+        # the query source's own parameters, the interval of a partitioned source
+        # (start <= time < end), the cursor window of an incremental one (low < c <= high).
+        # The planner's names start with etl_, which a run's params may not.
         if window is None:
             return "", {}
-        cursor = self._engine.dialect.identifier_preparer.quote(window.column)
-        where = f" WHERE {cursor} <= {bind('cursor_high')}"
-        params: dict[str, Any] = {"cursor_high": window.high}
-        if window.low is not None:
-            where += f" AND {cursor} > {bind('cursor_low')}"
-            params["cursor_low"] = window.low
-        return where, params
+        quote = self._engine.dialect.identifier_preparer.quote
+        conditions = []
+        params = window.bindings(self._source.query_parameters)
+        if window.time_column is not None:
+            column = quote(window.time_column)
+            conditions += [f"{column} >= :etl_interval_start", f"{column} < :etl_interval_end"]
+            params |= {
+                "etl_interval_start": window.interval.start,
+                "etl_interval_end": window.interval.end,
+            }
+        if window.cursor is not None:
+            cursor = quote(window.cursor.column)
+            conditions.append(f"{cursor} <= :etl_cursor_high")
+            params["etl_cursor_high"] = window.cursor.high
+            if window.cursor.low is not None:
+                conditions.append(f"{cursor} > :etl_cursor_low")
+                params["etl_cursor_low"] = window.cursor.low
+        return (" WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
 def replace_table(engine: Engine, table: Table, rows: Iterable[tuple[Any, ...]]) -> int:

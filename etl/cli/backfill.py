@@ -1,4 +1,4 @@
-"""``etl backfill``: one run per logical date over a range, at most N active at once."""
+"""``etl backfill``: one run per data interval over a range, at most N active at once."""
 
 from __future__ import annotations
 
@@ -14,26 +14,38 @@ from etl.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    date_or_timestamp,
     describe_params_error,
-    logical_date,
+    interval_label,
     open_services,
     param,
     positive,
 )
 from etl.cli.progress import ProgressLine, bar, clock
 from etl.config import Settings
-from etl.domain.backfills import BackfillProgress, DatePlan, Reprocess
+from etl.domain.backfills import BackfillProgress, IntervalPlan, Reprocess
 from etl.domain.runs import ACTIVE_RUN_STATES, ChunkState, RunState
 
 
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
     backfill = sub.add_parser(
-        "backfill", help="run a pipeline once per logical date from --start to --end"
+        "backfill", help="run a pipeline once per data interval from --start to --end"
     )
     backfill.add_argument("pipeline")
-    backfill.add_argument("--start", type=logical_date, required=True, help="first date")
-    backfill.add_argument("--end", type=logical_date, required=True, help="last date")
+    backfill.add_argument(
+        "--start",
+        type=date_or_timestamp,
+        required=True,
+        help="first date YYYY-MM-DD (every interval of the days), or the ISO timestamp that "
+        "starts the first interval",
+    )
+    backfill.add_argument(
+        "--end",
+        type=date_or_timestamp,
+        required=True,
+        help="last date (inclusive), or the timestamp that starts the last interval",
+    )
     backfill.add_argument(
         "--max-active", type=positive, default=1, help="runs active at once (default 1)"
     )
@@ -107,15 +119,16 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     line.finish()
     for run in services.ledger.backfill_runs(backfill.id):
         detail = f"{run.rows_written} rows" if run.rows_written is not None else run.reason
-        print(f"  {run.logical_date}  {run.state:10}  {run.id}  {detail or ''}")
+        print(f"  {interval_label(run)}  {run.state:10}  {run.id}  {detail or ''}")
     return EXIT_OK if progress.succeeded else EXIT_FAILED
 
 
-def print_plans(plans: list[DatePlan], *, dry_run: bool) -> None:
-    """One line per date: whether it runs, and why."""
+def print_plans(plans: list[IntervalPlan], *, dry_run: bool) -> None:
+    """One line per interval (its name: a date, or a finer interval's start): whether it
+    runs, and why."""
     for plan in plans:
         verb = ("would run" if dry_run else "run") if plan.run else "skip"
-        print(f"  {plan.logical_date}  {verb:9}  {plan.reason}")
+        print(f"  {plan.name}  {verb:9}  {plan.reason}")
 
 
 def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:

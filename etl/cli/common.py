@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
 from etl.config import Settings
-from etl.domain.dates import parse_logical_date
 from etl.domain.errors import ErrorKind, EtlError
+from etl.domain.intervals import parse_date_or_timestamp
+from etl.domain.runs import Run
+from etl.pipelines import interval_name
 
 if TYPE_CHECKING:
     # Not at import: the composition root pulls in prometheus_client, which must not be
@@ -58,12 +60,17 @@ def param(text: str) -> tuple[str, str]:
     return key, value
 
 
-def logical_date(text: str) -> date:
-    """A YYYY-MM-DD date."""
+def date_or_timestamp(text: str) -> date | datetime:
+    """A YYYY-MM-DD date, or an ISO 8601 timestamp with its offset."""
     try:
-        return parse_logical_date(text)
+        return parse_date_or_timestamp(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def interval_label(run: Run) -> str:
+    """A run's interval as its pipeline names it (a date, or the start of a finer one)."""
+    return interval_name(run.pipeline, run.interval)
 
 
 def positive(text: str) -> int:

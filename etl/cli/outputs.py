@@ -64,13 +64,17 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([_run_summary(run, run is latest) for run in runs], indent=2))
         return EXIT_OK
-    print(f"{'DATE':10}  {'RUN ID':36}  {'STATE':20}  {'OBJECTS':>7}  {'BYTES':>12}  WRITTEN")
+    width = max([len("PARTITION"), *(len(run.partition) for run in runs)])
+    print(
+        f"{'PARTITION':{width}}  {'RUN ID':36}  {'STATE':20}  {'OBJECTS':>7}  {'BYTES':>12}  "
+        "WRITTEN"
+    )
     for run in runs:
         state = "committed" if run.committed else "incomplete"
         state += " (latest)" if run is latest else ""
         written = _utc(run.committed_at or run.last_written)
         print(
-            f"{run.logical_date}  {run.run_id:36}  {state:20}  {len(run.objects):>7}  "
+            f"{run.partition:{width}}  {run.run_id:36}  {state:20}  {len(run.objects):>7}  "
             f"{run.total_bytes:>12,}  {written}"
         )
     return EXIT_OK
@@ -90,7 +94,12 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
     committed_at = run.output.committed_at
-    print(f"run       {run.run_id}  {manifest.pipeline}  dt={run.logical_date}")
+    print(f"run       {run.run_id}  {manifest.pipeline}  {run.output.partition}")
+    if "interval" in document:
+        interval = document["interval"]
+        print(
+            f"interval  {interval.get('start')} .. {interval.get('end')} ({document.get('mode')})"
+        )
     print(f"committed {_utc(committed_at) if committed_at else '-'}")
     print(f"manifest  {reader.uri(run.output.manifest_key)} (version {manifest.version})")
     print(f"format    {manifest.format}")
@@ -193,6 +202,7 @@ def _run_summary(run: RunOutput, latest: bool | None) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "run_id": run.run_id,
         "logical_date": run.logical_date.isoformat(),
+        "partition": run.partition,
         "prefix": run.prefix,
         "committed": run.committed,
     }

@@ -16,8 +16,9 @@ from etl.cli.common import (
     EXIT_USAGE,
     CliError,
     as_document,
+    date_or_timestamp,
     describe_params_error,
-    logical_date,
+    interval_label,
     open_services,
     param,
     positive,
@@ -32,7 +33,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="start a run of a pipeline")
     run.add_argument("pipeline")
     run.add_argument(
-        "--date", type=logical_date, help="logical date YYYY-MM-DD (default: yesterday)"
+        "--interval",
+        "--date",
+        dest="interval",
+        type=date_or_timestamp,
+        help="the run's data interval: its date YYYY-MM-DD (a daily pipeline) or the ISO "
+        "timestamp that starts it (a finer one); default: the last interval that ended",
     )
     run.add_argument("--param", type=param, action="append", default=[], metavar="K=V")
     run.add_argument("--idempotency-key", help="repeat-safe key: the same key returns the same run")
@@ -85,14 +91,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         run, created = services.runs.start_run(
             args.pipeline,
-            logical_date=args.date,
+            interval=args.interval,
             params=dict(args.param),
             idempotency_key=args.idempotency_key,
         )
     except ValidationError as exc:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
+    except ValueError as exc:  # an interval this pipeline does not have
+        raise CliError(str(exc), EXIT_USAGE) from None
     verb = "started" if created else "already exists:"
-    print(f"run {run.id} {verb} {run.pipeline} for {run.logical_date} ({run.state})")
+    print(f"run {run.id} {verb} {run.pipeline} for {interval_label(run)} ({run.state})")
     if not args.wait:
         return EXIT_OK
     line = ProgressLine(sys.stdout)
@@ -167,9 +175,16 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
         when = summarize(pipeline.schedule)
         upcoming = pipeline.next_run_at(moment)
         following = upcoming.isoformat(timespec="seconds") if upcoming else "-"
+        # What the next run covers, as its pipeline names it.
+        covers = (
+            pipeline.grain.name(pipeline.schedule.interval_for(upcoming))
+            if upcoming and pipeline.schedule
+            else "-"
+        )
+        reads = f"{pipeline.source.mode}/{pipeline.grain.kind}"
         print(
-            f"{pipeline.name:20} {when:28} next {following:25} "
-            f"{pipeline.output_format:9} {pipeline.description}"
+            f"{pipeline.name:20} {when:28} next {following:25} for {covers:25} "
+            f"{reads:17} {pipeline.output_format:9} {pipeline.description}"
         )
     return EXIT_OK
 
@@ -216,6 +231,7 @@ def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:
     """A run as a few labelled lines, and optionally a table of its chunks."""
     print(f"run       {run.id}")
     print(f"pipeline  {run.pipeline}  dt={run.logical_date}  trigger={run.trigger}")
+    print(f"interval  {run.interval}")
     print(f"state     {run.state}" + (f"  ({run.reason})" if run.reason else ""))
     if run.params:
         print(f"params    {json.dumps(run.params)}")
@@ -227,18 +243,20 @@ def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:
     if run.manifest_key:
         print(f"manifest  {run.manifest_key}")
     if with_chunks and chunks:
+        # As wide as the widest range: a UUID key's take 75 characters.
+        width = max(23, *(len(chunk.keys) for chunk in chunks))
         print(
-            f"\n{'CHUNK':>5}  {'KEYS':>23}  {'STATE':8}  {'ROWS':>8}  {'REJECTED':>8}  "
+            f"\n{'CHUNK':>5}  {'KEYS':>{width}}  {'STATE':8}  {'ROWS':>8}  {'REJECTED':>8}  "
             f"{'SECONDS':>7}  {'TRIES':>5}  ERROR"
         )
         for chunk in chunks:
-            keys = f"{chunk.key_lo}..{chunk.key_hi - 1}"
+            keys = chunk.keys
             rows = "" if chunk.rows is None else str(chunk.rows)
             rejected = "" if chunk.rows_rejected is None else str(chunk.rows_rejected)
             seconds = ""
             if chunk.state is ChunkState.DONE and chunk.started_at and chunk.finished_at:
                 seconds = f"{(chunk.finished_at - chunk.started_at).total_seconds():.2f}"
             print(
-                f"{chunk.index:>5}  {keys:>23}  {chunk.state:8}  {rows:>8}  {rejected:>8}  "
+                f"{chunk.index:>5}  {keys:>{width}}  {chunk.state:8}  {rows:>8}  {rejected:>8}  "
                 f"{seconds:>7}  {chunk.attempts:>5}  {chunk.error or ''}"
             )

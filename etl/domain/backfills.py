@@ -1,26 +1,24 @@
-"""Backfills: one run per logical date over a range, at most N of them active at once."""
+"""Backfills: one run per data interval over a range, at most N of them active at once."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from etl.domain.intervals import DataInterval
 from etl.domain.runs import TERMINAL_RUN_STATES, Run, RunState
-
-# A backfill longer than this is almost certainly a typo in a year.
-MAX_BACKFILL_DAYS = 3660
 
 
 class Reprocess(StrEnum):
-    """Which dates that already have a run get a new one."""
+    """Which intervals that already have a run get a new one."""
 
-    NONE = "none"  # only dates that have never had a run
-    FAILED = "failed"  # and dates whose latest run failed or was cancelled
-    ALL = "all"  # every date (except one with a run still active)
+    NONE = "none"  # only intervals that have never had a run
+    FAILED = "failed"  # and intervals whose latest run failed or was cancelled
+    ALL = "all"  # every interval (except one with a run still active)
 
 
 @dataclass(frozen=True)
@@ -38,34 +36,30 @@ class Backfill:
 
 
 @dataclass(frozen=True)
-class DatePlan:
-    """What a backfill does for one logical date."""
+class IntervalPlan:
+    """What a backfill does for one data interval (``name``: how a user names it, its
+    date for a daily pipeline, its start for a finer one)."""
 
+    interval: DataInterval
     logical_date: date
+    name: str
     run: bool
     reason: str
     existing_run_id: str | None = None
 
 
-def dates_between(start: date, end: date) -> list[date]:
-    """Every date from ``start`` to ``end`` inclusive; raises ValueError for a bad range."""
-    if end < start:
-        raise ValueError(f"end {end} is before start {start}")
-    days = (end - start).days + 1
-    if days > MAX_BACKFILL_DAYS:
-        raise ValueError(f"a backfill covers at most {MAX_BACKFILL_DAYS} days, not {days}")
-    return [start + timedelta(days=offset) for offset in range(days)]
-
-
 def plan_backfill(
-    dates: list[date], latest_runs: dict[date, Run], reprocess: Reprocess
-) -> list[DatePlan]:
-    """Decide, per date, whether the backfill starts a run, and why."""
+    intervals: list[tuple[DataInterval, date, str]],
+    latest_runs: dict[datetime, Run],
+    reprocess: Reprocess,
+) -> list[IntervalPlan]:
+    """Decide, per interval (with its logical date and name), whether the backfill
+    starts a run, and why; ``latest_runs`` by interval start."""
     plans = []
-    for logical_date in dates:
-        existing = latest_runs.get(logical_date)
+    for interval, logical_date, name in intervals:
+        existing = latest_runs.get(interval.start)
         if existing is None:
-            plans.append(DatePlan(logical_date, True, "no run yet"))
+            plans.append(IntervalPlan(interval, logical_date, name, True, "no run yet"))
             continue
         state = existing.state
         seen = f"latest run {existing.id} {state}"
@@ -77,7 +71,7 @@ def plan_backfill(
             run, reason = True, f"reprocess failed: {seen}"
         else:
             run, reason = False, f"skipped: {seen}"
-        plans.append(DatePlan(logical_date, run, reason, existing.id))
+        plans.append(IntervalPlan(interval, logical_date, name, run, reason, existing.id))
     return plans
 
 

@@ -1,60 +1,146 @@
-"""Splitting a source's key range into fixed chunks, and the most a run may have."""
+"""Splitting a run's rows into chunks of at most ``chunk_size`` rows, even in rows, on any
+sortable key, and the most chunks a run may have.
+
+A plan is made from the data: the number of rows in the run's window (to refuse a
+runaway plan before anything else), then, for the ``ceil(rows / chunk_size)`` chunks that
+share the rows evenly, the key of each one's first row in key order (the *boundaries*).
+Chunk ``i`` reads ``lo_i <= key < lo_{i+1}``; the last one reads ``lo_last <= key <=
+key_max``, ``key_max`` fixed at planning time. The ranges are contiguous and disjoint, so
+they partition the window's rows exactly whatever the keys' spacing; a key repeated
+across a boundary keeps all its rows in one chunk (that chunk is larger, never empty).
+
+Keys are kept as JSON scalars (``ChunkKey``): an integer key stays an int; text, UUID,
+decimal and time keys become strings the database compares with the column's own type.
+The order of keys is the database's (collations included), never Python's: nothing here
+compares two keys except for equality.
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, time
+from decimal import Decimal
 
 from etl.domain.errors import PlanTooLarge
+
+# A chunk boundary or key bound as recorded in the ledger and the manifest: JSON scalars.
+ChunkKey = int | str
+
+
+def as_chunk_key(value: object) -> ChunkKey:
+    """A key value read from a source as a JSON scalar: ints stay ints; UUIDs, decimals
+    and floats become their text; dates and times their ISO form."""
+    if isinstance(value, bool):
+        raise TypeError("a boolean column cannot be a chunk key")
+    if isinstance(value, int | str):
+        return value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    raise TypeError(f"a key of type {type(value).__name__} cannot be a chunk key")
+
+
+@dataclass(frozen=True)
+class KeySpan:
+    """The rows of a run's window with a key, and their smallest and largest key (both
+    None when there is none)."""
+
+    rows: int
+    key_min: ChunkKey | None = None
+    key_max: ChunkKey | None = None
 
 
 @dataclass(frozen=True)
 class ChunkRange:
-    """One chunk of work: the keys ``key_lo <= key < key_hi``."""
+    """One chunk of work: the keys ``key_lo <= key < key_hi``, or ``<= key_hi`` when
+    ``key_hi_inclusive`` (the last chunk of a plan, which ends at the window's largest key)."""
 
     index: int
-    key_lo: int
-    key_hi: int
+    key_lo: ChunkKey
+    key_hi: ChunkKey
+    key_hi_inclusive: bool = False
 
 
-def count_chunks(key_min: int | None, key_max: int | None, chunk_size: int) -> int:
-    """How many chunks ``plan_chunks`` would make, without making them."""
+def count_chunks(rows: int, chunk_size: int) -> int:
+    """How many chunks of ``chunk_size`` rows ``rows`` make at most (fewer when a key
+    repeats across a boundary)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if key_min is None or key_max is None:
-        return 0
-    if key_max < key_min:
-        raise ValueError(f"key_max {key_max} is below key_min {key_min}")
-    return -(-(key_max - key_min + 1) // chunk_size)
+    if rows < 0:
+        raise ValueError(f"rows must not be negative, got {rows}")
+    return -(-rows // chunk_size)
 
 
-def check_chunk_count(
-    pipeline: str, key_min: int | None, key_max: int | None, chunk_size: int, max_chunks: int
-) -> int:
-    """The number of chunks of the plan; raises PlanTooLarge above ``max_chunks``.
+def check_chunk_count(pipeline: str, rows: int, chunk_size: int, max_chunks: int) -> int:
+    """The most chunks the plan can have; raises PlanTooLarge above ``max_chunks``.
 
-    Counted from the key range alone, so a runaway plan is refused before a single
-    chunk of it exists.
+    Counted from the number of rows alone, so a runaway plan is refused before a single
+    boundary of it is computed.
     """
-    count = count_chunks(key_min, key_max, chunk_size)
-    if key_min is not None and key_max is not None and count > max_chunks:
-        raise PlanTooLarge(pipeline, key_min, key_max, chunk_size, max_chunks)
+    count = count_chunks(rows, chunk_size)
+    if count > max_chunks:
+        raise PlanTooLarge(pipeline, rows, chunk_size, max_chunks)
     return count
 
 
-def plan_chunks(key_min: int | None, key_max: int | None, chunk_size: int) -> list[ChunkRange]:
-    """Cover ``[key_min, key_max]`` with consecutive ranges of ``chunk_size`` keys.
+def chunk_starts(rows: int, chunk_size: int) -> list[int]:
+    """The row numbers (from 0, in key order) at which the chunks of ``rows`` rows start:
+    ``count_chunks(rows, chunk_size)`` chunks sharing the rows evenly, so their sizes differ
+    by one row at most and none exceeds ``chunk_size``.
+
+    Row ``r`` starts a chunk exactly when ``r * chunks % rows < chunks``: the test a
+    source's SQL applies to its numbered rows (etl.adapters.db.SqlSource.key_boundaries).
+    """
+    chunks = count_chunks(rows, chunk_size)
+    return [-(-index * rows // chunks) for index in range(chunks)]
+
+
+def pick_boundaries(sorted_keys: Sequence[ChunkKey], chunk_size: int) -> list[ChunkKey]:
+    """The keys at the rows ``chunk_starts`` names in ``sorted_keys`` (the window's keys in
+    key order), without repeats: what a source computes in SQL, written out for a source
+    held in memory."""
+    boundaries: list[ChunkKey] = []
+    for row in chunk_starts(len(sorted_keys), chunk_size):
+        key = sorted_keys[row]
+        if not boundaries or boundaries[-1] != key:
+            boundaries.append(key)
+    return boundaries
+
+
+def plan_chunks(span: KeySpan, boundaries: Sequence[ChunkKey]) -> list[ChunkRange]:
+    """The chunks of a window from its span and its boundaries (in key order, all within
+    ``[key_min, key_max]``): ``key_min`` starts the first, each later boundary the next,
+    and the last ends at ``key_max`` inclusive.
 
     The ranges are fixed at planning time, so every chunk task reads a window that does
-    not move under it, and a redelivered chunk reads the same keys again.
+    not move under it, and a redelivered chunk reads the same keys again; a row written
+    later with a key above ``key_max`` is read by no chunk of this run.
     """
-    count = count_chunks(key_min, key_max, chunk_size)  # refuses a bad size or range
-    if key_min is None or key_max is None:
+    if span.rows == 0 or span.key_min is None or span.key_max is None:
         return []
+    # The first boundary is the first row's key: key_min, unless that row went since the
+    # span was read; key_min starts the plan either way. A repeat would be an empty chunk.
+    lows: list[ChunkKey] = [span.key_min]
+    for key in boundaries[1:]:
+        if key != lows[-1]:
+            lows.append(key)
+    highs: list[ChunkKey] = [*lows[1:], span.key_max]
+    last = len(lows) - 1
     return [
-        ChunkRange(
-            index=index,
-            key_lo=key_min + index * chunk_size,
-            key_hi=min(key_min + (index + 1) * chunk_size, key_max + 1),
-        )
-        for index in range(count)
+        ChunkRange(index=index, key_lo=low, key_hi=high, key_hi_inclusive=index == last)
+        for index, (low, high) in enumerate(zip(lows, highs, strict=True))
     ]
+
+
+def describe_key_range(key_lo: ChunkKey, key_hi: ChunkKey, key_hi_inclusive: bool) -> str:
+    """A chunk's keys for people, without spaces (a table's cell): the first and last
+    integer key, ``1..500``; for other keys ``[lo,hi)``, or ``[lo,hi]`` for a plan's last
+    chunk."""
+    if isinstance(key_lo, int) and isinstance(key_hi, int):
+        return f"{key_lo}..{key_hi if key_hi_inclusive else key_hi - 1}"
+    return f"[{key_lo},{key_hi}{']' if key_hi_inclusive else ')'}"

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 # date.fromisoformat also reads other ISO 8601 forms of the same length ("2026-W01-1").
-_YYYY_MM_DD = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+YYYY_MM_DD = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def previous_day(moment: datetime, timezone: str) -> date:
@@ -18,7 +18,7 @@ def previous_day(moment: datetime, timezone: str) -> date:
 def parse_logical_date(text: str) -> date:
     """A YYYY-MM-DD date; raises ValueError with a readable message."""
     try:
-        if not _YYYY_MM_DD.fullmatch(text):
+        if not YYYY_MM_DD.fullmatch(text):
             raise ValueError
         return date.fromisoformat(text)
     except ValueError:

@@ -123,23 +123,19 @@ class PlanTooLarge(EtlError, ValueError):
 
     kind = "invalid"
 
-    def __init__(
-        self, pipeline: str, key_min: int, key_max: int, chunk_size: int, max_chunks: int
-    ) -> None:
-        super().__init__(pipeline, key_min, key_max, chunk_size, max_chunks)
+    def __init__(self, pipeline: str, rows: int, chunk_size: int, max_chunks: int) -> None:
+        super().__init__(pipeline, rows, chunk_size, max_chunks)
         self.pipeline = pipeline
-        self.key_min = key_min
-        self.key_max = key_max
+        self.rows = rows
         self.chunk_size = chunk_size
         self.max_chunks = max_chunks
-        self.chunks = -(-(key_max - key_min + 1) // chunk_size)
+        self.chunks = -(-rows // chunk_size)
 
     def __str__(self) -> str:
-        keys = self.key_max - self.key_min + 1
-        smallest_size = -(-keys // self.max_chunks)  # the least that fits under the limit
+        smallest_size = -(-self.rows // self.max_chunks)  # the least that fits under the limit
         return (
             f"pipeline {self.pipeline} would plan {self.chunks:,} chunks "
-            f"(keys {self.key_min}..{self.key_max} at chunk_size {self.chunk_size:,}), "
+            f"({self.rows:,} rows at chunk_size {self.chunk_size:,}), "
             f"over the limit of {self.max_chunks:,} chunks a run: use a chunk_size of at "
             f"least {smallest_size:,}, or raise ETL_MAX_CHUNKS_PER_RUN"
         )

@@ -18,8 +18,11 @@ def build_manifest(
     output_format: str,
     schema: list[dict[str, str]],
     created_at: datetime,
+    mode: str,
+    partition: str,
 ) -> dict[str, Any]:
-    """Describe a committed run: its window, schema and every part in chunk order."""
+    """Describe a committed run: its interval, what it read (``mode``: snapshot,
+    partitioned or incremental; its window), schema and every part in chunk order."""
     ordered = sorted(chunks, key=lambda chunk: chunk.index)
     rejected: Counter[str] = Counter()
     for chunk in ordered:
@@ -29,6 +32,9 @@ def build_manifest(
         "pipeline": run.pipeline,
         "run_id": run.id,
         "logical_date": run.logical_date.isoformat(),
+        "interval": run.interval.as_dict(),
+        "partition": partition,
+        "mode": mode,
         "window": run.window.as_dict() if run.window else {},
         "format": output_format,
         "schema": schema,

@@ -13,6 +13,7 @@ from typing import Any
 from etl.domain.layout import (
     MANIFEST_NAME,
     SUCCESS_NAME,
+    RunObjectKey,
     manifest_key,
     parse_run_object_key,
     success_key,
@@ -38,10 +39,11 @@ class StoredObject:
 class RunOutput:
     """Everything under one run's prefix, committed or not."""
 
-    logical_date: date
+    logical_date: date  # its partition's dt=
     run_id: str
     prefix: str
     objects: tuple[StoredObject, ...]
+    partition: str = ""  # dt=...[/hour=...]: what a partition's consumer reads by
 
     def _named(self, name: str) -> StoredObject | None:
         return next((o for o in self.objects if o.key == f"{self.prefix}/{name}"), None)
@@ -81,29 +83,50 @@ class RunOutput:
 def group_runs(pipeline_prefix: str, objects: Iterable[StoredObject]) -> list[RunOutput]:
     """The objects under a pipeline's prefix grouped by run, newest first; keys that do
     not follow the layout are left out."""
-    grouped: dict[str, tuple[date, str, list[StoredObject]]] = {}
+    grouped: dict[str, tuple[RunObjectKey, list[StoredObject]]] = {}
     for stored in objects:
         parsed = parse_run_object_key(pipeline_prefix, stored.key)
         if parsed is None:
             continue
-        entry = grouped.setdefault(parsed.run_prefix, (parsed.logical_date, parsed.run_id, []))
-        entry[2].append(stored)
+        grouped.setdefault(parsed.run_prefix, (parsed, []))[1].append(stored)
     runs = [
-        RunOutput(day, run_id, prefix, tuple(sorted(found, key=lambda o: o.key)))
-        for prefix, (day, run_id, found) in grouped.items()
+        RunOutput(
+            parsed.logical_date,
+            parsed.run_id,
+            prefix,
+            tuple(sorted(found, key=lambda o: o.key)),
+            parsed.partition,
+        )
+        for prefix, (parsed, found) in grouped.items()
     ]
     return sorted(runs, key=_recency, reverse=True)
 
 
-def _recency(run: RunOutput) -> tuple[date, datetime, str]:
-    return (run.logical_date, run.committed_at or run.last_written, run.run_id)
+def _recency(run: RunOutput) -> tuple[date, str, datetime, str]:
+    return (run.logical_date, run.partition, run.committed_at or run.last_written, run.run_id)
 
 
 def choose_latest(runs: Iterable[RunOutput]) -> RunOutput | None:
-    """The committed run with the newest logical date; of several for one date, the one
-    committed last. Never a run without ``_SUCCESS``; None if none is committed."""
+    """The committed run of the newest partition; of several for one partition, the one
+    committed last. Never a run without ``_SUCCESS``; None if none is committed. What a
+    consumer of a snapshot pipeline reads."""
     committed = [run for run in runs if run.committed]
     return max(committed, key=_recency) if committed else None
+
+
+def choose_partitions(runs: Iterable[RunOutput], *, since: str | None = None) -> list[RunOutput]:
+    """The latest committed run of each partition (``dt=...``, ``dt=.../hour=...``),
+    oldest partition first; with ``since``, only the partitions after it. What a consumer
+    of a partitioned pipeline reads (each run holds its interval's rows), and of an
+    incremental one (each run holds the changes since the one before)."""
+    latest: dict[str, RunOutput] = {}
+    for run in runs:
+        if not run.committed or (since is not None and run.partition <= since):
+            continue
+        kept = latest.get(run.partition)
+        if kept is None or _recency(run) > _recency(kept):
+            latest[run.partition] = run
+    return [latest[partition] for partition in sorted(latest)]
 
 
 def choose_prunable(runs: Iterable[RunOutput], *, now: datetime, keep_days: int) -> list[RunOutput]:
@@ -152,6 +175,12 @@ class Manifest:
     parts: tuple[ManifestPart, ...]
     total_rows: int
     document: dict[str, Any]
+
+    @property
+    def partition(self) -> str | None:
+        """The partition the run was written under (manifests before intervals: None)."""
+        value = self.document.get("partition")
+        return value if isinstance(value, str) else None
 
     @property
     def schema(self) -> tuple[tuple[str, str], ...]:
@@ -219,7 +248,12 @@ def manifest_problems(manifest: Manifest, run: RunOutput) -> list[str]:
     problems = []
     if manifest.run_id != run.run_id:
         problems.append(f"manifest names run {manifest.run_id}, found under run={run.run_id}")
-    if manifest.logical_date != run.logical_date:
+    if manifest.partition is not None:
+        if manifest.partition != run.partition:
+            problems.append(
+                f"manifest names partition {manifest.partition}, found under {run.partition}"
+            )
+    elif manifest.logical_date != run.logical_date:
         problems.append(
             f"manifest names logical date {manifest.logical_date}, "
             f"found under dt={run.logical_date}"

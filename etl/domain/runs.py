@@ -7,6 +7,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from etl.domain.chunks import ChunkKey, describe_key_range
+from etl.domain.intervals import DataInterval
 from etl.domain.windows import RunWindow
 
 
@@ -63,7 +65,10 @@ class Trigger(StrEnum):
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a pipeline for one logical date, as the ledger has it."""
+    """One run of a pipeline for one data interval, as the ledger has it.
+
+    ``logical_date`` is the interval's start in the pipeline's time zone: what a daily
+    run is called, and the day an hourly run belongs to."""
 
     id: str
     pipeline: str
@@ -83,6 +88,7 @@ class Run:
     rows_rejected: int | None = None
     manifest_key: str | None = None
     backfill_id: str | None = None
+    interval: DataInterval = field(kw_only=True)
 
     @property
     def is_terminal(self) -> bool:
@@ -96,8 +102,9 @@ class Chunk:
 
     run_id: str
     index: int
-    key_lo: int
-    key_hi: int
+    # The keys ``key_lo <= key < key_hi`` (``<= key_hi`` when key_hi_inclusive, below).
+    key_lo: ChunkKey
+    key_hi: ChunkKey
     state: ChunkState
     attempts: int = 0
     s3_key: str | None = None
@@ -111,6 +118,13 @@ class Chunk:
     finished_at: datetime | None = None
     # The part's ETag as stored, so the commit can check every part with one listing.
     etag: str | None = None
+    # The last chunk of a plan reads up to its window's largest key, that key included.
+    key_hi_inclusive: bool = False
+
+    @property
+    def keys(self) -> str:
+        """The chunk's keys for people: ``1..500`` for an integer key, else ``[lo,hi)``."""
+        return describe_key_range(self.key_lo, self.key_hi, self.key_hi_inclusive)
 
 
 def chunk_result(chunk: Chunk) -> dict[str, Any]:

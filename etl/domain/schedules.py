@@ -2,7 +2,9 @@
 
 A *slot* is an instant at which a schedule fires. Beat records the last slot it
 dispatched per entry, so the next slots are computed from that record, never from the
-moment Beat happens to wake up; a run's logical date is derived from its slot.
+moment Beat happens to wake up. The run a slot starts covers the data interval that
+ended at the slot (etl.domain.intervals): each schedule knows its grain, and a schedule
+that would fire twice in one interval is refused, since both slots would name one run.
 All datetimes here are timezone-aware.
 """
 
@@ -13,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab, solar
+
+from etl.domain.intervals import EVERY_ANCHOR, DataInterval, Grain, GrainKind, zone
 
 # How far ahead a cron expression is searched for its next slot ("0 0 29 2 1" fires
 # only when 29 February is a Monday: every 28 years at most).
@@ -28,13 +31,6 @@ class CatchUp(StrEnum):
     NONE = "none"  # skip them; wait for the next slot
     LATEST = "latest"  # dispatch only the most recent one
     ALL = "all"  # dispatch each of them, oldest first, up to a limit
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown IANA timezone {name!r}") from None
 
 
 def aware_utc(moment: datetime) -> datetime:
@@ -51,11 +47,16 @@ class Cron:
     offset after the change (02:30 becomes 03:30), once; a wall time repeated by a
     fall-back change fires at its first occurrence only. Day-of-month and day-of-week
     must both match, as in Celery's crontab.
+
+    ``interval`` is what each run covers: ``"day"`` (the local day ``logical_date_lag_days``
+    before the slot's: a 02:00 run covers yesterday) or ``"hour"`` (the hour before the
+    slot). The expression may fire at most once per interval.
     """
 
     expression: str = "0 2 * * *"
     timezone: str = "UTC"
     logical_date_lag_days: int = 1
+    interval: str = "day"
     _fields: crontab = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +65,7 @@ class Cron:
             raise ValueError(
                 f"cron expression needs 5 fields, got {len(fields)}: {self.expression!r}"
             )
-        _zone(self.timezone)
+        zone(self.timezone)
         minute, hour, day_of_month, month_of_year, day_of_week = fields
         try:
             parsed = crontab(
@@ -77,11 +78,35 @@ class Cron:
         except Exception as exc:  # celery raises several types for a bad field
             raise ValueError(f"bad cron expression {self.expression!r}: {exc}") from None
         object.__setattr__(self, "_fields", parsed)
+        if self.interval not in ("day", "hour"):
+            raise ValueError(f'a cron interval is "day" or "hour", not {self.interval!r}')
+        per_hour = len(parsed.minute)
+        per_day = per_hour * len(parsed.hour)
+        if self.interval == "day" and per_day > 1:
+            raise ValueError(
+                f"cron {self.expression!r} fires up to {per_day} times a day, but each run "
+                f"covers a day, so its slots would name the same run: fire once a day, or "
+                f'give interval="hour" (once an hour at most) or use Every(seconds)'
+            )
+        if self.interval == "hour" and per_hour > 1:
+            raise ValueError(
+                f"cron {self.expression!r} fires up to {per_hour} times an hour, but each run "
+                f"covers an hour: fire once an hour, or use Every(seconds)"
+            )
+
+    @property
+    def grain(self) -> Grain:
+        """The intervals its runs cover."""
+        kind = GrainKind.DAY if self.interval == "day" else GrainKind.HOUR
+        return Grain(kind, self.timezone)
+
+    def interval_for(self, slot: datetime) -> DataInterval:
+        """The interval the run of ``slot`` covers: the one that ended at the slot."""
+        return _interval_before(self.grain, self.logical_date_lag_days, slot)
 
     def next_after(self, moment: datetime) -> datetime:
         """The first slot strictly after ``moment``."""
-        zone = _zone(self.timezone)
-        local_day = aware_utc(moment).astimezone(zone).date()
+        local_day = aware_utc(moment).astimezone(zone(self.timezone)).date()
         # Wall times near a DST change can map out of order, so take the earliest
         # instant after ``moment`` over two consecutive days before moving on.
         for offset in range(_CRON_SEARCH_DAYS):
@@ -113,29 +138,47 @@ def _cron_slots_on(cron: Cron, day: date) -> tuple[datetime, ...]:
         or day.isoweekday() % 7 not in fields.day_of_week
     ):
         return ()
-    zone = _zone(cron.timezone)
-    return tuple(
-        # fold=0: a repeated wall time means its first occurrence; a skipped one
-        # resolves with the offset before the change, i.e. shifted forward by the gap.
-        datetime.combine(day, time(hour, minute), tzinfo=zone).astimezone(UTC)
-        for hour in sorted(fields.hour)
-        for minute in sorted(fields.minute)
+    cron_zone = zone(cron.timezone)
+    slots = []
+    for hour in sorted(fields.hour):
+        for minute in sorted(fields.minute):
+            # fold=0: a repeated wall time means its first occurrence; a skipped one
+            # resolves with the offset before the change, i.e. shifted forward by the gap.
+            wall = datetime.combine(day, time(hour, minute), tzinfo=cron_zone)
+            slots.append(wall.astimezone(UTC))
+            second = wall.replace(fold=1)
+            if cron.interval == "hour" and _repeated(wall, second):
+                # An hourly pipeline owes a run for each hour of a fall-back night,
+                # the repeated one included: its slot fires at both occurrences.
+                slots.append(second.astimezone(UTC))
+    return tuple(slots)
+
+
+def _repeated(first: datetime, second: datetime) -> bool:
+    # The same wall time at two instants, both of which read back as that wall time.
+    instants = (first.astimezone(UTC), second.astimezone(UTC))
+    return instants[0] != instants[1] and all(
+        instant.astimezone(first.tzinfo).replace(tzinfo=None, fold=0)
+        == first.replace(tzinfo=None, fold=0)
+        for instant in instants
     )
 
 
 @dataclass(frozen=True)
 class Every:
-    """A fixed interval, counted from an anchor instant (midnight UTC, 1 January 2000)."""
+    """A fixed interval, counted from an anchor instant (midnight UTC, 1 January 2000).
+
+    The run of each slot covers the ``seconds`` before it; ``timezone`` only names the
+    runs' dates."""
 
     seconds: int
     timezone: str = "UTC"
-    logical_date_lag_days: int = 1
-    anchor: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    anchor: datetime = EVERY_ANCHOR
 
     def __post_init__(self) -> None:
         if self.seconds < 1:
             raise ValueError(f"an interval must be at least 1 second, got {self.seconds}")
-        _zone(self.timezone)
+        zone(self.timezone)
         aware_utc(self.anchor)
 
     def next_after(self, moment: datetime) -> datetime:
@@ -143,6 +186,15 @@ class Every:
         elapsed = (aware_utc(moment) - self.anchor).total_seconds()
         steps = math.floor(elapsed / self.seconds) + 1
         return (self.anchor + timedelta(seconds=steps * self.seconds)).astimezone(UTC)
+
+    @property
+    def grain(self) -> Grain:
+        """The intervals its runs cover."""
+        return Grain(GrainKind.SECONDS, self.timezone, self.seconds, self.anchor)
+
+    def interval_for(self, slot: datetime) -> DataInterval:
+        """The interval the run of ``slot`` covers: the ``seconds`` that ended at it."""
+        return self.grain.containing(slot - timedelta(seconds=self.seconds))
 
     def describe(self) -> dict[str, object]:
         """The schedule as data."""
@@ -161,7 +213,7 @@ class Solar:
     logical_date_lag_days: int = 1
 
     def __post_init__(self) -> None:
-        _zone(self.timezone)
+        zone(self.timezone)
         self._at(datetime(2000, 1, 1, tzinfo=UTC))  # a bad event or place fails here
 
     def _at(self, moment: datetime) -> solar:
@@ -176,6 +228,15 @@ class Solar:
         # Slots are whole seconds, rounded up so that the next search, which starts
         # from the recorded slot, is already past this event.
         return event.replace(microsecond=0) + timedelta(seconds=1 if event.microsecond else 0)
+
+    @property
+    def grain(self) -> Grain:
+        """The intervals its runs cover: days (an event happens at most once a day)."""
+        return Grain(GrainKind.DAY, self.timezone)
+
+    def interval_for(self, slot: datetime) -> DataInterval:
+        """The interval the run of ``slot`` covers: a day, as a nightly cron's."""
+        return _interval_before(self.grain, self.logical_date_lag_days, slot)
 
     def describe(self) -> dict[str, object]:
         """The schedule as data."""
@@ -211,11 +272,22 @@ def latest_slot(schedule: Schedule, moment: datetime) -> datetime | None:
     return slot
 
 
+def _interval_before(grain: Grain, lag_days: int, slot: datetime) -> DataInterval:
+    # A day grain: the slot's local day less the lag (a 02:00 nightly run processes
+    # yesterday). An hour grain: the hour that ended at the slot.
+    if grain.kind is GrainKind.DAY:
+        local_day = aware_utc(slot).astimezone(zone(grain.timezone)).date()
+        return grain.of_date(local_day - timedelta(days=lag_days))
+    return grain.containing(slot - timedelta(hours=1))
+
+
+# Runs of a pipeline without a schedule (manual and backfill only) cover UTC days.
+MANUAL_GRAIN = Grain(GrainKind.DAY, "UTC")
+
+
 def logical_date_for(schedule: Schedule, slot: datetime) -> date:
-    """The logical date of the run a slot starts: the slot's day in the schedule's
-    timezone, less the schedule's lag (a 02:00 nightly run processes yesterday)."""
-    local_day = aware_utc(slot).astimezone(_zone(schedule.timezone)).date()
-    return local_day - timedelta(days=schedule.logical_date_lag_days)
+    """The logical date of the run a slot starts: its interval's date."""
+    return schedule.grain.logical_date(schedule.interval_for(slot))
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,13 @@ MAX_REPR_TEXT = 4_000  # argsrepr/kwargsrepr are logged when a message is receiv
 # is at most this).
 MAX_CHUNK_INDEX = 1_000_000
 MAX_RETRIES_HEADER = 1_000
-# A pipeline name (etl.pipelines.base) and a logical date.
+# A pipeline name (etl.pipelines.base), and a run's interval: its logical date, or the
+# ISO 8601 timestamp that starts it, with its offset.
 _PIPELINE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_LOGICAL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_INTERVAL = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2}))?"
+)
 
 
 class InvalidTaskMessage(ValueError):
@@ -91,11 +95,14 @@ def _pipeline_name(value: Any, name: str) -> str:
     return value
 
 
-def _optional_date(value: Any, name: str) -> str | None:
+def _optional_interval(value: Any, name: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _LOGICAL_DATE.fullmatch(value):
-        raise InvalidTaskMessage(f"argument {name} must be a YYYY-MM-DD date or null")
+    if not isinstance(value, str) or not _INTERVAL.fullmatch(value):
+        raise InvalidTaskMessage(
+            f"argument {name} must be a YYYY-MM-DD date, an ISO 8601 timestamp with its "
+            "offset, or null"
+        )
     return value
 
 
@@ -115,7 +122,7 @@ _SIGNATURES: dict[str, tuple[_Parameter, ...]] = {
     ),
     TASK_START_SCHEDULED_RUN: (
         _Parameter("pipeline", _pipeline_name),
-        _Parameter("logical_date", _optional_date, required=False),
+        _Parameter("interval", _optional_interval, required=False),
     ),
     TASK_RECONCILE: (),
 }

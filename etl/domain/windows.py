@@ -1,10 +1,15 @@
-"""An incremental run's window: the cursor values it reads, fixed when it is planned."""
+"""What a run reads, fixed when it is planned: its scope (interval, cursor window, query
+bindings) and the key range its chunks split."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
+
+from etl.domain.chunks import ChunkKey
+from etl.domain.intervals import DataInterval
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,9 @@ class RunWindow:
     """
 
     key_column: str
-    key_min: int | None
-    key_max: int | None
+    # JSON scalars (etl.domain.chunks.ChunkKey): an integer key's ints, other keys' text.
+    key_min: ChunkKey | None
+    key_max: ChunkKey | None
     cursor: CursorWindow | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,3 +78,30 @@ class RunWindow:
             key_max=document.get("key_max"),
             cursor=CursorWindow.from_dict(document),
         )
+
+
+@dataclass(frozen=True)
+class ReadScope:
+    """Which rows of its source a run reads, and what a query source binds: the same at
+    planning and in every chunk, whenever it runs.
+
+    A partitioned source reads ``interval.start <= time_column < interval.end``; an
+    incremental one its cursor window; a query binds ``:interval_start``,
+    ``:interval_end``, ``:logical_date`` and the run's params by name.
+    """
+
+    interval: DataInterval
+    logical_date: date
+    params: Mapping[str, Any] = field(default_factory=dict)
+    time_column: str | None = None
+    cursor: CursorWindow | None = None
+
+    def bindings(self, names: Iterable[str]) -> dict[str, Any]:
+        """The values of the parameters ``names`` a query uses."""
+        values = {
+            **self.params,
+            "interval_start": self.interval.start,
+            "interval_end": self.interval.end,
+            "logical_date": self.logical_date,
+        }
+        return {name: values[name] for name in names}

@@ -1,12 +1,13 @@
 """The columnar fast path: a pipeline's transform over a whole batch at once, in Arrow.
 
 A pipeline may give a *columnar transform* beside its row transform. It gets a batch of
-source rows as an Arrow table of text, as PostgreSQL's COPY renders each value (the key
-column as int64, NULL as null), and returns the records of the rows it is sure of,
-with a mask saying which rows those are. Every other row (anything unusual, and every
-row to be rejected) goes through the row transform, one row at a time. So the two paths
-cannot disagree about what is rejected or why, and the fast one only has to be right
-about plain rows, which the integration suite checks against the row transform.
+source rows as an Arrow table of text, as PostgreSQL's COPY renders each value (an
+integer key column as int64, any other key as text, NULL as null), and returns the
+records of the rows it is sure of, with a mask saying which rows those are. Every other
+row (anything unusual, and every row to be rejected) goes through the row transform, one
+row at a time. So the two paths cannot disagree about what is rejected or why, and the
+fast one only has to be right about plain rows, which the integration suite checks
+against the row transform.
 """
 
 from __future__ import annotations

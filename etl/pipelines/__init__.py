@@ -5,8 +5,9 @@ from __future__ import annotations
 import importlib
 
 from etl.domain.errors import UnknownPipeline
+from etl.domain.intervals import DataInterval
 from etl.domain.schedules import CatchUp, Cron, Every, Schedule, Solar
-from etl.pipelines.base import Pipeline, RunParams, Source
+from etl.pipelines.base import Pipeline, RunParams, Source, SourceMode
 from etl.pipelines.orders import ORDERS_DAILY
 
 PIPELINES: dict[str, Pipeline] = {pipeline.name: pipeline for pipeline in (ORDERS_DAILY,)}
@@ -38,6 +39,13 @@ def load_pipeline_modules(modules: str) -> list[str]:
     return list(found)
 
 
+def interval_name(pipeline_name: str, interval: DataInterval) -> str:
+    """An interval as its pipeline names it (a date, or the start of a finer one); the
+    interval itself if the pipeline is no longer registered."""
+    pipeline = PIPELINES.get(pipeline_name)
+    return str(interval) if pipeline is None else pipeline.grain.name(interval)
+
+
 def get_pipeline(name: str) -> Pipeline:
     """The registered pipeline called ``name``."""
     try:
@@ -56,6 +64,8 @@ __all__ = [
     "Schedule",
     "Solar",
     "Source",
+    "SourceMode",
     "UnknownPipeline",
     "get_pipeline",
+    "interval_name",
 ]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from etl.domain.schedules import CatchUp, Cron, Schedule
+from etl.domain.intervals import Grain
+from etl.domain.schedules import MANUAL_GRAIN, CatchUp, Cron, Schedule
 from etl.domain.transform import Transform
 from etl.formats.columnar import ColumnarTransform
 from etl.formats.encoding import COMPRESSION_RANGE, FORMATS
@@ -17,6 +19,10 @@ from etl.formats.encoding import COMPRESSION_RANGE, FORMATS
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*$")
+# A bound parameter in a query source: ``:name``, but not a ``::type`` cast.
+_QUERY_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+# What every run binds in a query source, besides its own params.
+RUN_BINDINGS = ("interval_start", "interval_end", "logical_date")
 
 
 class RunParams(BaseModel):
@@ -25,27 +31,45 @@ class RunParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     chunk_size: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Keys per chunk for this run only."
+        default=None, ge=1, le=10_000_000, description="Rows per chunk (at most) for this run only."
     )
 
     @field_validator("chunk_size", mode="before")
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
-        # pydantic reads true as 1: one-key chunks, a task per source row.
+        # pydantic reads true as 1: one-row chunks, a task per source row.
         if isinstance(value, bool):
             raise ValueError("must be a whole number, not a boolean")
         return value
 
 
+class SourceMode(StrEnum):
+    """Which rows of its source a run reads."""
+
+    SNAPSHOT = "snapshot"  # all of them, every run
+    PARTITIONED = "partitioned"  # those whose time_column lies in the run's interval
+    INCREMENTAL = "incremental"  # those changed since the last run (cursor_column)
+
+
 @dataclass(frozen=True)
 class Source:
-    """A table, or a query used as a subquery, with an integer key to chunk on.
+    """A table, or a query used as a subquery, with a key to chunk on (any sortable
+    column: integer, text, UUID, timestamp), and which of its rows a run reads (``mode``;
+    by default inferred from the columns given):
 
-    An incremental source names a ``cursor_column`` (a timestamp such as
-    ``updated_at``): each run reads only the rows whose cursor is after the pipeline's
-    watermark and at most ``cursor_lag_s`` seconds before the planning moment, so a row
-    written by a transaction that commits late (within the lag) is read by the next run
-    instead of being missed. Without a cursor column every run reads the whole source.
+    - ``snapshot``: every run reads everything.
+    - ``partitioned`` by ``time_column`` (a timestamp): a run reads the rows with
+      ``interval_start <= time_column < interval_end``, so the runs of a backfill read
+      disjoint slices whose union is every row of the range once.
+    - ``incremental`` by ``cursor_column`` (a timestamp such as ``updated_at``): each run
+      reads only the rows whose cursor is after the pipeline's watermark and at most
+      ``cursor_lag_s`` seconds before the planning moment, so a row written by a
+      transaction that commits late (within the lag) is read by the next run instead of
+      being missed.
+
+    A ``query`` may use the bound parameters ``:interval_start``, ``:interval_end``,
+    ``:logical_date`` and the run's params by name (``:region``); they are always sent as
+    parameters, never formatted into the SQL.
     """
 
     key_column: str
@@ -54,12 +78,14 @@ class Source:
     query: str | None = None
     cursor_column: str | None = None
     cursor_lag_s: int = 0
+    time_column: str | None = None
+    mode: SourceMode | None = None
 
     def __post_init__(self) -> None:
         if (self.table is None) == (self.query is None):
             raise ValueError("a source has exactly one of table and query")
         names = [self.key_column, *self.columns] + ([self.table] if self.table else [])
-        names += [self.cursor_column] if self.cursor_column else []
+        names += [column for column in (self.cursor_column, self.time_column) if column]
         bad = [name for name in names if not _IDENTIFIER.match(name)]
         if bad:
             raise ValueError(f"not a plain SQL identifier: {', '.join(bad)}")
@@ -69,11 +95,38 @@ class Source:
             raise ValueError("cursor_lag_s must not be negative")
         if self.cursor_lag_s and self.cursor_column is None:
             raise ValueError("cursor_lag_s needs a cursor_column")
+        if self.cursor_column and self.time_column:
+            raise ValueError(
+                "a source reads either by interval (time_column) or by watermark "
+                "(cursor_column), not both"
+            )
+        inferred = (
+            SourceMode.INCREMENTAL
+            if self.cursor_column
+            else SourceMode.PARTITIONED
+            if self.time_column
+            else SourceMode.SNAPSHOT
+        )
+        mode = inferred if self.mode is None else SourceMode(self.mode)
+        if mode is SourceMode.PARTITIONED and self.time_column is None:
+            raise ValueError("a partitioned source needs a time_column to read each interval by")
+        if mode is SourceMode.INCREMENTAL and self.cursor_column is None:
+            raise ValueError("an incremental source needs a cursor_column")
+        if mode is not inferred:
+            raise ValueError(f"a {mode} source takes no {self.cursor_column or self.time_column}")
+        object.__setattr__(self, "mode", mode)
 
     @property
     def incremental(self) -> bool:
         """Whether runs read a window after the watermark rather than everything."""
-        return self.cursor_column is not None
+        return self.mode is SourceMode.INCREMENTAL
+
+    @property
+    def query_parameters(self) -> tuple[str, ...]:
+        """The names a query binds (``:name``), in order of first use."""
+        if self.query is None:
+            return ()
+        return tuple(dict.fromkeys(_QUERY_PARAMETER.findall(self.query)))
 
 
 @dataclass(frozen=True)
@@ -132,6 +185,26 @@ class Pipeline:
             raise ValueError(
                 f"pipeline {self.name!r} reads incrementally, so it needs max_active_runs=1"
             )
+        fields = set(self.params_model.model_fields)
+        # The planner's own bound parameters are called etl_*.
+        reserved = {name for name in fields if name in RUN_BINDINGS or name.startswith("etl_")}
+        if reserved:
+            raise ValueError(f"run params may not be called {', '.join(sorted(reserved))}")
+        unknown = [
+            name
+            for name in self.source.query_parameters
+            if name not in RUN_BINDINGS and name not in fields
+        ]
+        if unknown:
+            raise ValueError(
+                f"pipeline {self.name!r}: its query binds :{', :'.join(unknown)}, which is "
+                f"neither one of :{', :'.join(RUN_BINDINGS)} nor a field of its params_model"
+            )
+
+    @property
+    def grain(self) -> Grain:
+        """The intervals its runs cover (its schedule's; UTC days without one)."""
+        return MANUAL_GRAIN if self.schedule is None else self.schedule.grain
 
     @property
     def output_path(self) -> str:

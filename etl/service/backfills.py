@@ -1,14 +1,14 @@
-"""Backfills: one run per logical date over a range, started and cancelled together.
+"""Backfills: one run per data interval over a range, started and cancelled together.
 
 Their runs live and end like any other, through the run lifecycle (``RunService``).
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
-from etl.domain.backfills import Backfill, DatePlan, Reprocess, dates_between, plan_backfill
+from etl.domain.backfills import Backfill, IntervalPlan, Reprocess, plan_backfill
 from etl.domain.errors import EnqueueFailed
 from etl.domain.runs import Run, RunState
 from etl.pipelines import get_pipeline
@@ -19,18 +19,20 @@ def start_backfill(
     runs: RunService,
     pipeline_name: str,
     *,
-    start: date,
-    end: date,
+    start: date | datetime,
+    end: date | datetime,
     max_active: int,
     reprocess: Reprocess = Reprocess.NONE,
     params: dict[str, Any] | None = None,
     dry_run: bool = False,
-) -> tuple[Backfill | None, list[DatePlan]]:
-    """Start one run per logical date from ``start`` to ``end``, at most ``max_active``
-    of them active at once (the pipeline's own max_active_runs also holds).
+) -> tuple[Backfill | None, list[IntervalPlan]]:
+    """Start one run per data interval from ``start`` to ``end`` (two dates: every
+    interval on those days; two timestamps: the intervals they start and those between),
+    at most ``max_active`` of them active at once (the pipeline's own max_active_runs
+    also holds).
 
-    Returns the backfill (None for a dry run or when every date is skipped) and what
-    was decided for each date. Raises UnknownPipeline, ValueError for a bad range,
+    Returns the backfill (None for a dry run or when every interval is skipped) and what
+    was decided for each interval. Raises UnknownPipeline, ValueError for a bad range,
     pydantic.ValidationError for bad params, BackfillConflict, or EnqueueFailed (the
     backfill's runs are failed then, so nothing is left half-started).
     """
@@ -38,21 +40,28 @@ def start_backfill(
     if max_active < 1:
         raise ValueError(f"max_active must be at least 1, got {max_active}")
     validated = pipeline.validate_params(params or {}).model_dump(mode="json", exclude_none=True)
+    grain = pipeline.grain
+    intervals = grain.in_range(start, end)
+    if not intervals:
+        raise ValueError(f"no interval of {pipeline.name} ({grain.describe()}) starts in range")
+    covering = (intervals[0].start, intervals[-1].start)
     ledger = runs.ledger
-    latest = ledger.latest_runs_by_date(pipeline.name, start, end)
-    plans = plan_backfill(dates_between(start, end), latest, reprocess)
-    to_run = [plan.logical_date for plan in plans if plan.run]
+    latest = ledger.latest_runs_by_interval(pipeline.name, *covering)
+    named = [(i, grain.logical_date(i), grain.name(i)) for i in intervals]
+    plans = plan_backfill(named, latest, reprocess)
+    to_run = [(plan.interval, plan.logical_date, plan.name) for plan in plans if plan.run]
     if dry_run or not to_run:
         return None, plans
     backfill, created = ledger.create_backfill(
         pipeline=pipeline.name,
-        start=start,
-        end=end,
+        start=named[0][1],
+        end=named[-1][1],
         max_active=max_active,
         reprocess=reprocess.value,
         params=validated,
-        dates=to_run,
-        planned_on={day: run.id for day, run in latest.items()},
+        intervals=to_run,
+        planned_on={moment: run.id for moment, run in latest.items()},
+        covering=covering,
     )
     try:
         runs.admit_waiting(pipeline.name)

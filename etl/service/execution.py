@@ -17,7 +17,7 @@ from etl import metrics
 from etl.domain.chunks import check_chunk_count, plan_chunks
 from etl.domain.clock import utc_now
 from etl.domain.errors import PlanTooLarge, WatermarkMoved
-from etl.domain.layout import manifest_key, part_key, run_prefix, success_key
+from etl.domain.layout import manifest_key, part_key, partition_path, run_prefix, success_key
 from etl.domain.manifest import build_manifest
 from etl.domain.runs import (
     Chunk,
@@ -28,10 +28,10 @@ from etl.domain.runs import (
     commit_problems,
     part_result,
 )
-from etl.domain.windows import CursorWindow, RunWindow
+from etl.domain.windows import CursorWindow, ReadScope, RunWindow
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import FORMATS, make_writer
-from etl.pipelines import get_pipeline
+from etl.pipelines import Pipeline, get_pipeline
 from etl.service.ports import RunPorts
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,23 @@ DISPATCH_BATCH = 500
 
 class ChunkAttemptsExhausted(RuntimeError):
     """A chunk keeps being started and never finishes; a permanent error."""
+
+
+def read_scope(pipeline: Pipeline, run: Run, cursor: CursorWindow | None) -> ReadScope:
+    """What every query of a run binds and filters by: at planning and in each chunk."""
+    return ReadScope(
+        interval=run.interval,
+        logical_date=run.logical_date,
+        params=run.params,
+        time_column=pipeline.source.time_column,
+        cursor=cursor,
+    )
+
+
+def output_prefix(services: RunPorts, pipeline: Pipeline, run: Run) -> str:
+    """Where a run's objects go: its pipeline's path, its interval's partition, its id."""
+    partition = partition_path(pipeline.grain, run.interval)
+    return run_prefix(services.settings.s3_prefix, pipeline.output_path, partition, run.id)
 
 
 def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
@@ -85,27 +102,33 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
                 low=ledger.watermark(pipeline.name),
                 high=source.cursor_upper_bound(pipeline.source.cursor_lag_s),
             )
-        key_min, key_max = source.key_bounds(cursor_window)
+        scope = read_scope(pipeline, run, cursor_window)
+        span = source.key_span(scope)
+        key_min, key_max = span.key_min, span.key_max
         chunk_size = pipeline.chunk_size_for(run.params)
         try:
             check_chunk_count(
-                pipeline.name,
-                key_min,
-                key_max,
-                chunk_size,
-                services.settings.max_chunks_per_run,
+                pipeline.name, span.rows, chunk_size, services.settings.max_chunks_per_run
             )
         except PlanTooLarge as refused:
-            # Counted from the key range: not one chunk of it is recorded or sent.
+            # Counted from the rows: no boundary computed, not one chunk recorded or sent.
             logger.warning("run %s refused: %s", run_id, refused)
             services.runs.end_run(run_id, RunState.FAILED, f"plan refused: {refused}")
             raise
-        planned = plan_chunks(key_min, key_max, chunk_size)
+        # Chunks that share the rows evenly (chunk_size at most), bounded by keys in the data.
+        boundaries = source.key_boundaries(chunk_size, span, scope) if span.rows else []
+        planned = plan_chunks(span, boundaries)
         window = RunWindow(pipeline.source.key_column, key_min, key_max, cursor_window)
         chunks = ledger.record_plan(run_id, planned, window)
         ledger.move_run(run_id, RunState.RUNNING)
         logger.info(
-            "planned run %s: %d chunks over keys %s..%s", run_id, len(chunks), key_min, key_max
+            "planned run %s (%s, %s): %d chunks over keys %s..%s",
+            run_id,
+            pipeline.source.mode,
+            pipeline.grain.name(run.interval),
+            len(chunks),
+            key_min,
+            key_max,
         )
     elif run.state is RunState.RUNNING:
         chunks = ledger.get_chunks(run_id)
@@ -186,25 +209,33 @@ def transform_chunk(services: RunPorts, run_id: str, index: int) -> dict[str, An
 
     pipeline = get_pipeline(run.pipeline)
     source = services.source_for(pipeline)
-    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
+    prefix = output_prefix(services, pipeline, run)
     key = part_key(prefix, index, pipeline.output_format)
     rejected: Counter[str] = Counter()
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
         writer = make_writer(
             pipeline.output_format, spool, pipeline.schema, pipeline.compression_level
         )
-        window = run.window.cursor if run.window else None
+        window = read_scope(pipeline, run, run.window.cursor if run.window else None)
         if pipeline.columnar_transform is not None and source.copies_text:
             # The fast path: COPY's text in Arrow tables, no Python object per row.
             output_schema = arrow_schema(pipeline.schema)
-            for table in source.read_range_text(chunk.key_lo, chunk.key_hi, window):
+            for table in source.read_range_text(
+                chunk.key_lo, chunk.key_hi, window, key_hi_inclusive=chunk.key_hi_inclusive
+            ):
                 records, rejected_here = transform_table(
                     table, pipeline.columnar_transform, pipeline.transform, output_schema
                 )
                 writer.write_table(records)
                 rejected.update(rejected_here)
         else:
-            for batch in source.read_range(chunk.key_lo, chunk.key_hi, READ_BATCH_ROWS, window):
+            for batch in source.read_range(
+                chunk.key_lo,
+                chunk.key_hi,
+                READ_BATCH_ROWS,
+                window,
+                key_hi_inclusive=chunk.key_hi_inclusive,
+            ):
                 result = pipeline.transform(batch)
                 writer.write_records(result.records)
                 rejected.update(result.rejected_by_reason())
@@ -247,7 +278,7 @@ def commit_run(services: RunPorts, run_id: str) -> Run:
     if run.state is not RunState.COMMITTING:
         return run
     pipeline = get_pipeline(run.pipeline)
-    prefix = run_prefix(services.settings.s3_prefix, pipeline.output_path, run.logical_date, run.id)
+    prefix = output_prefix(services, pipeline, run)
     chunks = ledger.get_chunks(run_id)
     problems = commit_problems(run.chunk_count, chunks)
     if not problems:
@@ -272,6 +303,8 @@ def commit_run(services: RunPorts, run_id: str) -> Run:
         output_format=pipeline.output_format,
         schema=pipeline.schema_document(),
         created_at=utc_now(),
+        mode=str(pipeline.source.mode),
+        partition=partition_path(pipeline.grain, run.interval),
     )
     # The manifest goes first and _SUCCESS last: a reader that sees _SUCCESS can trust
     # the manifest, and one that sees neither knows the run is not complete.

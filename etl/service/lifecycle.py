@@ -17,10 +17,8 @@ from typing import Any, NamedTuple
 
 from etl import metrics
 from etl.domain.clock import utc_now
-from etl.domain.dates import previous_day
 from etl.domain.errors import EnqueueFailed, RunNotCancellable, RunNotRetryable, UnknownPipeline
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
-from etl.domain.schedules import logical_date_for
 from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.pipelines import get_pipeline
 from etl.service.ports import Enqueue, LedgerPort
@@ -60,7 +58,7 @@ class RunService:
         self,
         pipeline_name: str,
         *,
-        logical_date: date | None = None,
+        interval: str | date | datetime | None = None,
         params: dict[str, Any] | None = None,
         trigger: Trigger = Trigger.MANUAL,
         idempotency_key: str | None = None,
@@ -68,7 +66,10 @@ class RunService:
     ) -> tuple[Run, bool]:
         """Record a run and enqueue its planning; returns (run, created).
 
-        Raises UnknownPipeline, pydantic.ValidationError for bad params,
+        ``interval`` names the run's data interval: a date for a daily pipeline, the
+        timestamp that starts it for a finer one (or their text); by default the last
+        interval that has ended. Raises UnknownPipeline, ValueError for an interval the
+        pipeline does not have, pydantic.ValidationError for bad params,
         IdempotencyConflict, or EnqueueFailed. Nothing is enqueued for a run that
         already existed (a duplicate scheduled dispatch, a repeated idempotent request),
         except a repeated idempotent request whose first publish failed: it is sent.
@@ -77,20 +78,23 @@ class RunService:
         validated = pipeline.validate_params(params or {}).model_dump(
             mode="json", exclude_none=True
         )
-        logical_date_requested = logical_date is not None
-        if logical_date is None:
-            logical_date = (
-                logical_date_for(pipeline.schedule, clock())
-                if pipeline.schedule
-                else previous_day(clock(), "UTC")
-            )
+        grain = pipeline.grain
+        if interval is None:
+            data_interval = grain.last_complete(clock())
+        elif isinstance(interval, str):
+            data_interval = grain.parse(interval)
+        elif isinstance(interval, datetime):
+            data_interval = grain.starting_at(interval)
+        else:
+            data_interval = grain.of_date(interval)
         run, created = self.ledger.create_run(
             pipeline=pipeline.name,
-            logical_date=logical_date,
+            interval=data_interval,
+            logical_date=grain.logical_date(data_interval),
             trigger=trigger,
             params=validated,
             idempotency_key=idempotency_key,
-            logical_date_requested=logical_date_requested,
+            interval_name=None if interval is None else grain.name(data_interval),
         )
         if not created:
             # A client repeating a request whose first publish the broker refused gets
@@ -100,10 +104,10 @@ class RunService:
             return run, False
         # Where a run's trail starts: `grep <run id>` over every process's log finds it.
         logger.info(
-            "created run %s: %s dt=%s (%s)",
+            "created run %s: %s %s (%s)",
             run.id,
             run.pipeline,
-            run.logical_date,
+            grain.name(run.interval),
             run.trigger,
             extra={"run_id": run.id},
         )

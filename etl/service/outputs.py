@@ -5,6 +5,12 @@
     for row in reader.rows(run):                 # each part checked before its rows
         ...
 
+What a consumer reads depends on the pipeline's source mode (the manifest's ``mode``):
+the latest run of a ``snapshot`` pipeline is the whole source (``latest``); each run of a
+``partitioned`` one holds its interval (``partition("dt=2026-11-22")`` or
+``partitions()``); each run of an ``incremental`` one holds the changes since the one
+before (``partitions(since=...)``: every partition after the last one read).
+
 A run is readable once its ``_manifest.json`` and ``_SUCCESS`` are both there. Each part
 is downloaded whole (spooled to disk past 32 MiB), and its size and sha256 are compared
 with the manifest before any of its rows is yielded; its row count is compared after.
@@ -29,6 +35,7 @@ from etl.domain.outputs import (
     ManifestPart,
     RunOutput,
     choose_latest,
+    choose_partitions,
     group_runs,
     manifest_problems,
     parse_manifest,
@@ -128,6 +135,19 @@ class RunReader:
             where = self.uri(pipeline_prefix(self.prefix, output_path))
             raise RunNotFound(f"no committed run under {where}/")
         return self.open(latest)
+
+    def partitions(self, output_path: str, *, since: str | None = None) -> list[CommittedRun]:
+        """The latest committed run of each partition (``dt=...`` or ``dt=.../hour=...``),
+        oldest first; with ``since`` (a partition), only the partitions after it."""
+        return [self.open(run) for run in choose_partitions(self.runs(output_path), since=since)]
+
+    def partition(self, output_path: str, partition: str) -> CommittedRun:
+        """The latest committed run of one partition, e.g. ``dt=2026-11-22/hour=14``."""
+        for run in choose_partitions(self.runs(output_path)):
+            if run.partition == partition:
+                return self.open(run)
+        where = self.uri(pipeline_prefix(self.prefix, output_path))
+        raise RunNotFound(f"no committed run under {where}/{partition}/")
 
     def find(self, run_id: str, output_paths: Iterable[str]) -> RunOutput:
         """The run with this id under any of the pipelines' output paths."""

@@ -14,11 +14,12 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from etl.config import Settings
 from etl.domain.backfills import Backfill
-from etl.domain.chunks import ChunkRange
+from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
+from etl.domain.intervals import DataInterval
 from etl.domain.outputs import StoredObject
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
-from etl.domain.windows import CursorWindow, RunWindow
+from etl.domain.windows import CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
 
@@ -36,11 +37,12 @@ class RunLedger(Protocol):
         self,
         *,
         pipeline: str,
+        interval: DataInterval,
         logical_date: date,
         trigger: Trigger,
         params: dict[str, Any],
         idempotency_key: str | None = None,
-        logical_date_requested: bool = True,
+        interval_name: str | None = None,
     ) -> tuple[Run, bool]:
         """Record a queued run, or find the one this request duplicates: (run, created)."""
         ...
@@ -162,10 +164,11 @@ class BackfillLedger(Protocol):
         max_active: int,
         reprocess: str,
         params: dict[str, Any],
-        dates: Sequence[date],
-        planned_on: Mapping[date, str | None] | None = None,
+        intervals: Sequence[tuple[DataInterval, date, str]],
+        planned_on: Mapping[datetime, str | None] | None = None,
+        covering: tuple[datetime, datetime] | None = None,
     ) -> tuple[Backfill, list[Run]]:
-        """Record a backfill and a queued run per date; raises BackfillConflict."""
+        """Record a backfill and a queued run per interval; raises BackfillConflict."""
         ...
 
     def get_backfill(self, backfill_id: str) -> Backfill:
@@ -176,8 +179,10 @@ class BackfillLedger(Protocol):
         """A backfill's runs in logical date order."""
         ...
 
-    def latest_runs_by_date(self, pipeline: str, start: date, end: date) -> dict[date, Run]:
-        """The most recently created run of each logical date in ``[start, end]``."""
+    def latest_runs_by_interval(
+        self, pipeline: str, first: datetime, last: datetime
+    ) -> dict[datetime, Run]:
+        """The most recently created run of each interval starting in ``[first, last]``."""
         ...
 
 
@@ -263,10 +268,19 @@ class PartStore(Protocol):
 
 
 class SourceReader(Protocol):
-    """A pipeline's source: its key bounds, and its rows one key range at a time."""
+    """A pipeline's source: its rows and keys to plan chunks by, and its rows one key
+    range at a time."""
 
-    def key_bounds(self, window: CursorWindow | None = None) -> tuple[int | None, int | None]:
-        """The smallest and largest key (in the window); (None, None) when empty."""
+    def key_span(self, window: ReadScope | None = None) -> KeySpan:
+        """How many rows with a key (in the window), and their smallest and largest key."""
+        ...
+
+    def key_boundaries(
+        self, chunk_size: int, span: KeySpan, window: ReadScope | None = None
+    ) -> list[ChunkKey]:
+        """The first key of each chunk when ``ceil(rows / chunk_size)`` chunks share the
+        rows (in the window) with keys in ``[span.key_min, span.key_max]`` evenly, in key
+        order, once each (etl.domain.chunks.chunk_starts)."""
         ...
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:
@@ -274,9 +288,16 @@ class SourceReader(Protocol):
         ...
 
     def read_range(
-        self, key_lo: int, key_hi: int, batch_size: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        batch_size: int,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[list[dict[str, Any]]]:
-        """The rows with ``key_lo <= key < key_hi`` (in the window), in key order, in batches."""
+        """The rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
+        ``key_hi_inclusive``) in the window, in key order, in batches."""
         ...
 
     @property
@@ -285,7 +306,12 @@ class SourceReader(Protocol):
         ...
 
     def read_range_text(
-        self, key_lo: int, key_hi: int, window: CursorWindow | None = None
+        self,
+        key_lo: ChunkKey,
+        key_hi: ChunkKey,
+        window: ReadScope | None = None,
+        *,
+        key_hi_inclusive: bool = False,
     ) -> Iterator[pa.Table]:
         """The rows of read_range as text, in Arrow tables (the columnar path)."""
         ...

@@ -22,7 +22,6 @@ from etl.adapters.errors import is_transient
 from etl.bootstrap import Services, build_services
 from etl.config import MAX_RETRY_BACKOFF_S
 from etl.domain.clock import utc_now
-from etl.domain.dates import parse_logical_date
 from etl.domain.errors import ChunkNotFound, PlanTooLarge, RunNotFound
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import RunState, Trigger
@@ -226,21 +225,16 @@ def commit_run(self: Task, run_id: str) -> CommitResult:
 
 @shared_task(name=TASK_START_SCHEDULED_RUN, bind=True, ignore_result=True)
 def start_scheduled_run(
-    self: Task, pipeline: str, logical_date: str | None = None
+    self: Task, pipeline: str, interval: str | None = None
 ) -> ScheduledRunResult:
-    """Beat's entry: start the run of a pipeline for the logical date of a schedule slot
-    (a duplicate dispatch finds the existing run)."""
-    _check_arguments(self, pipeline, logical_date)
-    if logical_date is not None:
-        try:
-            day = parse_logical_date(logical_date)
-        except ValueError as exc:
-            raise Reject(str(exc), requeue=False) from exc
+    """Beat's entry: start the run of a pipeline for the interval of a schedule slot, named
+    by its date (daily) or start (finer); a duplicate dispatch finds the existing run."""
+    _check_arguments(self, pipeline, interval)
     svc = services(self)
     try:
-        run, created = svc.runs.start_run(
-            pipeline, logical_date=day if logical_date else None, trigger=Trigger.SCHEDULE
-        )
+        run, created = svc.runs.start_run(pipeline, interval=interval, trigger=Trigger.SCHEDULE)
+    except ValueError as exc:  # an interval the pipeline does not have: no retry mends it
+        raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:
         _retry_or_reject(self, exc, lambda why: None)
     return {"run_id": run.id, "created": created}

@@ -1,6 +1,6 @@
 """Two Beat processes, one worker, the real services: exactly one dispatch per slot and
-one run per logical date; the leader killed, the other Beat takes over within a bounded
-time and carries on without a gap."""
+one run per slot's interval; the leader killed, the other Beat takes over within a
+bounded time and carries on without a gap."""
 
 from __future__ import annotations
 
@@ -14,15 +14,13 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from etl.adapters.ledger.beat import BeatState
-from etl.adapters.ledger.schema import runs_table
 from etl.adapters.sample_orders import seed_orders
 from etl.adapters.topology import PLAN_QUEUE, queue_stats
 from etl.bootstrap import Services, build_services
 from etl.config import Settings
-from etl.domain.runs import RunState, Trigger
+from etl.domain.runs import Run, RunState, Trigger
 from etl.service.lifecycle import wait_for_run
 from etl.worker.app import TASK_START_SCHEDULED_RUN
 
@@ -125,15 +123,21 @@ def test_two_beats_dispatch_each_slot_once_and_the_survivor_takes_over(
     )
     assert takeover_s < 15
 
-    # one run per logical date, whatever the number of dispatches
-    with beat_services.ledger.engine.connect() as conn:
-        scheduled = conn.execute(
-            select(runs_table.c.id, runs_table.c.logical_date).where(
-                runs_table.c.pipeline == "ticking_orders",
-                runs_table.c.trigger == Trigger.SCHEDULE.value,
-            )
-        ).all()
-    assert len({tick.logical_date for tick in ticks}) == len(scheduled) == 1
-    assert scheduled[0].logical_date == ticks[0].logical_date
+    # one run per slot: each covers the TICK_S seconds that ended at its slot
+    wait_until(
+        lambda: len(scheduled_runs(beat_services)) == len(ticks),
+        timeout_s=60,
+        what="a run for each slot",
+    )
+    scheduled = scheduled_runs(beat_services)
+    assert [(run.interval.start, run.interval.end) for run in scheduled] == [
+        (slot - timedelta(seconds=TICK_S), slot) for slot in slots
+    ]
     final = wait_for_run(beat_services.ledger, scheduled[0].id, timeout_s=60)
     assert final.state is RunState.SUCCEEDED, final.reason
+
+
+def scheduled_runs(services: Services) -> list[Run]:
+    """The scheduled runs of ticking_orders, by interval."""
+    runs = services.ledger.list_runs(pipeline="ticking_orders", trigger=Trigger.SCHEDULE, limit=500)
+    return sorted(runs, key=lambda run: run.interval.start)

@@ -22,6 +22,7 @@ from etl.config import Settings
 from etl.domain.runs import RunState, Trigger
 from etl.service import execution as steps
 
+from builders import utc_day
 from support import require_service
 
 pytestmark = pytest.mark.e2e
@@ -66,9 +67,12 @@ def test_the_dashboard_renders_a_real_run_in_chromium(
 ) -> None:
     seed_orders(services.source_engine, 2_000)
     run, _ = services.ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 5, 5), trigger=Trigger.MANUAL,
+        pipeline="orders_daily",
+        interval=utc_day(date(2026, 5, 5)),
+        logical_date=date(2026, 5, 5),
+        trigger=Trigger.MANUAL,
         params={"chunk_size": 250},
-    )  # fmt: skip
+    )
     for chunk in steps.plan_run(services, run.id) or []:
         steps.transform_chunk(services, run.id, chunk.index)
     assert steps.commit_run(services, run.id).state is RunState.SUCCEEDED

@@ -77,7 +77,7 @@ def test_a_run_sent_as_the_api_user_is_done_by_the_worker_user(
     api = make_celery(deployment.as_role("etl-api"))
     run, created = RunService(services.ledger, celery_enqueue(api)).start_run(
         "orders_daily",
-        logical_date=date(2022, 2, 2),
+        interval=date(2022, 2, 2),
         params={"chunk_size": 2_000},
         idempotency_key=f"deployed-{uuid.uuid4()}",
     )

@@ -39,7 +39,7 @@ from etl.worker.app import (
     make_celery,
 )
 
-from builders import keys_under
+from builders import keys_under, utc_day
 from support import (
     API_TOKEN,
     SESSION_TAG,
@@ -165,7 +165,7 @@ class FaultRig:
         """Start a run of ``pipeline`` for 2026-09-01, its chunks sent through ``app``."""
         enqueue = celery_enqueue(app or self.app)
         run, _ = RunService(self.services.ledger, enqueue).start_run(
-            pipeline, logical_date=date(2026, 9, 1), params={"chunk_size": chunk_size}
+            pipeline, interval=date(2026, 9, 1), params={"chunk_size": chunk_size}
         )
         return run
 
@@ -233,7 +233,7 @@ def assert_succeeds(services: Services, run_id: str, *, timeout_s: float) -> dic
 
 def assert_unpublished(services: Services, pipeline: str, run: Run) -> None:
     """Readers see nothing of the run: no manifest, no _SUCCESS under its prefix."""
-    prefix = run_prefix(services.settings.s3_prefix, pipeline, run.logical_date, run.id)
+    prefix = run_prefix(services.settings.s3_prefix, pipeline, f"dt={run.logical_date}", run.id)
     keys = keys_under(services.parts, prefix)
     assert not any(key.endswith(("_manifest.json", "_SUCCESS")) for key in keys), keys
 
@@ -529,9 +529,12 @@ def test_the_same_chunk_delivered_twice_at_once_gives_one_part_and_one_manifest_
     rig.start_worker(concurrency=1)
     rig.start_worker(concurrency=1)
     run, _ = rig.services.ledger.create_run(
-        pipeline="slow_orders", logical_date=date(2026, 9, 2), trigger=Trigger.MANUAL,
+        pipeline="slow_orders",
+        interval=utc_day(date(2026, 9, 2)),
+        logical_date=date(2026, 9, 2),
+        trigger=Trigger.MANUAL,
         params={"chunk_size": 1_000_000},
-    )  # fmt: skip
+    )
     plan_run(rig.services, run.id)  # one chunk, recorded, not dispatched
 
     rig.app.send_task(TASK_TRANSFORM_CHUNK, args=[run.id, 0])
@@ -546,7 +549,7 @@ def test_the_same_chunk_delivered_twice_at_once_gives_one_part_and_one_manifest_
 
     manifest = assert_succeeds(rig.services, run.id, timeout_s=60)
     assert len(manifest["parts"]) == 1
-    prefix = run_prefix(rig.settings.s3_prefix, "slow_orders", run.logical_date, run.id)
+    prefix = run_prefix(rig.settings.s3_prefix, "slow_orders", f"dt={run.logical_date}", run.id)
     assert len([key for key in keys_under(rig.services.parts, prefix) if "/part-" in key]) == 1
 
 

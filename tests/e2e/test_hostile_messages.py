@@ -42,7 +42,7 @@ from etl.service.execution import plan_run
 from etl.service.lifecycle import RunService, wait_for_run
 from etl.worker.app import TASK_PLAN_RUN, TASK_TRANSFORM_CHUNK, celery_enqueue, make_celery
 
-from builders import CASE_HEADER, EMBED, death, task_body, task_headers
+from builders import CASE_HEADER, EMBED, death, task_body, task_headers, utc_day
 from support import (
     API_TOKEN,
     ChildProcess,
@@ -93,14 +93,20 @@ def healthy_runs(hostile_services: Services) -> dict[str, Run]:
     none dispatched) and one queued."""
     ledger = hostile_services.ledger
     planned, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 10, 1), trigger=Trigger.MANUAL,
+        pipeline="orders_daily",
+        interval=utc_day(date(2026, 10, 1)),
+        logical_date=date(2026, 10, 1),
+        trigger=Trigger.MANUAL,
         params={"chunk_size": 1_000},
-    )  # fmt: skip
+    )
     plan_run(hostile_services, planned.id)
     queued, _ = ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 10, 2), trigger=Trigger.MANUAL,
+        pipeline="orders_daily",
+        interval=utc_day(date(2026, 10, 2)),
+        logical_date=date(2026, 10, 2),
+        trigger=Trigger.MANUAL,
         params={"chunk_size": 1_000},
-    )  # fmt: skip
+    )
     return {"planned": ledger.get_run(planned.id), "queued": ledger.get_run(queued.id)}
 
 
@@ -243,7 +249,7 @@ def assert_still_serving(
     services: Services, settings: Settings, workers: list[ChildProcess], day: int
 ) -> None:
     run, _ = RunService(services.ledger, celery_enqueue(make_celery(settings))).start_run(
-        "orders_daily", logical_date=date(2026, 11, day), params={"chunk_size": 1_000}
+        "orders_daily", interval=date(2026, 11, day), params={"chunk_size": 1_000}
     )
     assert wait_for_run(services.ledger, run.id, timeout_s=120).state is RunState.SUCCEEDED
     for worker in workers:

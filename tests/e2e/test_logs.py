@@ -30,7 +30,7 @@ def test_a_json_logging_worker_tags_every_event_of_a_run_with_its_id(
         worker.wait_for_log("ready.")
         service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
         run, _ = service.start_run(
-            "orders_daily", logical_date=__import__("datetime").date(2024, 2, 2),
+            "orders_daily", interval=__import__("datetime").date(2024, 2, 2),
             params={"chunk_size": 500},
         )  # fmt: skip
         final = wait_for_run(services.ledger, run.id, timeout_s=120)

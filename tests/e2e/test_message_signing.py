@@ -23,7 +23,7 @@ from etl.service.dead_letters import DeadLetterService
 from etl.service.lifecycle import wait_for_run
 from etl.worker.app import TASK_PLAN_RUN, make_celery
 
-from builders import SigningIdentities, signed, signing_identities, tampered, task_body
+from builders import SigningIdentities, signed, signing_identities, tampered, task_body, utc_day
 from support import ChildProcess, queue_depth, run_etl, scratch_vhost, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -88,9 +88,12 @@ def test_only_messages_signed_by_a_trusted_certificate_run(
 
         def queued_run(day: int) -> str:
             run, _ = services.ledger.create_run(
-                pipeline="orders_daily", logical_date=date(2025, 7, day),
-                trigger=Trigger.MANUAL, params={"chunk_size": 1000},
-            )  # fmt: skip
+                pipeline="orders_daily",
+                interval=utc_day(date(2025, 7, day)),
+                logical_date=date(2025, 7, day),
+                trigger=Trigger.MANUAL,
+                params={"chunk_size": 1000},
+            )
             return run.id
 
         store = identities.store

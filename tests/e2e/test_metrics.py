@@ -51,7 +51,7 @@ def test_worker_and_api_metrics_agree_with_the_ledger(
         worker.wait_for_log("ready.")
         service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
         run, _ = service.start_run(
-            "orders_daily", logical_date=date(2024, 3, 3), params={"chunk_size": 500}
+            "orders_daily", interval=date(2024, 3, 3), params={"chunk_size": 500}
         )
         final = wait_for_run(services.ledger, run.id, timeout_s=120)
         assert final.state is RunState.SUCCEEDED, final.reason

@@ -57,9 +57,7 @@ def test_every_format_holds_every_row_once(
     format_services: Services, format_settings: Settings, pipeline: str
 ) -> None:
     service = RunService(format_services.ledger, celery_enqueue(make_celery(format_settings)))
-    run, _ = service.start_run(
-        pipeline, logical_date=date(2024, 6, 1), params={"chunk_size": 1_500}
-    )
+    run, _ = service.start_run(pipeline, interval=date(2024, 6, 1), params={"chunk_size": 1_500})
     final = wait_for_run(format_services.ledger, run.id, timeout_s=120)
     assert final.state is RunState.SUCCEEDED, final.reason
 

@@ -81,7 +81,7 @@ def start_worker(
 def start_run(services: Services, settings: Settings, chunk_size: int) -> Run:
     run_service = RunService(services.ledger, celery_enqueue(make_celery(settings)))
     run, _ = run_service.start_run(
-        "orders_daily", logical_date=date(2026, 12, 1), params={"chunk_size": chunk_size}
+        "orders_daily", interval=date(2026, 12, 1), params={"chunk_size": chunk_size}
     )
     return run
 
@@ -105,7 +105,7 @@ def test_a_plan_over_the_limit_records_nothing_sends_nothing_and_fails_its_run(
 
     assert failed.state is RunState.FAILED
     assert failed.reason == (
-        "plan refused: pipeline orders_daily would plan 60,000 chunks (keys 1..300000 at "
+        "plan refused: pipeline orders_daily would plan 60,000 chunks (300,000 rows at "
         "chunk_size 5), over the limit of 10,000 chunks a run: use a chunk_size of at "
         "least 30, or raise ETL_MAX_CHUNKS_PER_RUN"
     )
@@ -121,7 +121,7 @@ def test_a_plan_over_the_limit_records_nothing_sends_nothing_and_fails_its_run(
 def test_a_cancel_during_dispatch_stops_the_publishing_of_a_large_plan(
     planner: ChildProcess, services: Services, service_settings: Settings
 ) -> None:
-    # 300,000 keys at chunk_size 30: 10,000 chunks, the most a run may have, and
+    # 300,000 rows at chunk_size 30: 10,000 chunks, the most a run may have, and
     # 20 batches to publish.
     planned = SOURCE_ROWS // 30
     began = time.monotonic()

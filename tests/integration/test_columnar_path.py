@@ -13,7 +13,7 @@ import io
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -24,10 +24,12 @@ from etl.adapters.db import SqlSource, replace_table
 from etl.adapters.errors import is_transient
 from etl.adapters.sample_orders import ORDERS_TABLE, sample_orders
 from etl.bootstrap import Services
-from etl.domain.windows import CursorWindow
+from etl.domain.windows import CursorWindow, ReadScope
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import make_writer
 from etl.pipelines.orders import ORDERS_DAILY, transform_orders, transform_orders_columnar
+
+from builders import utc_day
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +93,7 @@ def orders_source(services: Services) -> Iterator[SqlSource]:
 
 
 def both_paths(
-    source: SqlSource, window: CursorWindow | None = None
+    source: SqlSource, window: ReadScope | None = None
 ) -> tuple[tuple[list[dict[str, Any]], Counter[str]], tuple[list[dict[str, Any]], Counter[str]]]:
     row_records: list[dict[str, Any]] = []
     row_rejected: Counter[str] = Counter()
@@ -131,11 +133,12 @@ def test_the_columnar_path_makes_the_records_and_rejections_of_the_row_path(
 
 
 def test_the_columnar_path_reads_the_same_cursor_window(orders_source: SqlSource) -> None:
-    window = CursorWindow(
+    cursor = CursorWindow(
         column="updated_at",
         low=datetime(2026, 1, 1, 1, tzinfo=UTC),
         high=datetime(2026, 1, 1, 3, tzinfo=UTC),
     )
+    window = ReadScope(utc_day(date(2026, 1, 1)), date(2026, 1, 1), cursor=cursor)
     (row_records, _), (fast_records, _) = both_paths(orders_source, window)
 
     assert 0 < len(fast_records) < 3_000

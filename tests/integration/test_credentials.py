@@ -14,6 +14,7 @@ from etl.config import Settings
 from etl.domain.runs import Trigger
 from etl.worker.app import make_celery
 
+from builders import utc_day
 from support import ChildProcess, rabbitmqctl, run_etl, scratch_vhost, wait_until
 
 DB_PASSWORD = "Db-s3cret-7f3a"  # trust auth here: the password is carried, never checked
@@ -32,9 +33,12 @@ def test_status_and_runs_show_no_credentials(
     with_db_password: Settings, services: Services
 ) -> None:
     run, _ = services.ledger.create_run(
-        pipeline="orders_daily", logical_date=__import__("datetime").date(2024, 1, 1),
-        trigger=Trigger.MANUAL, params={},
-    )  # fmt: skip
+        pipeline="orders_daily",
+        interval=utc_day(__import__("datetime").date(2024, 1, 1)),
+        logical_date=__import__("datetime").date(2024, 1, 1),
+        trigger=Trigger.MANUAL,
+        params={},
+    )
     for args in (["status", run.id], ["status", run.id, "--json"], ["runs"], ["pipelines"]):
         done = run_etl(with_db_password, *args)
         assert done.returncode == 0, done.stderr

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 
 from api import create_app
 from etl.adapters.db import make_engine
-from etl.adapters.ledger import Ledger, upgrade
+from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
 from etl.adapters.topology import (
     COMMIT_QUEUE,
     PLAN_QUEUE,
@@ -701,7 +701,7 @@ def test_a_version_4_ledger_keeps_its_dead_letters_whole_after_the_migration(
             {"body": b"[1, 2, 3]"},
         )
 
-    assert upgrade(engine) == 5
+    assert upgrade(engine) == SCHEMA_VERSION
 
     [letter] = Ledger(engine).list_dead_letters()
     assert (letter.body, letter.body_size, letter.body_sha256) == (b"[1, 2, 3]", 9, None)

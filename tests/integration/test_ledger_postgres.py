@@ -11,16 +11,17 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from etl.adapters.db import make_engine
-from etl.adapters.ledger import SCHEMA_VERSION, upgrade
+from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
 from etl.bootstrap import Services
 from etl.config import Settings
-from etl.domain.chunks import plan_chunks
+from etl.domain.chunks import ChunkRange
 from etl.domain.errors import IdempotencyConflict
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
-from builders import new_run, planned_run
+from builders import dense_plan, new_run, planned_run, utc_day
+from support import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,11 @@ def test_concurrent_scheduled_dispatches_create_exactly_one_run(services: Servic
 
     def dispatch(_: int) -> tuple[str, bool]:
         run, created = services.ledger.create_run(
-            pipeline=pipeline, logical_date=logical_date, trigger=Trigger.SCHEDULE, params={}
+            pipeline=pipeline,
+            interval=utc_day(logical_date),
+            logical_date=logical_date,
+            trigger=Trigger.SCHEDULE,
+            params={},
         )
         return run.id, created
 
@@ -58,10 +63,12 @@ def test_idempotency_key_returns_the_same_run_and_refuses_a_different_request(
     def request(day: date) -> tuple[Run, bool]:
         return services.ledger.create_run(
             pipeline="orders_daily",
+            interval=utc_day(day),
             logical_date=day,
             trigger=Trigger.MANUAL,
             params={},
             idempotency_key=key,
+            interval_name=day.isoformat(),
         )
 
     first, created = request(date(2026, 1, 1))
@@ -73,7 +80,7 @@ def test_idempotency_key_returns_the_same_run_and_refuses_a_different_request(
 
 def test_two_planners_record_one_plan(services: Services) -> None:
     run_id = new_run(services.ledger, day=date(2026, 2, 1))
-    plans = [plan_chunks(1, 1000, 100), plan_chunks(1, 2000, 300)]
+    plans = [dense_plan(1, 1000, 100), dense_plan(1, 2000, 300)]
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         recorded = list(
@@ -139,7 +146,11 @@ def _waits_for_a_lock(engine: Engine, query_start: str) -> bool:
 
 def test_state_moves_forward_only_on_postgres(services: Services) -> None:
     run, _ = services.ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 3, 1), trigger=Trigger.MANUAL, params={}
+        pipeline="orders_daily",
+        interval=utc_day(date(2026, 3, 1)),
+        logical_date=date(2026, 3, 1),
+        trigger=Trigger.MANUAL,
+        params={},
     )
     assert services.ledger.move_run(run.id, RunState.PLANNING)
     assert not services.ledger.move_run(run.id, RunState.PLANNING)
@@ -194,3 +205,49 @@ def test_etl_seed_creates_and_fills_the_orders_table(
     with services.source_engine.connect() as conn:
         count, low, high = conn.execute(text("SELECT count(*), min(id), max(id) FROM orders")).one()
     assert (count, low, high) == (500, 1, 500)
+
+
+def test_a_version_5_ledger_keeps_its_integer_chunks_after_the_migration(
+    postgres_url: str,
+) -> None:
+    admin_url = make_url(postgres_url).set(database="postgres")
+    with scratch_database(
+        admin_url.render_as_string(hide_password=False), f"etl_v5_{uuid.uuid4().hex[:8]}"
+    ) as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            ledger = Ledger(engine)
+            run_id = new_run(ledger)
+            # Keys 1..150 as version 5 planned them: the last key_hi is key_max + 1, exclusive.
+            ledger.record_plan(run_id, [ChunkRange(0, 1, 101), ChunkRange(1, 101, 151)], WINDOW)
+            with engine.begin() as conn:  # back to version 5: integer bounds, no flag
+                conn.execute(
+                    text(
+                        "ALTER TABLE etl_chunks DROP COLUMN key_hi_inclusive, "
+                        "ALTER COLUMN key_lo TYPE BIGINT USING key_lo::bigint, "
+                        "ALTER COLUMN key_hi TYPE BIGINT USING key_hi::bigint"
+                    )
+                )
+                conn.execute(text("DELETE FROM etl_schema_version WHERE version > 5"))
+
+            assert upgrade(engine) == SCHEMA_VERSION
+
+            chunks = ledger.get_chunks(run_id)
+            assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in chunks] == [
+                (1, 101, False),
+                (101, 151, False),
+            ]
+            types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("etl_chunks")}
+            assert (types["key_lo"], types["key_hi"], types["key_hi_inclusive"]) == (
+                "TEXT",
+                "TEXT",
+                "BOOLEAN",
+            )
+            other = new_run(ledger)
+            uuids = ("0b7e4b6c-7d1f-4e0a-9a53-3f1c0c5c0001", "f3a1c9d2-1b2c-4d5e-8f90-a1b2c3d4e5f6")
+            ledger.record_plan(other, [ChunkRange(0, *uuids, key_hi_inclusive=True)], WINDOW)
+            [chunk] = ledger.get_chunks(other)
+            assert (chunk.key_lo, chunk.key_hi, chunk.key_hi_inclusive) == (*uuids, True)
+        finally:
+            engine.dispose()

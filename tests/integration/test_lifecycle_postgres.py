@@ -165,7 +165,7 @@ def test_a_start_the_broker_refuses_ends_the_run_once(recorded: Services, one_pl
     before = finished(one_place, RunState.FAILED)
 
     with pytest.raises(EnqueueFailed, match="broker down"):
-        recorded.runs.start_run(one_place, logical_date=DAY)
+        recorded.runs.start_run(one_place, interval=DAY)
 
     [run] = recorded.ledger.list_runs(pipeline=one_place)
     assert run.state is RunState.FAILED

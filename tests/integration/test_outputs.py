@@ -18,7 +18,7 @@ from etl.config import Settings, settings_env
 from etl.domain.runs import Run, RunState, Trigger
 from etl.service import execution as steps
 
-from builders import with_orders
+from builders import utc_day, with_orders
 from support import expected_records
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,7 @@ def commit(services: Services, day: date) -> Run:
     """plan, every chunk, commit: a run of orders_daily, without a worker."""
     run, _ = services.ledger.create_run(
         pipeline="orders_daily",
+        interval=utc_day(day),
         logical_date=day,
         trigger=Trigger.MANUAL,
         params={"chunk_size": CHUNK_SIZE},

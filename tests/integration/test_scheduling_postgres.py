@@ -20,7 +20,7 @@ from etl.pipelines import PIPELINES
 from etl.service import execution as steps
 from etl.service.lifecycle import RunService
 
-from builders import beat_ticks, read_json_lines_gzip
+from builders import beat_ticks, read_json_lines_gzip, utc_day
 from fakes import RecordingEnqueue
 from support import wait_until
 
@@ -115,7 +115,9 @@ def test_concurrent_plan_tasks_admit_only_max_active_runs(services: Services) ->
         max_active=2,
         reprocess="none",
         params={},
-        dates=[date(2025, 1, d) for d in range(1, 9)],
+        intervals=[
+            (utc_day(day), day, day.isoformat()) for day in (date(2025, 1, d) for d in range(1, 9))
+        ],
     )
     admitted: list[str] = []
     barrier = threading.Barrier(len(runs))
@@ -166,7 +168,7 @@ def insert_events(services: Services, ids: range, age_s: float) -> None:
 
 def run_once(services: Services, day: date) -> tuple[str, list[int]]:
     run, _ = RunService(services.ledger, RecordingEnqueue()).start_run(
-        "events_incremental", logical_date=day, trigger=Trigger.MANUAL
+        "events_incremental", interval=day, trigger=Trigger.MANUAL
     )
     pending = steps.plan_run(services, run.id)
     assert pending is not None
@@ -228,7 +230,7 @@ def test_an_incremental_window_is_fixed_when_planned(events: Services) -> None:
     services = events
     insert_events(services, range(2, 17, 2), age_s=60)
     run, _ = RunService(services.ledger, RecordingEnqueue()).start_run(
-        "events_incremental", logical_date=date(2026, 5, 1)
+        "events_incremental", interval=date(2026, 5, 1)
     )
     pending = steps.plan_run(services, run.id)
     assert pending is not None and pending[0].key_lo <= 3 < pending[0].key_hi
@@ -244,7 +246,7 @@ def test_a_retried_run_whose_window_was_committed_since_is_refused(events: Servi
     services = events
     insert_events(services, range(1, 5), age_s=60)
     service = RunService(services.ledger, RecordingEnqueue())
-    stale, _ = service.start_run("events_incremental", logical_date=date(2026, 5, 1))
+    stale, _ = service.start_run("events_incremental", interval=date(2026, 5, 1))
     assert steps.plan_run(services, stale.id) is not None
     services.ledger.fail_run(stale.id, "worker lost")  # its window: (unset, high]
 
@@ -268,7 +270,7 @@ def test_full_refresh_pipelines_record_no_cursor_window(services: Services) -> N
 
     seed_orders(services.source_engine, 100)
     run, _ = RunService(services.ledger, RecordingEnqueue()).start_run(
-        "orders_daily", logical_date=date(2026, 5, 3), params={"chunk_size": 50}
+        "orders_daily", interval=date(2026, 5, 3), params={"chunk_size": 50}
     )
     steps.plan_run(services, run.id)
     window = services.ledger.get_run(run.id).window
@@ -283,9 +285,10 @@ def test_two_backfills_of_the_same_dates_at_once_start_each_date_once(
     days = [date(2025, 3, d) for d in range(1, 4)]
     before = {run.id for run in ledger.list_runs(date_from=days[0], date_to=days[-1])}
     # Both planned on the same ledger, then recorded at the same moment.
+    covering = (utc_day(days[0]).start, utc_day(days[-1]).start)
     planned_on = {
-        day: run.id
-        for day, run in ledger.latest_runs_by_date("orders_daily", days[0], days[-1]).items()
+        moment: run.id
+        for moment, run in ledger.latest_runs_by_interval("orders_daily", *covering).items()
     }
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
@@ -300,8 +303,9 @@ def test_two_backfills_of_the_same_dates_at_once_start_each_date_once(
                 max_active=1,
                 reprocess="none",
                 params={},
-                dates=days,
+                intervals=[(utc_day(day), day, day.isoformat()) for day in days],
                 planned_on=planned_on,
+                covering=covering,
             )
             outcomes.append(f"started {backfill.id}")
         except BackfillConflict:

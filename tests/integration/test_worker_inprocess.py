@@ -29,6 +29,7 @@ from etl.worker.app import (
     make_celery,
 )
 
+from builders import utc_day
 from support import assert_run_output_matches_source, wait_until
 
 pytestmark = pytest.mark.integration
@@ -69,7 +70,7 @@ def test_a_run_completes_with_every_row_once(
 ) -> None:
     seed_orders(services.source_engine, 3_000)
     run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
-        "orders_daily", logical_date=date(2026, 11, 1), params={"chunk_size": 700}
+        "orders_daily", interval=date(2026, 11, 1), params={"chunk_size": 700}
     )
     final = wait_for_run(services.ledger, run.id, timeout_s=60)
     assert final.state is RunState.SUCCEEDED, final.reason
@@ -93,7 +94,7 @@ def test_a_chunk_result_on_the_result_backend_is_under_1kb(
 ) -> None:
     seed_orders(services.source_engine, rows)
     run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
-        "orders_daily", logical_date=date(2026, 11, 2), params={"chunk_size": chunk_size}
+        "orders_daily", interval=date(2026, 11, 2), params={"chunk_size": chunk_size}
     )
     final = wait_for_run(services.ledger, run.id, timeout_s=60)
     assert final.state is RunState.SUCCEEDED and final.chunk_count == -(-rows // chunk_size)
@@ -119,6 +120,7 @@ def test_a_pickle_message_is_refused_and_the_worker_keeps_serving(
     seed_orders(services.source_engine, 1_000)
     target, _ = services.ledger.create_run(
         pipeline="orders_daily",
+        interval=utc_day(date(2026, 11, 3)),
         logical_date=date(2026, 11, 3),
         trigger=Trigger.MANUAL,
         params={"chunk_size": 500},
@@ -128,7 +130,7 @@ def test_a_pickle_message_is_refused_and_the_worker_keeps_serving(
     celery_app.send_task(TASK_TRANSFORM_CHUNK, args=[target.id, 0], serializer="pickle")
     # A legitimate run queued behind the pickle message completes: the worker went on.
     run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
-        "orders_daily", logical_date=date(2026, 11, 4)
+        "orders_daily", interval=date(2026, 11, 4)
     )
     assert wait_for_run(services.ledger, run.id, timeout_s=60).state is RunState.SUCCEEDED
     chunk = services.ledger.get_chunk(target.id, 0)
@@ -178,7 +180,7 @@ def test_a_transform_raising_key_error_fails_its_chunk_and_its_run_naming_it(
     monkeypatch.setitem(PIPELINES, broken.name, broken)
     seed_orders(services.source_engine, 1_000)
     run, _ = RunService(services.ledger, celery_enqueue(celery_app)).start_run(
-        broken.name, logical_date=date(2026, 11, 3), params={"chunk_size": 1_000}
+        broken.name, interval=date(2026, 11, 3), params={"chunk_size": 1_000}
     )
 
     final = wait_for_run(services.ledger, run.id, timeout_s=60)

@@ -4,6 +4,7 @@ places free up, already-succeeded dates skipped unless asked (SQLite ledger, mot
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -17,21 +18,16 @@ from etl.bootstrap import Services
 from etl.cli import main
 from etl.cli.backfill import progress_text
 from etl.cli.progress import ProgressLine
-from etl.domain.backfills import (
-    MAX_BACKFILL_DAYS,
-    BackfillProgress,
-    Reprocess,
-    dates_between,
-    plan_backfill,
-)
+from etl.domain.backfills import BackfillProgress, Reprocess, plan_backfill
 from etl.domain.errors import BackfillConflict
+from etl.domain.intervals import MAX_INTERVALS, Grain
 from etl.domain.runs import Run, RunState, Trigger
 from etl.pipelines import PIPELINES, get_pipeline
 from etl.service import execution as steps
 from etl.service.backfills import cancel_backfill, start_backfill
 from etl.service.lifecycle import EnqueueFailed, RunService
 
-from builders import auth, with_orders
+from builders import auth, utc_day, with_orders
 from fakes import RecordingEnqueue
 
 D1 = date(2026, 10, 1)
@@ -67,12 +63,16 @@ def finish(services: Services, run_id: str) -> Run:
 # -- the pure part ---------------------------------------------------------------------
 
 
+UTC_DAYS = Grain()
+
+
 def run_in(state: RunState, day: date) -> Run:
     moment = datetime(2026, 10, 1, tzinfo=UTC)
     return Run(
         id=f"run-{day}",
         pipeline="p",
         logical_date=day,
+        interval=UTC_DAYS.of_date(day),
         trigger=Trigger.MANUAL,
         state=state,
         params={},
@@ -95,23 +95,29 @@ def test_a_backfill_plan_decides_per_date_by_its_latest_run(
 ) -> None:
     dates = days(5)
     latest = {
-        dates[1]: run_in(RunState.SUCCEEDED, dates[1]),
-        dates[2]: run_in(RunState.FAILED, dates[2]),
-        dates[3]: run_in(RunState.CANCELLED, dates[3]),
-        dates[4]: run_in(RunState.RUNNING, dates[4]),  # never two active runs of a date
+        run.interval.start: run
+        for run in (
+            run_in(RunState.SUCCEEDED, dates[1]),
+            run_in(RunState.FAILED, dates[2]),
+            run_in(RunState.CANCELLED, dates[3]),
+            run_in(RunState.RUNNING, dates[4]),  # never two active runs of a date
+        )
     }
-    plans = plan_backfill(dates, latest, reprocess)
+    named = [(UTC_DAYS.of_date(day), day, day.isoformat()) for day in dates]
+    plans = plan_backfill(named, latest, reprocess)
     assert [p.run for p in plans] == runs
     assert plans[0].reason == "no run yet"
     assert "still active" in plans[4].reason and plans[4].existing_run_id == "run-2026-10-05"
 
 
 def test_a_backfill_range_must_be_forward_and_bounded() -> None:
-    assert dates_between(D1, D1) == [D1]
+    assert UTC_DAYS.in_range(D1, D1) == [UTC_DAYS.of_date(D1)]
     with pytest.raises(ValueError, match="is before start"):
-        dates_between(D1, D1 - timedelta(days=1))
-    with pytest.raises(ValueError, match=f"at most {MAX_BACKFILL_DAYS} days"):
-        dates_between(D1, D1 + timedelta(days=MAX_BACKFILL_DAYS))
+        UTC_DAYS.in_range(D1, D1 - timedelta(days=1))
+    with pytest.raises(ValueError, match=f"more than {MAX_INTERVALS} intervals"):
+        UTC_DAYS.in_range(D1, D1 + timedelta(days=MAX_INTERVALS))
+    with pytest.raises(ValueError, match="two dates or two timestamps"):
+        UTC_DAYS.in_range(D1, datetime(2026, 10, 2, tzinfo=UTC))
 
 
 def test_progress_counts_runs_and_estimates_the_rest() -> None:
@@ -257,8 +263,8 @@ def test_max_active_runs_keeps_a_pipelines_runs_from_overlapping(
     seeded: Services, enqueue: RecordingEnqueue, one_at_a_time: str
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
-    first, _ = service.start_run(one_at_a_time, logical_date=D1)
-    second, _ = service.start_run(one_at_a_time, logical_date=D1 + timedelta(days=1))
+    first, _ = service.start_run(one_at_a_time, interval=D1)
+    second, _ = service.start_run(one_at_a_time, interval=D1 + timedelta(days=1))
 
     assert steps.plan_run(seeded, first.id) is not None
     assert steps.plan_run(seeded, second.id) is None  # waits: one run at a time
@@ -455,7 +461,7 @@ def test_etl_cancel_backfill_and_runs_backfill(
     upgrade(engine)
     backfill, _ = Ledger(engine).create_backfill(
         pipeline="orders_daily", start=D1, end=D1, max_active=1, reprocess="none",
-        params={}, dates=[D1],
+        params={}, intervals=[(utc_day(D1), D1, D1.isoformat())],
     )  # fmt: skip
     engine.dispose()
 
@@ -471,12 +477,12 @@ def test_a_retried_run_waits_for_a_place_like_any_other_and_keeps_its_plan(
     seeded: Services, enqueue: RecordingEnqueue, one_at_a_time: str
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
-    failed, _ = service.start_run(one_at_a_time, logical_date=D1)
+    failed, _ = service.start_run(one_at_a_time, interval=D1)
     planned = steps.plan_run(seeded, failed.id)
     assert planned
     steps.transform_chunk(seeded, failed.id, planned[0].index)
     seeded.ledger.fail_run(failed.id, "chunk 1 failed: boom")
-    other, _ = service.start_run(one_at_a_time, logical_date=D1 + timedelta(days=1))
+    other, _ = service.start_run(one_at_a_time, interval=D1 + timedelta(days=1))
     assert steps.plan_run(seeded, other.id) is not None  # the other run now holds the place
 
     service.retry_run(failed.id)
@@ -501,7 +507,7 @@ def test_cancelling_a_backfill_sends_a_run_that_waited_behind_it_its_plan(
     assert backfill is not None
     [backfilled] = seeded.ledger.backfill_runs(backfill.id)
     assert steps.plan_run(seeded, backfilled.id) is not None  # holds the pipeline's place
-    waiting, _ = service.start_run(one_at_a_time, logical_date=D1 + timedelta(days=5))
+    waiting, _ = service.start_run(one_at_a_time, interval=D1 + timedelta(days=5))
     assert steps.plan_run(seeded, waiting.id) is None
     enqueue.calls.clear()
 
@@ -516,14 +522,20 @@ def test_two_backfills_planned_at_once_cannot_both_start_a_date(
 ) -> None:
     service = RunService(seeded.ledger, enqueue)
     # The second backfill decided on the ledger as it was before the first one started.
+    day = utc_day(D1)
     stale = {
-        day: run.id
-        for day, run in seeded.ledger.latest_runs_by_date("orders_daily", D1, D1).items()
+        moment: run.id
+        for moment, run in seeded.ledger.latest_runs_by_interval(
+            "orders_daily", day.start, day.start
+        ).items()
     }
     first, _ = start_backfill(service, "orders_daily", start=D1, end=D1, max_active=1)
     assert first is not None
 
-    with pytest.raises(BackfillConflict, match=f"orders_daily for {D1} started"):
+    with pytest.raises(
+        BackfillConflict,
+        match=re.escape(f"orders_daily for intervals starting {day.start.isoformat()}"),
+    ):
         seeded.ledger.create_backfill(
             pipeline="orders_daily",
             start=D1,
@@ -531,7 +543,8 @@ def test_two_backfills_planned_at_once_cannot_both_start_a_date(
             max_active=1,
             reprocess=Reprocess.NONE.value,
             params={},
-            dates=[D1],
+            intervals=[(day, D1, D1.isoformat())],
             planned_on=stale,
+            covering=(day.start, day.start),
         )
     assert [run.backfill_id for run in seeded.ledger.list_runs()] == [first.id]

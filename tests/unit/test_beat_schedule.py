@@ -79,10 +79,24 @@ def test_the_schedule_has_the_reconciler_and_one_entry_per_scheduled_pipeline() 
     assert set(entries) == {"reconcile", "pipeline:orders_daily"}
     reconcile = entries["reconcile"]
     assert reconcile.task == "etl.reconcile" and reconcile.expires_s == RECONCILE_EVERY_S
-    assert reconcile.args(None) == []
+    slot = datetime(2026, 5, 2, 2, tzinfo=UTC)
+    assert reconcile.args(slot) == []
     nightly = entries["pipeline:orders_daily"]
     assert nightly.task == "etl.start_scheduled_run"
-    assert nightly.args(date(2026, 5, 1)) == ["orders_daily", "2026-05-01"]
+    # the 02:00 slot of 2 May starts the run of 1 May, named by its date
+    assert nightly.args(slot) == ["orders_daily", "2026-05-01"]
+
+
+def test_an_hourly_entry_names_each_slots_run_by_the_start_of_the_hour_before_it() -> None:
+    hourly = replace(
+        PIPELINES["orders_daily"],
+        name="orders_hourly",
+        schedule=Cron("5 * * * *", "Europe/Berlin", interval="hour"),
+    )
+    [entry] = [e for e in schedule_entries({"orders_hourly": hourly}) if e.pipeline]
+    slot = datetime(2026, 10, 25, 0, 5, tzinfo=UTC)  # 02:05 CEST, the first 02:05 that night
+    assert entry.args(slot) == ["orders_hourly", "2026-10-24T23:00:00+00:00"]
+    assert entry.logical_date(slot) == date(2026, 10, 25)
 
 
 @pytest.mark.parametrize(

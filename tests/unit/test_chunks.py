@@ -1,121 +1,236 @@
+"""Chunks from the data: boundaries at every chunk_size-th row in key order, ranges that
+partition the window's rows exactly whatever the keys, and the most chunks a run may have."""
+
 from __future__ import annotations
 
-import random
 import re
+import uuid
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from itertools import pairwise
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from etl.domain.chunks import (
+    ChunkKey,
     ChunkRange,
+    KeySpan,
     PlanTooLarge,
+    as_chunk_key,
     check_chunk_count,
+    chunk_starts,
     count_chunks,
+    describe_key_range,
+    pick_boundaries,
     plan_chunks,
 )
 
 
-def assert_exact_cover(chunks: list[ChunkRange], key_min: int, key_max: int, size: int) -> None:
-    assert [chunk.index for chunk in chunks] == list(range(len(chunks)))
-    assert chunks[0].key_lo == key_min
-    assert chunks[-1].key_hi == key_max + 1
-    for before, after in pairwise(chunks):
-        assert before.key_hi == after.key_lo, f"gap or overlap between {before} and {after}"
-    for chunk in chunks:
-        assert 1 <= chunk.key_hi - chunk.key_lo <= size
-    for chunk in chunks[:-1]:
-        assert chunk.key_hi - chunk.key_lo == size
-    assert len(chunks) == -(-(key_max - key_min + 1) // size)
+def plan_of(keys: list[Any], size: int) -> list[ChunkRange]:
+    """What planning makes of a window holding ``keys``: the span, then the boundaries."""
+    ordered = sorted(keys)
+    span = KeySpan(len(ordered), ordered[0], ordered[-1]) if ordered else KeySpan(0)
+    return plan_chunks(span, pick_boundaries(ordered, size))
 
 
-def test_ranges_are_half_open_contiguous_and_indexed_from_zero() -> None:
-    assert plan_chunks(1, 10, 4) == [
+def in_chunk(key: Any, chunk: ChunkRange) -> bool:
+    """The range a chunk reads, as the source's SQL says it."""
+    if chunk.key_hi_inclusive:
+        return bool(chunk.key_lo <= key <= chunk.key_hi)
+    return bool(chunk.key_lo <= key < chunk.key_hi)
+
+
+def rows_per_chunk(keys: list[Any], chunks: list[ChunkRange]) -> list[int]:
+    """How many of ``keys`` each chunk reads; fails if a key is read by no chunk or two."""
+    counts = Counter[int]()
+    for key in keys:
+        readers = [chunk.index for chunk in chunks if in_chunk(key, chunk)]
+        assert len(readers) == 1, f"key {key!r} is read by chunks {readers}"
+        counts[readers[0]] += 1
+    return [counts[chunk.index] for chunk in chunks]
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+def test_dense_integer_keys_share_the_rows_evenly_the_last_chunk_ending_at_key_max() -> None:
+    # Ten rows at chunk_size 4: three chunks, of 4, 3 and 3 rows (not 4, 4 and 2).
+    chunks = plan_of(list(range(1, 11)), 4)
+    assert chunks == [
         ChunkRange(index=0, key_lo=1, key_hi=5),
-        ChunkRange(index=1, key_lo=5, key_hi=9),
-        ChunkRange(index=2, key_lo=9, key_hi=11),
+        ChunkRange(index=1, key_lo=5, key_hi=8),
+        ChunkRange(index=2, key_lo=8, key_hi=10, key_hi_inclusive=True),
+    ]
+    assert plan_of(list(range(1, 2001)), 500) == [
+        ChunkRange(0, 1, 501),
+        ChunkRange(1, 501, 1001),
+        ChunkRange(2, 1001, 1501),
+        ChunkRange(3, 1501, 2000, key_hi_inclusive=True),
     ]
 
 
-def test_last_chunk_is_shorter_when_the_range_is_not_a_multiple() -> None:
-    chunks = plan_chunks(1, 2001, 500)
-    assert len(chunks) == 5
-    assert chunks[-1] == ChunkRange(index=4, key_lo=2001, key_hi=2002)
+def test_a_sparse_key_gets_chunks_even_in_rows_not_in_keys() -> None:
+    # The issue's source: ids 1..1,000 and 1,000,000..2,000,000, 1,001,001 rows.
+    keys = [*range(1, 1_001), *range(1_000_000, 2_000_001)]
+    chunks = plan_of(keys, 50_000)
+
+    sizes = []
+    for chunk in chunks:  # the keys are sorted: each chunk's rows are a slice of them
+        end = bisect_right if chunk.key_hi_inclusive else bisect_left
+        sizes.append(end(keys, chunk.key_hi) - bisect_left(keys, chunk.key_lo))
+    assert len(chunks) == 21 and sum(sizes) == len(keys)
+    assert set(sizes) == {47_666, 47_667}
+    assert [chunk.key_lo for chunk in chunks[:2]] == [1, 1_046_667]
+    assert (chunks[-1].key_hi, chunks[-1].key_hi_inclusive) == (2_000_000, True)
 
 
-def test_exact_multiple_gives_full_chunks_only() -> None:
-    chunks = plan_chunks(1, 2000, 500)
-    assert [(c.key_lo, c.key_hi) for c in chunks] == [
-        (1, 501),
-        (501, 1001),
-        (1001, 1501),
-        (1501, 2001),
+def test_text_keys_are_chunked_in_their_order() -> None:
+    keys = ["delta", "alpha", "echo", "charlie", "bravo"]
+    assert plan_of(keys, 2) == [
+        ChunkRange(0, "alpha", "charlie"),
+        ChunkRange(1, "charlie", "echo"),
+        ChunkRange(2, "echo", "echo", key_hi_inclusive=True),
     ]
 
 
-def test_a_single_key_is_one_chunk_of_one_key() -> None:
-    assert plan_chunks(42, 42, 1000) == [ChunkRange(index=0, key_lo=42, key_hi=43)]
+def test_a_key_repeated_across_a_boundary_stays_in_one_chunk() -> None:
+    keys = [1, 2, 2, 2, 2, 2, 3, 4]
+    chunks = plan_of(keys, 2)
+    # Rows 0, 2, 4, 6 have keys 1, 2, 2, 3: the repeated 2 starts one chunk only.
+    assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in chunks] == [
+        (1, 2, False),
+        (2, 3, False),
+        (3, 4, True),
+    ]
+    assert rows_per_chunk(keys, chunks) == [1, 5, 2]
 
 
-def test_chunk_size_one_gives_one_chunk_per_key() -> None:
-    chunks = plan_chunks(-2, 2, 1)
-    assert [(c.key_lo, c.key_hi) for c in chunks] == [(-2, -1), (-1, 0), (0, 1), (1, 2), (2, 3)]
+def test_a_window_of_one_key_is_one_chunk_however_many_rows() -> None:
+    assert plan_of([7] * 5, 2) == [ChunkRange(0, 7, 7, key_hi_inclusive=True)]
+    assert plan_of([42], 1000) == [ChunkRange(0, 42, 42, key_hi_inclusive=True)]
 
 
-@pytest.mark.parametrize(("key_min", "key_max"), [(None, None), (None, 5), (5, None)])
-def test_an_empty_source_plans_no_chunks(key_min: int | None, key_max: int | None) -> None:
-    assert plan_chunks(key_min, key_max, 100) == []
+def test_an_empty_window_plans_no_chunks() -> None:
+    assert plan_of([], 100) == []
+    assert plan_chunks(KeySpan(0), []) == []
 
 
-@pytest.mark.parametrize("size", [0, -1, -50_000])
-def test_a_chunk_size_below_one_is_refused(size: int) -> None:
-    with pytest.raises(ValueError, match="chunk_size must be positive"):
-        plan_chunks(1, 10, size)
+def test_the_plan_starts_at_key_min_even_when_that_row_went_before_the_boundaries() -> None:
+    # The span saw key 1; by the time the boundaries are read its row is gone.
+    chunks = plan_chunks(KeySpan(6, 1, 6), [2, 4, 6])
+    assert [(c.key_lo, c.key_hi) for c in chunks] == [(1, 4), (4, 6), (6, 6)]
+    assert rows_per_chunk([1, 2, 3, 4, 5, 6], chunks) == [3, 2, 1]
 
 
-def test_a_chunk_size_below_one_is_refused_even_for_an_empty_source() -> None:
-    with pytest.raises(ValueError, match="chunk_size"):
-        plan_chunks(None, None, 0)
+@given(
+    keys=st.lists(st.integers(-50, 50), max_size=300),
+    size=st.integers(1, 40),
+)
+def test_chunks_partition_the_rows_exactly_whatever_the_keys(keys: list[int], size: int) -> None:
+    chunks = plan_of(keys, size)
+
+    counts = rows_per_chunk(keys, chunks)  # every row read once, none twice
+
+    assert [chunk.index for chunk in chunks] == list(range(len(chunks)))
+    assert all(count >= 1 for count in counts)  # no empty chunk
+    assert len(chunks) <= count_chunks(len(keys), size)
+    for before, after in pairwise(chunks):
+        assert before.key_hi == after.key_lo and not before.key_hi_inclusive
+    if chunks:
+        assert chunks[-1].key_hi_inclusive and chunks[-1].key_hi == max(keys)
+    if len(set(keys)) == len(keys):  # distinct keys: as many rows as can be, to a row
+        assert len(chunks) == count_chunks(len(keys), size)
+        assert max(counts, default=0) <= size
+        assert max(counts, default=0) - min(counts, default=0) <= 1
 
 
-def test_a_maximum_below_the_minimum_is_refused() -> None:
-    with pytest.raises(ValueError, match="key_max 9 is below key_min 10"):
-        plan_chunks(10, 9, 5)
+@given(keys=st.lists(st.uuids(), min_size=1, max_size=200, unique=True), size=st.integers(1, 30))
+def test_uuid_keys_as_text_partition_the_rows_too(keys: list[uuid.UUID], size: int) -> None:
+    text_keys = [as_chunk_key(key) for key in keys]
+    chunks = plan_of(text_keys, size)
+    counts = rows_per_chunk(text_keys, chunks)
+    assert sum(counts) == len(keys) and len(chunks) == count_chunks(len(keys), size)
 
 
-def test_many_random_ranges_are_covered_exactly_once() -> None:
-    rng = random.Random(20261123)
-    for _ in range(1000):
-        key_min = rng.randint(-1_000_000, 1_000_000)
-        key_max = key_min + rng.choice([0, 1, rng.randint(0, 50), rng.randint(0, 100_000)])
-        width = key_max - key_min + 1
-        # From one key to more than the whole range, but never more than 500 chunks.
-        size = rng.choice([1, 2, 3, rng.randint(1, 1000), rng.randint(1, width + 10)])
-        size = max(size, -(-width // 500))
-        chunks = plan_chunks(key_min, key_max, size)
-        assert_exact_cover(chunks, key_min, key_max, size)
-        covered = sum(chunk.key_hi - chunk.key_lo for chunk in chunks)
-        assert covered == key_max - key_min + 1
+def test_chunks_start_at_rows_that_share_the_rows_evenly() -> None:
+    assert chunk_starts(7, 3) == [0, 3, 5]  # 3 chunks: 3, 2 and 2 rows
+    assert chunk_starts(2000, 500) == [0, 500, 1000, 1500]
+    assert chunk_starts(1, 500) == [0]
+    assert chunk_starts(0, 500) == []
 
 
-def test_the_count_is_the_number_of_chunks_the_plan_makes() -> None:
-    rng = random.Random(20261124)
-    for _ in range(500):
-        key_min = rng.randint(-10_000, 10_000)
-        key_max = key_min + rng.randint(0, 5_000)
-        size = rng.randint(1, 700)
-        assert count_chunks(key_min, key_max, size) == len(plan_chunks(key_min, key_max, size))
-    assert count_chunks(None, None, 5) == 0
-    with pytest.raises(ValueError, match="chunk_size must be positive"):
-        count_chunks(1, 10, 0)
+@given(rows=st.integers(0, 5_000), size=st.integers(1, 6_000))
+def test_the_start_rows_are_those_the_sql_test_picks(rows: int, size: int) -> None:
+    starts = chunk_starts(rows, size)
+    chunks = len(starts)
+    assert chunks == count_chunks(rows, size)
+    assert starts == [row for row in range(rows) if row * chunks % rows < chunks]
+    assert all(0 < later - earlier <= size for earlier, later in pairwise([*starts, rows]))
+
+
+def test_boundaries_are_the_first_keys_of_the_chunks_once_each() -> None:
+    assert pick_boundaries([1, 2, 3, 4, 5, 6, 7], 3) == [1, 4, 6]
+    assert pick_boundaries(["a", "a", "a", "b"], 2) == ["a"]
+    assert pick_boundaries([], 5) == []
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
+        pick_boundaries([1], 0)
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (5, 5),
+        ("abc", "abc"),
+        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "2026-01-02T03:04:05.000006+00:00"),
+        (date(2026, 1, 2), "2026-01-02"),
+        (Decimal("12.50"), "12.50"),
+    ],
+)
+def test_a_key_is_kept_as_a_json_scalar(value: object, key: ChunkKey) -> None:
+    assert as_chunk_key(value) == key
+    assert type(as_chunk_key(value)) is type(key)
+
+
+@pytest.mark.parametrize("value", [True, b"raw", None])
+def test_a_key_of_another_type_is_refused(value: object) -> None:
+    with pytest.raises(TypeError, match="chunk key"):
+        as_chunk_key(value)
+
+
+def test_a_chunk_range_reads_as_people_expect() -> None:
+    assert describe_key_range(1, 501, False) == "1..500"
+    assert describe_key_range(1501, 2000, True) == "1501..2000"
+    assert describe_key_range("a", "m", False) == "[a,m)"
+    assert describe_key_range("m", "z", True) == "[m,z]"
+
+
+# -- the limit -----------------------------------------------------------------------------
+
+
+def test_the_count_is_the_rows_over_the_chunk_size_rounded_up() -> None:
+    assert [count_chunks(rows, 500) for rows in (0, 1, 500, 501, 2000)] == [0, 1, 1, 2, 4]
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
+        count_chunks(10, 0)
+    with pytest.raises(ValueError, match="rows must not be negative"):
+        count_chunks(-1, 10)
 
 
 def test_a_plan_over_the_limit_is_refused_naming_pipeline_count_size_limit_and_remedy() -> None:
     # The issue's reproduction: chunk_size=5 on 300,000 rows.
     with pytest.raises(PlanTooLarge) as refused:
-        check_chunk_count("orders_daily", 1, 300_000, 5, 10_000)
+        check_chunk_count("orders_daily", 300_000, 5, 10_000)
 
     assert str(refused.value) == (
-        "pipeline orders_daily would plan 60,000 chunks (keys 1..300000 at chunk_size 5), "
+        "pipeline orders_daily would plan 60,000 chunks (300,000 rows at chunk_size 5), "
         "over the limit of 10,000 chunks a run: use a chunk_size of at least 30, "
         "or raise ETL_MAX_CHUNKS_PER_RUN"
     )
@@ -126,31 +241,27 @@ def test_a_plan_over_the_limit_is_refused_naming_pipeline_count_size_limit_and_r
     )
 
 
-def test_the_chunk_size_the_refusal_suggests_fits_under_the_limit() -> None:
-    rng = random.Random(7)
-    for _ in range(300):
-        key_min = rng.randint(-1_000_000, 1_000_000)
-        key_max = key_min + rng.randint(100, 10_000_000)
-        limit = rng.randint(1, 50)
-        size = 1
-        with pytest.raises(PlanTooLarge) as refused:
-            check_chunk_count("p", key_min, key_max, size, limit)
-        found = re.search(r"chunk_size of at least ([0-9,]+),", str(refused.value))
-        assert found is not None, refused.value
-        suggested = int(found.group(1).replace(",", ""))
-        assert count_chunks(key_min, key_max, suggested) <= limit
-        assert count_chunks(key_min, key_max, suggested - 1) > limit
+@given(rows=st.integers(2, 10**9), limit=st.integers(1, 10_000))
+def test_the_chunk_size_the_refusal_suggests_fits_under_the_limit(rows: int, limit: int) -> None:
+    if count_chunks(rows, 1) <= limit:
+        return
+    with pytest.raises(PlanTooLarge) as refused:
+        check_chunk_count("p", rows, 1, limit)
+    found = re.search(r"chunk_size of at least ([0-9,]+),", str(refused.value))
+    assert found is not None, refused.value
+    suggested = int(found.group(1).replace(",", ""))
+    assert count_chunks(rows, suggested) <= limit
+    assert count_chunks(rows, suggested - 1) > limit
 
 
-def test_a_plan_at_the_limit_is_allowed_and_an_empty_source_always_is() -> None:
-    assert check_chunk_count("orders_daily", 1, 300_000, 30, 10_000) == 10_000
-    assert check_chunk_count("orders_daily", None, None, 1, 1) == 0
+def test_a_plan_at_the_limit_is_allowed_and_an_empty_window_always_is() -> None:
+    assert check_chunk_count("orders_daily", 300_000, 30, 10_000) == 10_000
+    assert check_chunk_count("orders_daily", 0, 1, 1) == 0
     with pytest.raises(PlanTooLarge):
-        check_chunk_count("orders_daily", 1, 300_000, 29, 10_000)
+        check_chunk_count("orders_daily", 300_000, 29, 10_000)
 
 
 @pytest.mark.timeout(10)
-def test_a_runaway_plan_is_refused_without_building_its_chunks() -> None:
-    # 10**15 one-key chunks: building them would never finish; counting answers at once.
+def test_a_runaway_plan_is_refused_from_its_row_count_alone() -> None:
     with pytest.raises(PlanTooLarge, match="1,000,000,000,000,000 chunks"):
-        check_chunk_count("orders_daily", 0, 10**15 - 1, 1, 10_000)
+        check_chunk_count("orders_daily", 10**15, 1, 10_000)

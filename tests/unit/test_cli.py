@@ -13,6 +13,8 @@ from etl.cli import main
 from etl.domain.runs import Trigger
 from etl.service import execution as steps
 
+from builders import utc_day
+
 CLOSED_BROKER = "amqp://guest:guest@127.0.0.1:1//"
 
 
@@ -157,6 +159,7 @@ def test_status_shows_a_table_of_chunks_with_state_rows_duration_and_tries(
     seed_orders(services.source_engine, 1_000)
     run, _ = services.ledger.create_run(
         pipeline="orders_daily",
+        interval=utc_day(date(2026, 11, 1)),
         logical_date=date(2026, 11, 1),
         trigger=Trigger.MANUAL,
         params={"chunk_size": 500},

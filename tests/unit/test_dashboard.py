@@ -14,7 +14,7 @@ from etl.bootstrap import Services
 from etl.domain.runs import Trigger
 from etl.service import execution as steps
 
-from builders import api_app
+from builders import api_app, utc_day
 from fakes import RecordingEnqueue
 
 
@@ -37,9 +37,12 @@ def client(services: Services) -> FlaskClient:
 def committed_run(services: Services) -> str:
     seed_orders(services.source_engine, 1_000)
     run, _ = services.ledger.create_run(
-        pipeline="orders_daily", logical_date=date(2026, 3, 1), trigger=Trigger.MANUAL,
+        pipeline="orders_daily",
+        interval=utc_day(date(2026, 3, 1)),
+        logical_date=date(2026, 3, 1),
+        trigger=Trigger.MANUAL,
         params={"chunk_size": 250},
-    )  # fmt: skip
+    )
     for chunk in steps.plan_run(services, run.id) or []:
         steps.transform_chunk(services, run.id, chunk.index)
     steps.commit_run(services, run.id)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from etl.domain.chunks import KeySpan
 from etl.domain.errors import PlanTooLarge
 from etl.domain.layout import manifest_key, success_key
 from etl.domain.runs import ChunkState, Run, RunState
@@ -65,11 +66,11 @@ def test_plan_run_records_fixed_chunks_and_starts_the_run(fakes: FakeServices) -
     pending = steps.plan_run(fakes, run_id)
 
     assert pending is not None
-    assert [(c.index, c.key_lo, c.key_hi, c.state) for c in pending] == [
-        (0, 1, 501, ChunkState.PENDING),
-        (1, 501, 1001, ChunkState.PENDING),
-        (2, 1001, 1501, ChunkState.PENDING),
-        (3, 1501, 2001, ChunkState.PENDING),
+    assert [(c.index, c.key_lo, c.key_hi, c.key_hi_inclusive, c.state) for c in pending] == [
+        (0, 1, 501, False, ChunkState.PENDING),
+        (1, 501, 1001, False, ChunkState.PENDING),
+        (2, 1001, 1501, False, ChunkState.PENDING),
+        (3, 1501, SEEDED, True, ChunkState.PENDING),  # up to the largest key, included
     ]
     run = fakes.ledger.get_run(run_id)
     assert run.state is RunState.RUNNING
@@ -95,7 +96,7 @@ def test_without_a_chunk_size_parameter_the_pipelines_chunk_size_is_used(
 ) -> None:
     pending = steps.plan_run(fakes, create_run(fakes, params={}))
     assert pending is not None
-    assert [(c.key_lo, c.key_hi) for c in pending] == [(1, SEEDED + 1)]
+    assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in pending] == [(1, SEEDED, True)]
 
 
 def test_a_plan_over_the_limit_records_nothing_and_fails_the_run_with_the_reason() -> None:
@@ -108,7 +109,7 @@ def test_a_plan_over_the_limit_records_nothing_and_fails_the_run_with_the_reason
     run = limited.ledger.get_run(run_id)
     assert run.state is RunState.FAILED
     assert run.reason == (
-        "plan refused: pipeline orders_daily would plan 4 chunks (keys 1..2000 at "
+        "plan refused: pipeline orders_daily would plan 4 chunks (2,000 rows at "
         "chunk_size 500), over the limit of 3 chunks a run: use a chunk_size of at least "
         "667, or raise ETL_MAX_CHUNKS_PER_RUN"
     )
@@ -504,7 +505,33 @@ def test_a_retry_gives_an_exhausted_chunk_its_attempts_back(fakes: FakeServices)
 
 
 def test_a_list_source_reads_only_its_key_range() -> None:
-    # The fake source itself: ranges are half open and in key order.
+    # The fake source itself: ranges are half open (or closed) and in key order.
     source = ListSource([{"id": k} for k in (5, 1, 3, 2, 4)])
-    assert source.key_bounds() == (1, 5)
+    assert source.key_span() == KeySpan(5, 1, 5)
+    assert source.key_boundaries(2, KeySpan(5, 1, 5)) == [1, 3, 5]  # 3 chunks: 2, 2, 1 rows
     assert list(source.read_range(2, 5, 2)) == [[{"id": 2}, {"id": 3}], [{"id": 4}]]
+    assert list(source.read_range(4, 5, 2, key_hi_inclusive=True)) == [[{"id": 4}, {"id": 5}]]
+
+
+def test_a_sparse_key_is_planned_in_chunks_even_in_rows() -> None:
+    # Ids 1..100 and 100,000..101,899: 2,000 rows, four chunks of 500 rows, where chunks
+    # of 500 keys would have made 203 chunks, most of them empty.
+    services = fake_services(rows=SEEDED)
+    rows = services.sources[PIPELINE].rows
+    for row, new_id in zip(rows, [*range(1, 101), *range(100_000, 101_900)], strict=True):
+        row["id"] = new_id
+    run_id = create_run(services)
+
+    pending = steps.plan_run(services, run_id)
+
+    assert pending is not None
+    assert [(c.key_lo, c.key_hi) for c in pending] == [
+        (1, 100_400), (100_400, 100_900), (100_900, 101_400), (101_400, 101_899),
+    ]  # fmt: skip
+    results = run_every_chunk(services, run_id)
+    assert [result["rows"] for result in results if result] == [
+        len(transform_orders(rows[i : i + 500]).records) for i in range(0, SEEDED, 500)
+    ]
+    run = steps.commit_run(services, run_id)
+    assert run.state is RunState.SUCCEEDED, run.reason
+    assert run.rows_written == len(transformed_source(services)[0])

@@ -7,13 +7,14 @@ import pytest
 from sqlalchemy import Engine
 
 from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
-from etl.domain.chunks import ChunkRange, plan_chunks
+from etl.bootstrap import Services
+from etl.domain.chunks import ChunkRange
 from etl.domain.errors import IdempotencyConflict, RunNotFound
 from etl.domain.runs import ChunkState, RunState, Trigger
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
-from builders import DAY, new_run, planned_run
+from builders import DAY, dense_plan, new_run, planned_run, utc_day, with_orders
 
 STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
 
@@ -44,7 +45,11 @@ def test_a_version_3_ledger_is_migrated_to_keep_part_etags(sqlite_engine: Engine
 
 def test_a_new_run_is_queued_with_what_was_asked(ledger: Ledger) -> None:
     run, created = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.MANUAL, params={"chunk_size": 10}
+        pipeline="orders_daily",
+        interval=utc_day(DAY),
+        logical_date=DAY,
+        trigger=Trigger.MANUAL,
+        params={"chunk_size": 10},
     )
     assert created
     stored = ledger.get_run(run.id)
@@ -58,10 +63,18 @@ def test_a_new_run_is_queued_with_what_was_asked(ledger: Ledger) -> None:
 
 def test_a_scheduled_run_is_unique_per_pipeline_and_date(ledger: Ledger) -> None:
     first, first_created = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.SCHEDULE, params={}
+        pipeline="orders_daily",
+        interval=utc_day(DAY),
+        logical_date=DAY,
+        trigger=Trigger.SCHEDULE,
+        params={},
     )
     second, second_created = ledger.create_run(
-        pipeline="orders_daily", logical_date=DAY, trigger=Trigger.SCHEDULE, params={}
+        pipeline="orders_daily",
+        interval=utc_day(DAY),
+        logical_date=DAY,
+        trigger=Trigger.SCHEDULE,
+        params={},
     )
     assert first_created and not second_created
     assert second.id == first.id
@@ -87,7 +100,9 @@ def test_a_manual_run_without_a_key_is_always_new(ledger: Ledger) -> None:
 def test_the_same_idempotency_key_and_request_finds_the_same_run(ledger: Ledger) -> None:
     request = {
         "pipeline": "orders_daily",
+        "interval": utc_day(DAY),
         "logical_date": DAY,
+        "interval_name": DAY.isoformat(),
         "trigger": Trigger.MANUAL,
         "params": {"chunk_size": 500},
         "idempotency_key": "req-1",
@@ -181,10 +196,29 @@ def test_record_plan_stores_pending_chunks_and_the_window(ledger: Ledger) -> Non
     assert run.window == window(1, 150)
 
 
+def test_record_plan_keeps_text_bounds_and_the_last_chunks_closed_end(ledger: Ledger) -> None:
+    run_id = new_run(ledger)
+    planned = [ChunkRange(0, "alpha", "m-5"), ChunkRange(1, "m-5", "zulu", key_hi_inclusive=True)]
+    text_window = RunWindow(key_column="code", key_min="alpha", key_max="zulu")
+
+    chunks = ledger.record_plan(run_id, planned, text_window)
+
+    assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in ledger.get_chunks(run_id)] == [
+        ("alpha", "m-5", False),
+        ("m-5", "zulu", True),
+    ]
+    assert chunks == ledger.get_chunks(run_id)
+    assert ledger.get_run(run_id).window == text_window
+    # A text bound that looks like a number stays text; an int stays an int.
+    other = new_run(ledger)
+    ledger.record_plan(other, [ChunkRange(0, "5", "7"), ChunkRange(1, 7, 9, True)], text_window)
+    assert [(c.key_lo, c.key_hi) for c in ledger.get_chunks(other)] == [("5", "7"), (7, 9)]
+
+
 def test_record_plan_twice_keeps_the_first_plan(ledger: Ledger) -> None:
     run_id = new_run(ledger)
-    first = ledger.record_plan(run_id, plan_chunks(1, 300, 100), window(1, 300))
-    second = ledger.record_plan(run_id, plan_chunks(1, 1000, 50), window(1, 1000))
+    first = ledger.record_plan(run_id, dense_plan(1, 300, 100), window(1, 300))
+    second = ledger.record_plan(run_id, dense_plan(1, 1000, 50), window(1, 1000))
     assert second == first
     assert ledger.get_chunks(run_id) == first
     assert ledger.get_run(run_id).chunk_count == 3
@@ -194,7 +228,7 @@ def test_record_plan_twice_keeps_the_first_plan(ledger: Ledger) -> None:
 def test_an_empty_plan_is_recorded_once_as_zero_chunks(ledger: Ledger) -> None:
     run_id = new_run(ledger)
     assert ledger.record_plan(run_id, [], window(None, None)) == []
-    assert ledger.record_plan(run_id, plan_chunks(1, 10, 5), window(1, 10)) == []
+    assert ledger.record_plan(run_id, dense_plan(1, 10, 5), window(1, 10)) == []
     assert ledger.get_run(run_id).chunk_count == 0
 
 
@@ -412,3 +446,64 @@ def test_a_version_1_ledger_is_migrated_to_the_current_schema(tmp_path: Path) ->
         versions = sorted(conn.execute(schema_version_table.select()).scalars())
     assert versions == list(range(1, SCHEMA_VERSION + 1))
     engine.dispose()
+
+
+# The chunks table as versions 1 to 5 made it: integer bounds, the last one exclusive.
+CHUNKS_V5 = """CREATE TABLE etl_chunks (
+    run_id VARCHAR(36) NOT NULL REFERENCES etl_runs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL, key_lo BIGINT NOT NULL, key_hi BIGINT NOT NULL,
+    state VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, s3_key TEXT, rows BIGINT,
+    bytes BIGINT, sha256 VARCHAR(64), rows_rejected BIGINT, rejected_by_reason JSON,
+    error TEXT, started_at DATETIME, finished_at DATETIME, updated_at DATETIME NOT NULL,
+    etag VARCHAR(100), PRIMARY KEY (run_id, idx))"""
+
+
+def test_a_version_5_ledger_keeps_its_integer_chunks_after_the_migration(
+    sqlite_engine: Engine, services: Services
+) -> None:
+    from sqlalchemy import delete, inspect, text
+
+    from etl.adapters.db import SqlSource
+    from etl.adapters.ledger.schema import schema_version_table
+    from etl.pipelines.orders import ORDERS_DAILY
+
+    ledger = Ledger(sqlite_engine)
+    run_id = new_run(ledger)
+    with sqlite_engine.begin() as conn:  # back to version 5, with a plan it recorded
+        conn.execute(text("DROP TABLE etl_chunks"))
+        conn.execute(text(CHUNKS_V5))
+        conn.execute(
+            text(
+                "INSERT INTO etl_chunks (run_id, idx, key_lo, key_hi, state, attempts, "
+                "updated_at) VALUES (:run, 0, 1, 101, 'pending', 0, '2026-01-01 00:00:00'), "
+                "(:run, 1, 101, 151, 'pending', 0, '2026-01-01 00:00:00')"
+            ),
+            {"run": run_id},
+        )  # keys 1..150: the last chunk's key_hi was key_max + 1, exclusive
+        conn.execute(delete(schema_version_table).where(schema_version_table.c.version > 5))
+
+    assert upgrade(sqlite_engine) == SCHEMA_VERSION
+
+    chunks = ledger.get_chunks(run_id)
+    assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in chunks] == [
+        (1, 101, False),
+        (101, 151, False),
+    ]
+    columns = {c["name"]: str(c["type"]) for c in inspect(sqlite_engine).get_columns("etl_chunks")}
+    assert (columns["key_lo"], columns["key_hi"]) == ("TEXT", "TEXT")
+    # The old last chunk still reads its keys 101..150, and not one more.
+    with_orders(services, 200)
+    source = SqlSource(sqlite_engine, ORDERS_DAILY.source)
+    last = chunks[1]
+    read = [
+        row["id"]
+        for batch in source.read_range(
+            last.key_lo, last.key_hi, 100, key_hi_inclusive=last.key_hi_inclusive
+        )
+        for row in batch
+    ]
+    assert read == list(range(101, 151))
+    # New plans record text bounds in the migrated table.
+    other = new_run(ledger)
+    ledger.record_plan(other, [ChunkRange(0, "a", "b", True)], window(None, None))
+    assert [(c.key_lo, c.key_hi) for c in ledger.get_chunks(other)] == [("a", "b")]

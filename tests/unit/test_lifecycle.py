@@ -194,7 +194,7 @@ def test_a_request_without_a_date_repeated_after_midnight_finds_its_run(
     # Naming a date makes it another request, which the key cannot be reused for.
     with pytest.raises(IdempotencyConflict):
         service.start_run(
-            "orders_daily", logical_date=date(2026, 11, 4), idempotency_key="k-1", clock=at(6)
+            "orders_daily", interval=date(2026, 11, 4), idempotency_key="k-1", clock=at(6)
         )
 
 
@@ -203,8 +203,8 @@ def test_a_new_run_is_logged_with_its_run_id_where_its_trail_starts(
 ) -> None:
     caplog.set_level("INFO", logger="etl.service.lifecycle")
 
-    run, _ = service.start_run("orders_daily", logical_date=date(2026, 11, 4))
+    run, _ = service.start_run("orders_daily", interval=date(2026, 11, 4))
 
     [record] = [r for r in caplog.records if r.name == "etl.service.lifecycle"]
     assert getattr(record, "run_id", None) == run.id
-    assert record.getMessage() == f"created run {run.id}: orders_daily dt=2026-11-04 (manual)"
+    assert record.getMessage() == f"created run {run.id}: orders_daily 2026-11-04 (manual)"

@@ -21,6 +21,7 @@ from etl.domain.outputs import (
     RunOutput,
     StoredObject,
     choose_latest,
+    choose_partitions,
     choose_prunable,
     group_runs,
     manifest_problems,
@@ -29,6 +30,8 @@ from etl.domain.outputs import (
 )
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
 
+from builders import utc_day
+
 BASE = "etl/orders_daily"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -36,7 +39,7 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 def objects_of(
     day: date, run_id: str, written: datetime, *, parts: int = 2, committed: bool = True
 ) -> list[StoredObject]:
-    prefix = run_prefix("etl", "orders_daily", day, run_id)
+    prefix = run_prefix("etl", "orders_daily", f"dt={day}", run_id)
     keys = [part_key(prefix, i, "jsonl.gz") for i in range(parts)]
     if committed:
         keys += [manifest_key(prefix), success_key(prefix)]
@@ -53,7 +56,7 @@ def runs_of(*groups: list[StoredObject]) -> list[RunOutput]:
 @pytest.mark.parametrize("prefix", ["etl", "", "exports/etl/"])
 @pytest.mark.parametrize("name", ["part-00042.jsonl.gz", "_manifest.json", "_SUCCESS"])
 def test_a_key_written_by_the_layout_parses_back_to_its_run(prefix: str, name: str) -> None:
-    run = run_prefix(prefix, "orders_daily", date(2026, 11, 1), "r-1")
+    run = run_prefix(prefix, "orders_daily", "dt=2026-11-01", "r-1")
 
     parsed = parse_run_object_key(pipeline_prefix(prefix, "orders_daily"), f"{run}/{name}")
 
@@ -144,6 +147,23 @@ def test_of_two_committed_runs_for_one_date_the_last_committed_is_latest() -> No
     assert latest is not None and latest.run_id == "aa-rerun"
 
 
+def test_a_partition_consumer_gets_the_last_committed_run_of_each_partition_oldest_first() -> None:
+    runs = runs_of(
+        objects_of(date(2026, 11, 21), "zz-first", NOW - timedelta(hours=5)),
+        objects_of(date(2026, 11, 21), "aa-rerun", NOW - timedelta(hours=1)),
+        objects_of(date(2026, 11, 20), "older", NOW - timedelta(hours=9)),
+        objects_of(date(2026, 11, 22), "writing", NOW, committed=False),
+    )
+
+    chosen = choose_partitions(runs)
+
+    assert [(run.partition, run.run_id) for run in chosen] == [
+        ("dt=2026-11-20", "older"),
+        ("dt=2026-11-21", "aa-rerun"),
+    ]
+    assert [run.run_id for run in choose_partitions(runs, since="dt=2026-11-20")] == ["aa-rerun"]
+
+
 def test_there_is_no_latest_without_a_committed_run() -> None:
     assert choose_latest(runs_of(objects_of(date(2026, 11, 22), "r", NOW, committed=False))) is None
     assert choose_latest([]) is None
@@ -212,11 +232,12 @@ def test_retention_refuses_to_keep_less_than_a_day() -> None:
 
 
 def committed_run_manifest(run_id: str = "r-1", day: date = date(2026, 11, 1)) -> bytes:
-    prefix = run_prefix("etl", "orders_daily", day, run_id)
+    prefix = run_prefix("etl", "orders_daily", f"dt={day}", run_id)
     run = Run(
         id=run_id,
         pipeline="orders_daily",
         logical_date=day,
+        interval=utc_day(day),
         trigger=Trigger.MANUAL,
         state=RunState.COMMITTING,
         params={},
@@ -240,7 +261,15 @@ def committed_run_manifest(run_id: str = "r-1", day: date = date(2026, 11, 1)) -
         for i in range(2)
     ]
     schema = [{"name": "id", "type": "int"}]
-    manifest = build_manifest(run, chunks, output_format="jsonl.gz", schema=schema, created_at=NOW)
+    manifest = build_manifest(
+        run,
+        chunks,
+        output_format="jsonl.gz",
+        schema=schema,
+        created_at=NOW,
+        mode="snapshot",
+        partition=f"dt={day}",
+    )
     return json.dumps(manifest).encode()
 
 
@@ -308,7 +337,7 @@ def test_a_manifest_found_under_another_run_or_date_is_not_trusted() -> None:
     problems = manifest_problems(manifest, run_output("r-2", date(2026, 11, 2)))
 
     assert any("names run r-1" in p for p in problems)
-    assert any("logical date 2026-11-01" in p for p in problems)
+    assert any("partition dt=2026-11-01, found under dt=2026-11-02" in p for p in problems)
     assert any("parts outside the run" in p for p in problems)
 
 

@@ -18,7 +18,7 @@ from etl.service import execution as steps
 from etl.service.outputs import IntegrityError, RunNotCommitted, RunNotFound, RunReader
 from etl.service.retention import prune
 
-from builders import keys_under, with_orders
+from builders import keys_under, utc_day, with_orders
 
 SEEDED = 1500
 CHUNK_SIZE = 500
@@ -41,6 +41,7 @@ def commit(seeded: Services) -> Callable[..., Run]:
     def run_for(day: date, *, finish: bool = True) -> Run:
         run, _ = seeded.ledger.create_run(
             pipeline="orders_daily",
+            interval=utc_day(day),
             logical_date=day,
             trigger=Trigger.MANUAL,
             params={"chunk_size": CHUNK_SIZE},
@@ -90,6 +91,26 @@ def test_the_rows_of_the_latest_run_are_the_transformed_source(
     assert len(latest.manifest.parts) == 3
     assert sorted(rows, key=lambda row: int(str(row["order_id"]))) == expected_rows(seeded)
     assert len(rows) == latest.manifest.total_rows == newest.rows_written
+
+
+def test_a_partition_reader_gets_the_latest_committed_run_of_each_partition(
+    commit: Callable[..., Run], reader: RunReader
+) -> None:
+    # (Which of two runs of one partition is latest is choose_partitions' test: S3 stamps
+    # objects to the second, too coarse for two commits here.)
+    first = commit(date(2026, 11, 1))
+    again = commit(date(2026, 11, 2))
+    commit(date(2026, 11, 3), finish=False)  # never committed: not a partition yet
+
+    partitions = reader.partitions("orders_daily")
+
+    assert [p.output.partition for p in partitions] == ["dt=2026-11-01", "dt=2026-11-02"]
+    assert [p.run_id for p in partitions] == [first.id, again.id]
+    since = reader.partitions("orders_daily", since="dt=2026-11-01")
+    assert [p.run_id for p in since] == [again.id]
+    assert reader.partition("orders_daily", "dt=2026-11-02").run_id == again.id
+    with pytest.raises(RunNotFound, match="dt=2026-11-03/"):
+        reader.partition("orders_daily", "dt=2026-11-03")
 
 
 def test_latest_skips_a_newer_run_that_is_not_committed(
@@ -160,7 +181,7 @@ def test_verify_passes_an_intact_run_and_reports_objects_it_does_not_list(
     seeded: Services, reader: RunReader, commit: Callable[..., Run]
 ) -> None:
     run = commit(date(2026, 11, 1))
-    prefix = run_prefix("etl", "orders_daily", run.logical_date, run.id)
+    prefix = run_prefix("etl", "orders_daily", f"dt={run.logical_date}", run.id)
     seeded.parts.put_marker(f"{prefix}/part-00099.jsonl.gz")
 
     verification = reader.verify(reader.latest("orders_daily"))

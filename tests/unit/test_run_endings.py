@@ -233,7 +233,7 @@ def test_a_start_the_broker_refuses_ends_the_run_once_and_admits_the_waiting_run
     before = finished(RunState.FAILED)
 
     with pytest.raises(EnqueueFailed):
-        fakes.runs.start_run(SINGLE, logical_date=DAY)
+        fakes.runs.start_run(SINGLE, interval=DAY)
 
     [refused] = [run for run in fakes.ledger.runs.values() if run.logical_date == DAY]
     assert refused.reason is not None and "broker down" in refused.reason

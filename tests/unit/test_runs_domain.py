@@ -13,6 +13,8 @@ from etl.domain.retry import backoff_seconds
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger, commit_problems
 from etl.domain.windows import RunWindow
 
+from builders import utc_day
+
 RUN_ID = "0b9f5c1e-5d8e-4a53-9c57-0c6f6b1f3c2d"
 CREATED = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
 
@@ -43,6 +45,7 @@ def a_run(**changes: Any) -> Run:
         "id": RUN_ID,
         "pipeline": "orders_daily",
         "logical_date": date(2026, 11, 1),
+        "interval": utc_day(date(2026, 11, 1)),
         "trigger": Trigger.MANUAL,
         "state": RunState.COMMITTING,
         "params": {"chunk_size": 100},
@@ -111,7 +114,13 @@ def test_the_manifest_lists_parts_in_index_order_and_sums_rows_and_rejections() 
     ]
     schema = [{"name": "order_id", "type": "integer"}]
     manifest = build_manifest(
-        a_run(), chunks, output_format="jsonl.gz", schema=schema, created_at=CREATED
+        a_run(),
+        chunks,
+        output_format="jsonl.gz",
+        schema=schema,
+        created_at=CREATED,
+        mode="snapshot",
+        partition="dt=2026-11-01",
     )
 
     assert manifest["manifest_version"] == MANIFEST_VERSION == 1
@@ -139,6 +148,8 @@ def test_the_manifest_of_a_run_with_no_chunks_has_no_parts() -> None:
         output_format="jsonl.gz",
         schema=[],
         created_at=CREATED,
+        mode="snapshot",
+        partition="dt=2026-11-01",
     )
     assert manifest["parts"] == []
     assert manifest["total_rows"] == 0
@@ -151,7 +162,7 @@ def test_the_manifest_of_a_run_with_no_chunks_has_no_parts() -> None:
 
 
 def test_layout_keys_follow_the_documented_layout() -> None:
-    prefix = run_prefix("etl", "orders_daily", date(2026, 11, 1), RUN_ID)
+    prefix = run_prefix("etl", "orders_daily", "dt=2026-11-01", RUN_ID)
     assert prefix == f"etl/orders_daily/dt=2026-11-01/run={RUN_ID}"
     assert part_key(prefix, 42, "jsonl.gz") == f"{prefix}/part-00042.jsonl.gz"
     assert part_key(prefix, 0, "jsonl.gz") == f"{prefix}/part-00000.jsonl.gz"
@@ -161,14 +172,14 @@ def test_layout_keys_follow_the_documented_layout() -> None:
 
 @pytest.mark.parametrize("prefix", ["/exports/etl/", "exports/etl/", "/exports/etl"])
 def test_slashes_around_the_prefix_are_trimmed(prefix: str) -> None:
-    assert run_prefix(prefix, "orders_daily", date(2026, 1, 2), "r1") == (
+    assert run_prefix(prefix, "orders_daily", "dt=2026-01-02", "r1") == (
         "exports/etl/orders_daily/dt=2026-01-02/run=r1"
     )
 
 
 @pytest.mark.parametrize("prefix", ["", "/", "//"])
 def test_an_empty_prefix_starts_at_the_pipeline(prefix: str) -> None:
-    assert run_prefix(prefix, "orders_daily", date(2026, 1, 2), "r1") == (
+    assert run_prefix(prefix, "orders_daily", "dt=2026-01-02", "r1") == (
         "orders_daily/dt=2026-01-02/run=r1"
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -75,13 +76,30 @@ def test_a_wall_time_repeated_by_fall_back_fires_at_its_first_occurrence_only() 
     assert nightly.next_after(first) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
 
 
-def test_an_hourly_cron_keeps_each_wall_hour_once_on_a_fall_back_day() -> None:
-    hourly = Cron("0 * * * *", "America/New_York")
+def test_a_cron_that_covers_days_fires_a_repeated_wall_time_once() -> None:
+    nightly = Cron("30 1 * * *", "America/New_York")
     start = datetime(2026, 11, 1, 0, tzinfo=NEW_YORK)
-    slots = slots_between(hourly, start - timedelta(seconds=1), start + timedelta(hours=24))
+    slots = slots_between(nightly, start - timedelta(seconds=1), start + timedelta(hours=24))
+    assert slots == [datetime(2026, 11, 1, 5, 30, tzinfo=UTC)]  # 01:30 EDT, not 01:30 EST
+
+
+def test_an_hourly_cron_fires_at_both_01_00s_of_a_fall_back_day_and_its_runs_tile_it() -> None:
+    hourly = Cron("0 * * * *", "America/New_York", interval="hour")
+    start = datetime(2026, 11, 1, 0, tzinfo=NEW_YORK).astimezone(UTC)
+    slots = slots_between(hourly, start, start + timedelta(hours=25))  # local midnights
     walls = [slot.astimezone(NEW_YORK).hour for slot in slots]
-    assert walls == [*range(24), 0]  # 01:00 once, not twice
-    assert len(set(slots)) == len(slots)
+    assert walls == [1, 1, *range(2, 24), 0]  # 25 hours, the repeated one twice
+    intervals = [hourly.interval_for(slot) for slot in slots]
+    assert intervals[0].start == start
+    assert all(a.end == b.start for a, b in pairwise(intervals))
+    assert intervals[-1].end == datetime(2026, 11, 2, 0, tzinfo=NEW_YORK)
+
+
+def test_a_cron_that_fires_twice_in_its_interval_is_refused_saying_what_to_change() -> None:
+    with pytest.raises(ValueError, match=r"fires up to 24 times a day.*interval=\"hour\""):
+        Cron("0 * * * *")
+    with pytest.raises(ValueError, match=r"fires up to 4 times an hour.*Every"):
+        Cron("*/15 * * * *", interval="hour")
 
 
 def test_cron_day_fields_must_all_match() -> None:

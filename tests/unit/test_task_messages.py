@@ -186,7 +186,7 @@ def test_keyword_arguments_bind_like_a_call() -> None:
     assert check_arguments(TASK_START_SCHEDULED_RUN, ["orders_daily"], {}) == {
         "pipeline": "orders_daily"
     }
-    with pytest.raises(InvalidTaskMessage, match="logical_date must be a YYYY-MM-DD"):
+    with pytest.raises(InvalidTaskMessage, match="interval must be a YYYY-MM-DD date, an ISO 8601"):
         check_arguments(TASK_START_SCHEDULED_RUN, ["orders_daily", "yesterday"], {})
     with pytest.raises(InvalidTaskMessage, match="must be a pipeline name"):
         check_arguments(TASK_START_SCHEDULED_RUN, ["Orders; DROP"], {})

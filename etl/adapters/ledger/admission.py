@@ -48,7 +48,7 @@ class AdmissionLedger:
 
     def runs_to_admit(self, pipeline: str, pipeline_limit: int | None) -> list[str]:
         """Queued runs of a pipeline that wait for a place and have one now, oldest
-        logical date first: whom to send ``plan_run`` (which decides again, under the
+        interval first: whom to send ``plan_run`` (which decides again, under the
         lock). A run that nothing limits is not waiting, and is left alone."""
         with self.engine.connect() as conn:
             queued = [
@@ -59,7 +59,7 @@ class AdmissionLedger:
                         runs_table.c.pipeline == pipeline,
                         runs_table.c.state == RunState.QUEUED.value,
                     )
-                    .order_by(runs_table.c.logical_date, runs_table.c.created_at)
+                    .order_by(runs_table.c.interval_start, runs_table.c.created_at)
                 ).mappings()
             ]
             waiting = [

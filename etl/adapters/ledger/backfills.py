@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -16,11 +16,12 @@ from etl.adapters.ledger.schema import backfills_table, runs_table
 from etl.domain.backfills import Backfill
 from etl.domain.clock import utc_now
 from etl.domain.errors import BackfillConflict
+from etl.domain.intervals import DataInterval
 from etl.domain.runs import Run, RunState, Trigger
 
 
 class BackfillsLedger:
-    """The backfills table, and the runs of each date."""
+    """The backfills table, and the runs of each interval."""
 
     engine: Engine
 
@@ -33,33 +34,37 @@ class BackfillsLedger:
         max_active: int,
         reprocess: str,
         params: dict[str, Any],
-        dates: Sequence[date],
-        planned_on: Mapping[date, str | None] | None = None,
+        intervals: Sequence[tuple[DataInterval, date, str]],
+        planned_on: Mapping[datetime, str | None] | None = None,
+        covering: tuple[datetime, datetime] | None = None,
     ) -> tuple[Backfill, list[Run]]:
-        """Record a backfill and one queued run per date, in one transaction.
+        """Record a backfill and one queued run per interval (with its logical date and
+        name), in one transaction.
 
-        ``planned_on``: the latest run id of each date in ``[start, end]`` that the plan
-        was decided on (None: none). Under a per-pipeline lock, if any date's latest run
-        is no longer that one, nothing is recorded and BackfillConflict is raised: two
-        backfills planned at once cannot both start the same date.
+        ``planned_on``: the latest run id of each interval start in ``covering`` (the
+        first and last start of the range) that the plan was decided on. Under a
+        per-pipeline lock, if any interval's latest run is no longer that one, nothing
+        is recorded and BackfillConflict is raised: two backfills planned at once cannot
+        both start the same interval.
         """
         moment = utc_now()
         backfill_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
-            if planned_on is not None:
+            if planned_on is not None and covering is not None:
                 lock_for_transaction(conn, BACKFILL_LOCK_ID, pipeline)
                 now_latest = {
-                    day: run.id
-                    for day, run in _latest_runs_by_date(conn, pipeline, start, end).items()
+                    start_: run.id
+                    for start_, run in _latest_runs_by_interval(conn, pipeline, *covering).items()
                 }
                 changed = sorted(
-                    day
-                    for day in set(now_latest) | set(planned_on)
-                    if now_latest.get(day) != planned_on.get(day)
+                    start_
+                    for start_ in set(now_latest) | set(planned_on)
+                    if now_latest.get(start_) != planned_on.get(start_)
                 )
                 if changed:
                     raise BackfillConflict(
-                        f"runs of {pipeline} for {', '.join(map(str, changed[:5]))} started "
+                        f"runs of {pipeline} for intervals starting "
+                        f"{', '.join(moment_.isoformat() for moment_ in changed[:5])} started "
                         "while this backfill was planned; plan it again"
                     )
             conn.execute(
@@ -75,17 +80,19 @@ class BackfillsLedger:
                 )
             )
             run_ids = []
-            for logical_date in dates:
+            for interval, logical_date, name in intervals:
                 run_id = str(uuid.uuid4())
                 conn.execute(
                     runs_table.insert().values(
                         id=run_id,
                         pipeline=pipeline,
                         logical_date=logical_date,
+                        interval_start=interval.start,
+                        interval_end=interval.end,
                         trigger=Trigger.BACKFILL.value,
                         state=RunState.QUEUED.value,
                         params=params,
-                        request_fingerprint=request_fingerprint(pipeline, logical_date, params),
+                        request_fingerprint=request_fingerprint(pipeline, name, params),
                         backfill_id=backfill_id,
                         created_at=moment,
                         updated_at=moment,
@@ -101,34 +108,37 @@ class BackfillsLedger:
             return load_backfill(conn, backfill_id)
 
     def backfill_runs(self, backfill_id: str) -> list[Run]:
-        """A backfill's runs in logical date order."""
+        """A backfill's runs in interval order."""
         query = (
             select(runs_table)
             .where(runs_table.c.backfill_id == backfill_id)
-            .order_by(runs_table.c.logical_date)
+            .order_by(runs_table.c.interval_start)
         )
         with self.engine.connect() as conn:
             return [run_from_row(row) for row in conn.execute(query).mappings()]
 
-    def latest_runs_by_date(self, pipeline: str, start: date, end: date) -> dict[date, Run]:
-        """The most recently created run of each logical date in ``[start, end]``."""
+    def latest_runs_by_interval(
+        self, pipeline: str, first: datetime, last: datetime
+    ) -> dict[datetime, Run]:
+        """The most recently created run of each interval starting in ``[first, last]``,
+        by interval start."""
         with self.engine.connect() as conn:
-            return _latest_runs_by_date(conn, pipeline, start, end)
+            return _latest_runs_by_interval(conn, pipeline, first, last)
 
 
-def _latest_runs_by_date(
-    conn: Connection, pipeline: str, start: date, end: date
-) -> dict[date, Run]:
+def _latest_runs_by_interval(
+    conn: Connection, pipeline: str, first: datetime, last: datetime
+) -> dict[datetime, Run]:
     query = (
         select(runs_table)
         .where(
             runs_table.c.pipeline == pipeline,
-            runs_table.c.logical_date >= start,
-            runs_table.c.logical_date <= end,
+            runs_table.c.interval_start >= first,
+            runs_table.c.interval_start <= last,
         )
         .order_by(runs_table.c.created_at, runs_table.c.id)
     )
     return {
-        run.logical_date: run
+        run.interval.start: run
         for run in (run_from_row(row) for row in conn.execute(query).mappings())
     }

@@ -50,6 +50,7 @@ class ChunksLedger:
                             "idx": chunk.index,
                             "key_lo": chunk.key_lo,
                             "key_hi": chunk.key_hi,
+                            "key_hi_inclusive": chunk.key_hi_inclusive,
                             "state": ChunkState.PENDING.value,
                             "attempts": 0,
                             "updated_at": moment,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, Engine, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Integer, func, inspect, select, text
 
 from etl.adapters.ledger.locks import MIGRATION_LOCK_ID, lock_for_transaction
 from etl.adapters.ledger.schema import (
@@ -17,6 +17,7 @@ from etl.adapters.ledger.schema import (
     runs_table,
     schedule_state_table,
     schedule_ticks_table,
+    scheduled_interval_index,
     schema_version_table,
     watermarks_table,
 )
@@ -51,6 +52,71 @@ def _migrate_to_5(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE etl_dead_letters ADD COLUMN body_sha256 VARCHAR(64)"))
 
 
+def _migrate_to_6(conn: Connection) -> None:
+    # Chunks even in rows on any sortable key (#14): a chunk's bounds are JSON scalars in
+    # text (an integer key's 5 is "5"), and a plan's last chunk includes its key_hi. A
+    # chunk recorded before read key_lo <= key < key_hi (its last key_hi was key_max + 1),
+    # which is what key_hi_inclusive false still says: its bounds keep their values.
+    columns = {column["name"]: column for column in inspect(conn).get_columns(chunks_table.name)}
+    if "key_hi_inclusive" not in columns:
+        conn.execute(
+            text(
+                "ALTER TABLE etl_chunks ADD COLUMN key_hi_inclusive BOOLEAN NOT NULL DEFAULT false"
+            )
+        )
+    if not isinstance(columns["key_lo"]["type"], Integer):
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "ALTER TABLE etl_chunks ALTER COLUMN key_lo TYPE TEXT USING key_lo::text, "
+                "ALTER COLUMN key_hi TYPE TEXT USING key_hi::text"
+            )
+        )
+        return
+    # SQLite changes a column's type only by replacing the column (DROP COLUMN: 3.35).
+    # The new column may hold NULL: SQLite adds a NOT NULL column only with a default.
+    for statement in (
+        "ALTER TABLE etl_chunks RENAME COLUMN key_lo TO key_lo_v5",
+        "ALTER TABLE etl_chunks RENAME COLUMN key_hi TO key_hi_v5",
+        "ALTER TABLE etl_chunks ADD COLUMN key_lo TEXT",
+        "ALTER TABLE etl_chunks ADD COLUMN key_hi TEXT",
+        "UPDATE etl_chunks SET key_lo = CAST(key_lo_v5 AS TEXT), key_hi = CAST(key_hi_v5 AS TEXT)",
+        "ALTER TABLE etl_chunks DROP COLUMN key_lo_v5",
+        "ALTER TABLE etl_chunks DROP COLUMN key_hi_v5",
+    ):
+        conn.execute(text(statement))
+
+
+def _migrate_to_7(conn: Connection) -> None:
+    # Every run has a data interval, and a scheduled run is unique per interval start, not
+    # per date (#14): an hourly pipeline has 24 a day. A run recorded before covered its
+    # logical date; the pipeline's time zone is not known here, so its UTC day.
+    columns = {column["name"] for column in inspect(conn).get_columns(runs_table.name)}
+    for name in ("interval_start", "interval_end"):
+        if name not in columns:
+            kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+            conn.execute(text(f"ALTER TABLE etl_runs ADD COLUMN {name} {kind}"))
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "UPDATE etl_runs SET interval_start = logical_date::timestamp AT TIME ZONE 'UTC', "
+                "interval_end = (logical_date + 1)::timestamp AT TIME ZONE 'UTC' "
+                "WHERE interval_start IS NULL"
+            )
+        )
+    else:  # as SQLAlchemy stores a DateTime in SQLite
+        conn.execute(
+            text(
+                "UPDATE etl_runs SET interval_start = logical_date || ' 00:00:00.000000', "
+                "interval_end = date(logical_date, '+1 day') || ' 00:00:00.000000' "
+                "WHERE interval_start IS NULL"
+            )
+        )
+    conn.execute(text("DROP INDEX IF EXISTS uq_etl_runs_scheduled_date"))
+    scheduled_interval_index.create(conn, checkfirst=True)
+
+
 # Later schema changes go here as (version, callable(conn)); a fresh database is created
 # from the current metadata and stamped with SCHEMA_VERSION directly.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
@@ -58,6 +124,8 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _migrate_to_3),
     (4, _migrate_to_4),
     (5, _migrate_to_5),
+    (6, _migrate_to_6),
+    (7, _migrate_to_7),
 ]
 
 

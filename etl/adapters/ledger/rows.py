@@ -15,6 +15,7 @@ from etl.domain.backfills import Backfill, Reprocess
 from etl.domain.clock import as_utc
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.errors import BackfillNotFound, ChunkNotFound, RunNotFound
+from etl.domain.intervals import DataInterval
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
 from etl.domain.windows import RunWindow
 
@@ -54,6 +55,10 @@ def run_from_row(row: RowMapping) -> Run:
         rows_rejected=row["rows_rejected"],
         manifest_key=row["manifest_key"],
         backfill_id=row["backfill_id"],
+        interval=DataInterval(
+            aware_utc(row["interval_start"]),  # type: ignore[arg-type]
+            aware_utc(row["interval_end"]),  # type: ignore[arg-type]
+        ),
     )
 
 
@@ -63,6 +68,7 @@ def chunk_from_row(row: RowMapping) -> Chunk:
         index=row["idx"],
         key_lo=row["key_lo"],
         key_hi=row["key_hi"],
+        key_hi_inclusive=bool(row["key_hi_inclusive"]),
         state=ChunkState(row["state"]),
         attempts=row["attempts"],
         s3_key=row["s3_key"],

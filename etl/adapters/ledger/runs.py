@@ -19,6 +19,7 @@ from etl.adapters.ledger.rows import aware_utc, insert_ignoring_conflicts, load_
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.clock import utc_now
 from etl.domain.errors import IdempotencyConflict
+from etl.domain.intervals import DataInterval
 from etl.domain.runs import (
     RUN_STATE_ENTERED_FROM,
     TERMINAL_RUN_STATES,
@@ -29,13 +30,14 @@ from etl.domain.runs import (
 )
 
 
-def request_fingerprint(pipeline: str, logical_date: date | None, params: Mapping[str, Any]) -> str:
+def request_fingerprint(pipeline: str, interval_name: str | None, params: Mapping[str, Any]) -> str:
     """A stable hash of what a run was asked to do, to tell a retried request from a new
-    one. ``logical_date`` is None when the request named none (the ledger derived it)."""
+    one. ``interval_name`` is how the request named the run's interval (a daily run's
+    date, a finer one's start), None when it named none (the interval was derived)."""
     canonical = json.dumps(
         {
             "pipeline": pipeline,
-            "logical_date": None if logical_date is None else logical_date.isoformat(),
+            "logical_date": interval_name,
             "params": params,
         },
         sort_keys=True,
@@ -53,29 +55,31 @@ class RunsLedger:
         self,
         *,
         pipeline: str,
+        interval: DataInterval,
         logical_date: date,
         trigger: Trigger,
         params: dict[str, Any],
         idempotency_key: str | None = None,
-        logical_date_requested: bool = True,
+        interval_name: str | None = None,
     ) -> tuple[Run, bool]:
         """Record a new queued run, or find the one this request duplicates.
 
         Returns the run and whether it was created. A scheduled run is unique per
-        pipeline and logical date; a request with an idempotency key already used for a
-        different request raises IdempotencyConflict. A request that named no logical
-        date (``logical_date_requested`` False: the date was derived from the clock) is
-        the same request the next day too, so a client's retry after midnight finds its run.
+        pipeline and interval; a request with an idempotency key already used for a
+        different request raises IdempotencyConflict. ``interval_name`` is how the
+        request named the interval; a request that named none (the interval was derived
+        from the clock) is the same request the next day too, so a client's retry after
+        midnight finds its run.
         """
-        fingerprint = request_fingerprint(
-            pipeline, logical_date if logical_date_requested else None, params
-        )
+        fingerprint = request_fingerprint(pipeline, interval_name, params)
         moment = utc_now()
         run_id = str(uuid.uuid4())
         values = {
             "id": run_id,
             "pipeline": pipeline,
             "logical_date": logical_date,
+            "interval_start": interval.start,
+            "interval_end": interval.end,
             "trigger": trigger.value,
             "state": RunState.QUEUED.value,
             "params": params,
@@ -101,7 +105,7 @@ class RunsLedger:
                     conn.execute(
                         select(runs_table).where(
                             runs_table.c.pipeline == pipeline,
-                            runs_table.c.logical_date == logical_date,
+                            runs_table.c.interval_start == interval.start,
                             runs_table.c.trigger == Trigger.SCHEDULE.value,
                         )
                     )

@@ -3,9 +3,12 @@ state, all in one schema and migrated together (etl.adapters.ledger.migrations).
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -17,12 +20,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 
+from etl.domain.chunks import ChunkKey
 from etl.domain.runs import Trigger
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 
 # JSONB on PostgreSQL, JSON text on SQLite.
 JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
@@ -50,13 +56,16 @@ runs_table = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("backfill_id", String(36), nullable=True),
+    # The data interval [start, end) the run extracts (UTC); never NULL since version 7.
+    Column("interval_start", DateTime(timezone=True)),
+    Column("interval_end", DateTime(timezone=True)),
 )
-# A scheduled run is unique per pipeline and logical date, so a duplicate dispatch (two
+# A scheduled run is unique per pipeline and interval, so a duplicate dispatch (two
 # Beats, a redelivered trigger) finds the existing run instead of starting another.
-Index(
-    "uq_etl_runs_scheduled_date",
+scheduled_interval_index = Index(
+    "uq_etl_runs_scheduled_interval",
     runs_table.c.pipeline,
-    runs_table.c.logical_date,
+    runs_table.c.interval_start,
     unique=True,
     postgresql_where=runs_table.c.trigger == Trigger.SCHEDULE.value,
     sqlite_where=runs_table.c.trigger == Trigger.SCHEDULE.value,
@@ -65,13 +74,33 @@ Index("ix_etl_runs_created_at", runs_table.c.created_at)
 Index("ix_etl_runs_pipeline_state", runs_table.c.pipeline, runs_table.c.state)
 backfill_index = Index("ix_etl_runs_backfill", runs_table.c.backfill_id)
 
+
+class ChunkKeyText(TypeDecorator[ChunkKey]):
+    """A chunk's key bound (an int, or text for any other key) as a JSON scalar in a text
+    column, the same on PostgreSQL and SQLite: ``5``, ``"2c0e..."``."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: ChunkKey | None, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(value)
+
+    def process_result_value(self, value: str | int | None, dialect: Dialect) -> ChunkKey | None:
+        if value is None or isinstance(value, int):  # an integer that SQLite kept as one
+            return value
+        key: ChunkKey = json.loads(value)
+        return key
+
+
 chunks_table = Table(
     "etl_chunks",
     metadata,
     Column("run_id", String(36), ForeignKey("etl_runs.id", ondelete="CASCADE"), primary_key=True),
     Column("idx", Integer, primary_key=True),
-    Column("key_lo", BigInteger, nullable=False),
-    Column("key_hi", BigInteger, nullable=False),
+    Column("key_lo", ChunkKeyText, nullable=False),
+    Column("key_hi", ChunkKeyText, nullable=False),
+    # A plan's last chunk reads up to key_hi included; rows before version 6 never do.
+    Column("key_hi_inclusive", Boolean, nullable=False, default=False),
     Column("state", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     Column("s3_key", Text),

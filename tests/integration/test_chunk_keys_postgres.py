@@ -1,0 +1,167 @@
+"""Chunks even in rows, on any sortable key, on the real PostgreSQL (issue 14): the steps
+of a run (plan, transform each chunk, commit) over tables keyed by a sparse integer, a
+repeated text, a UUID (row path and COPY path) and a repeated timestamp. Each run must
+read every row of its table exactly once; the sparse key's chunks must be even in rows.
+The pure rules are unit tested in tests/unit/test_chunks.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from key_pipelines import (
+    SPARSE_IDS,
+    SPARSE_PIPELINE,
+    TEXT_KEYS,
+    TEXT_PIPELINE,
+    TIME_KEYS,
+    TIME_PIPELINE,
+    UUID_COLUMNAR_PIPELINE,
+    UUID_KEYS,
+    UUID_PIPELINE,
+    seed_sparse_ids,
+    seed_text_keys,
+    seed_time_keys,
+    seed_uuid_keys,
+    uuid_keys,
+)
+from sqlalchemy import Engine, Table
+
+from etl.bootstrap import Services
+from etl.domain.runs import Chunk, RunState
+from etl.pipelines import PIPELINES, Pipeline
+from etl.service import execution as steps
+
+from builders import new_run, read_json_lines_gzip
+
+pytestmark = pytest.mark.integration
+
+
+def run_to_the_end(services: Services, pipeline: str, chunk_size: int) -> tuple[str, list[Chunk]]:
+    """Plan, transform every chunk and commit a run of ``pipeline``; its id and chunks."""
+    run_id = new_run(services.ledger, pipeline=pipeline, params={"chunk_size": chunk_size})
+    began = time.monotonic()
+    pending = steps.plan_run(services, run_id)
+    planned_s = time.monotonic() - began
+    assert pending is not None
+    print(f"{pipeline}: {len(pending)} chunks planned in {planned_s:.2f} s")
+    for chunk in pending:
+        steps.transform_chunk(services, run_id, chunk.index)
+    run = steps.commit_run(services, run_id)
+    assert run.state is RunState.SUCCEEDED, run.reason
+    return run_id, services.ledger.get_chunks(run_id)
+
+
+def output_rows(services: Services, run_id: str) -> list[dict[str, Any]]:
+    """Every record of the run's parts, through its manifest."""
+    run = services.ledger.get_run(run_id)
+    manifest = json.loads(services.parts.get_bytes(run.manifest_key or ""))
+    return [
+        record
+        for part in manifest["parts"]
+        for record in read_json_lines_gzip(services.parts.get_bytes(part["key"]))
+    ]
+
+
+def assert_every_row_once(records: list[dict[str, Any]], rows: int) -> None:
+    numbers = sorted(record["row_no"] for record in records)
+    assert len(numbers) == len(set(numbers)), f"{len(numbers) - len(set(numbers))} rows twice"
+    assert numbers == list(range(rows)), f"{rows - len(set(numbers))} rows missing"
+
+
+@pytest.fixture
+def key_table(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[Pipeline, Table, Callable[[Engine], int]], int]]:
+    """Registers a pipeline of key_pipelines and seeds its table (dropped afterwards);
+    returns the number of rows seeded."""
+    tables: list[Table] = []
+
+    def make(pipeline: Pipeline, table: Table, seed: Callable[[Engine], int]) -> int:
+        monkeypatch.setitem(PIPELINES, pipeline.name, pipeline)
+        tables.append(table)
+        return seed(services.source_engine)
+
+    yield make
+    for table in tables:
+        table.drop(services.source_engine, checkfirst=True)
+
+
+def test_a_sparse_key_gets_chunks_even_in_rows(services: Services, key_table: Any) -> None:
+    # The issue's source: ids 1..1,000 and 1,000,000..2,000,000. Chunks of 50,000 keys
+    # would have put 1,000 rows in the first chunk and 50,000 in most others.
+    rows = key_table(SPARSE_PIPELINE, SPARSE_IDS, seed_sparse_ids)
+    assert rows == 1_001_001
+
+    run_id, chunks = run_to_the_end(services, SPARSE_PIPELINE.name, 50_000)
+
+    sizes = [chunk.rows or 0 for chunk in chunks]
+    print(f"rows per chunk: {sizes}")
+    assert len(chunks) == 21 and sum(sizes) == rows
+    assert max(sizes) <= 50_000
+    mean = rows / len(chunks)
+    assert all(0.8 * mean <= size <= 1.2 * mean for size in sizes), sizes
+    assert [chunk.key_lo for chunk in chunks[:2]] == [1, 1_046_667]  # in rows, not keys
+    assert (chunks[-1].key_hi, chunks[-1].key_hi_inclusive) == (2_000_000, True)
+    window = services.ledger.get_run(run_id).window
+    assert window is not None and (window.key_min, window.key_max) == (1, 2_000_000)
+
+
+def test_a_text_key_that_repeats_is_read_once_per_row(services: Services, key_table: Any) -> None:
+    rows = key_table(TEXT_PIPELINE, TEXT_KEYS, lambda engine: seed_text_keys(engine, 6_000))
+
+    run_id, chunks = run_to_the_end(services, TEXT_PIPELINE.name, 500)
+
+    assert_every_row_once(output_rows(services, run_id), rows)
+    assert all(isinstance(chunk.key_lo, str) for chunk in chunks)
+    assert all(chunk.rows for chunk in chunks)  # a repeated key never makes an empty chunk
+    # "m-heavy" is on about 1,500 rows: they all land in one chunk, which has them all.
+    heavy = [c for c in chunks if c.key_lo == "m-heavy"]
+    assert len(heavy) == 1 and (heavy[0].rows or 0) > 1_000
+    assert len(chunks) < 12  # ceil(6,000 / 500), less the boundaries inside "m-heavy"
+
+
+@pytest.mark.parametrize(
+    "pipeline", [UUID_PIPELINE, UUID_COLUMNAR_PIPELINE], ids=["row path", "COPY path"]
+)
+def test_a_uuid_key_is_planned_and_read_once_per_row(
+    services: Services, key_table: Any, pipeline: Pipeline
+) -> None:
+    rows = key_table(pipeline, UUID_KEYS, lambda engine: seed_uuid_keys(engine, 10_000))
+
+    run_id, chunks = run_to_the_end(services, pipeline.name, 1_000)
+
+    records = output_rows(services, run_id)
+    assert_every_row_once(records, rows)
+    assert {record["key"] for record in records} == {str(key) for key in uuid_keys(rows)}
+    assert len(chunks) == 10 and {chunk.rows for chunk in chunks} == {1_000}
+    ordered = sorted(str(key) for key in uuid_keys(rows))
+    assert [chunk.key_lo for chunk in chunks] == ordered[::1_000]  # UUIDs as text
+    assert (chunks[-1].key_hi, chunks[-1].key_hi_inclusive) == (ordered[-1], True)
+
+
+def test_a_timestamp_key_that_repeats_is_read_once_per_row(
+    services: Services, key_table: Any
+) -> None:
+    rows = key_table(TIME_PIPELINE, TIME_KEYS, lambda engine: seed_time_keys(engine, 5_000))
+
+    run_id, chunks = run_to_the_end(services, TIME_PIPELINE.name, 490)
+
+    assert_every_row_once(output_rows(services, run_id), rows)
+    window = services.ledger.get_run(run_id).window
+    assert window is not None and isinstance(window.key_min, str)
+    assert isinstance(window.key_max, str)  # ISO text, in the session's time zone
+    first, last = datetime.fromisoformat(window.key_min), datetime.fromisoformat(window.key_max)
+    assert (first, last) == (  # the same instants
+        datetime(2026, 3, 29, 0, 0, 0, 123_456, tzinfo=UTC),
+        datetime(2026, 3, 29, 0, 4, 9, 123_456, tzinfo=UTC),
+    )
+    # 11 chunks of about 455 rows, each boundary moved back to the first of the 20 rows
+    # that share its timestamp.
+    sizes = [chunk.rows or 0 for chunk in chunks]
+    print(f"rows per chunk: {sizes}")
+    assert len(chunks) == 11 and all(abs(size - rows / 11) < 21 for size in sizes), sizes
