@@ -46,7 +46,7 @@ from etl.domain.runs import (
     RunState,
     Trigger,
 )
-from etl.domain.windows import CursorWindow, ReadScope, RunWindow
+from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
 from etl.service.lifecycle import RunService
@@ -106,7 +106,7 @@ class FakeLedger:
         self.chunks: dict[tuple[str, int], Chunk] = {}
         self.chunk_updated: dict[tuple[str, int], datetime] = {}
         self.backfills: dict[str, Backfill] = {}
-        self.watermarks: dict[str, datetime] = {}
+        self.watermarks: dict[str, CursorValue] = {}
         self.dead_letters: dict[int, DeadLetter] = {}
 
     # -- runs ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ class FakeLedger:
         (WatermarkMoved when another run committed the window first)."""
         if self.get_run(run.id).state is not RunState.COMMITTING:
             return False
-        if watermark is not None:
+        if watermark is not None and watermark.high is not None:
             current = self.watermarks.get(run.pipeline)
             if current != watermark.low:
                 raise WatermarkMoved(run.pipeline, watermark.low, current)
@@ -244,7 +244,7 @@ class FakeLedger:
         moments += [moment for (rid, _), moment in self.chunk_updated.items() if rid == run_id]
         return max(moments)
 
-    def watermark(self, pipeline: str) -> datetime | None:
+    def watermark(self, pipeline: str) -> CursorValue | None:
         """The upper bound of the window the pipeline's last committed run read."""
         return self.watermarks.get(pipeline)
 
@@ -671,10 +671,12 @@ class ListSource:
         key_column: str = "id",
         *,
         source_now: datetime = START,
+        cursor_column: str | None = None,
     ) -> None:
         self.rows = [dict(row) for row in rows]
         self.key_column = key_column
         self.source_now = source_now  # the source database's clock
+        self.cursor_column = cursor_column  # an integer cursor's, for cursor_max
 
     def key_span(self, window: ReadScope | None = None) -> KeySpan:
         """How many rows with a key (in the window), and their smallest and largest key."""
@@ -702,6 +704,12 @@ class ListSource:
     def cursor_upper_bound(self, lag_s: int) -> datetime:
         """The source's clock less the lag."""
         return self.source_now - timedelta(seconds=lag_s)
+
+    def cursor_max(self, window: ReadScope | None = None) -> int | None:
+        """The largest value of the integer cursor (None: no rows)."""
+        assert self.cursor_column is not None, "ListSource(cursor_column=...) for cursor_max"
+        values = [row[self.cursor_column] for row in self.rows if _in_window(row, window)]
+        return max(values, default=None)
 
     def read_range(
         self,

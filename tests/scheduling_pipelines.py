@@ -4,7 +4,8 @@ on PYTHONPATH) by Beat and worker subprocesses, the way a deployment adds its ow
 - ticking_orders: the orders pipeline on an interval of ETL_TEST_TICK_S seconds with
   catch-up "all", so two Beats can be watched dispatching many slots in a short test;
 - events_incremental: reads ``etl_test_events`` incrementally on ``updated_at`` with a
-  lag of ETL_TEST_EVENTS_LAG_S seconds (one run at a time, as incremental pipelines must).
+  lag of ETL_TEST_EVENTS_LAG_S seconds (one run at a time, as incremental pipelines must);
+- events_by_sequence: the same table, incrementally on its id as an integer cursor.
 """
 
 from __future__ import annotations
@@ -63,4 +64,17 @@ EVENTS_INCREMENTAL = Pipeline(
     max_active_runs=1,
 )
 
-PIPELINES = [TICKING_ORDERS, EVENTS_INCREMENTAL]
+EVENTS_BY_SEQUENCE = dataclasses.replace(
+    EVENTS_INCREMENTAL,
+    name="events_by_sequence",
+    description="Test events, read incrementally on their id as a sequence.",
+    source=Source(
+        table="etl_test_events",
+        key_column="id",
+        columns=("id", "updated_at", "payload"),
+        cursor_column="id",
+        cursor_type="integer",
+    ),
+)
+
+PIPELINES = [TICKING_ORDERS, EVENTS_INCREMENTAL, EVENTS_BY_SEQUENCE]

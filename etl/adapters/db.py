@@ -139,6 +139,19 @@ class SqlSource:
             moment = moment.replace(tzinfo=UTC)
         return moment - timedelta(seconds=lag_s)
 
+    def cursor_max(self, window: ReadScope | None = None) -> int | None:
+        """The largest value of an integer cursor now (None: the source is empty): the
+        upper end of a window planned now."""
+        column = self._engine.dialect.identifier_preparer.quote(self._source.cursor_column or "")
+        where, params = self._window_filter(window)
+        with self._engine.connect() as conn:
+            # Identifiers only, validated by Source and quoted; values are bound.
+            value = conn.execute(
+                text(f"SELECT MAX({column}) FROM {self._from}{where}"),  # nosec B608
+                params,
+            ).scalar()
+        return None if value is None else int(value)
+
     def read_range(
         self,
         key_lo: ChunkKey,

@@ -81,16 +81,24 @@ class WatermarkMoved(EtlError, RuntimeError):
 
     kind = "conflict"
 
-    def __init__(self, pipeline: str, low: datetime | None, current: datetime | None) -> None:
+    def __init__(
+        self, pipeline: str, low: datetime | int | None, current: datetime | int | None
+    ) -> None:
         super().__init__(pipeline, low, current)
 
     def __str__(self) -> str:
         pipeline, low, current = self.args
         return (
-            f"the watermark of {pipeline} is {current.isoformat() if current else 'unset'}, "
-            f"not this run's window start ({low.isoformat() if low else 'unset'}): "
+            f"the watermark of {pipeline} is {_cursor_text(current)}, "
+            f"not this run's window start ({_cursor_text(low)}): "
             "a later run has already committed this window"
         )
+
+
+def _cursor_text(value: datetime | int | None) -> str:
+    if value is None:
+        return "unset"
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 class BackfillConflict(EtlError, RuntimeError):

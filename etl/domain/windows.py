@@ -11,25 +11,30 @@ from typing import Any
 from etl.domain.chunks import ChunkKey
 from etl.domain.intervals import DataInterval
 
+# A cursor value: a timestamp (``updated_at``), or an integer (a sequence).
+CursorValue = datetime | int
+
 
 @dataclass(frozen=True)
 class CursorWindow:
-    """Rows with ``low < cursor <= high``; no lower bound for a pipeline's first run.
+    """Rows with ``low < cursor <= high``; no lower bound for a pipeline's first run, and
+    no rows at all while an integer cursor's source is empty (``high`` None).
 
     Every chunk of a run reads the same window, and consecutive runs' windows meet
     exactly (the next ``low`` is this ``high``), so no row is read twice or skipped.
     """
 
     column: str
-    low: datetime | None
-    high: datetime
+    low: CursorValue | None
+    high: CursorValue | None
 
     def as_dict(self) -> dict[str, Any]:
-        """The window's part of the run's recorded window (and manifest)."""
+        """The window's part of the run's recorded window (and manifest): an integer
+        cursor's values as numbers, a timestamp's as ISO 8601 text."""
         return {
             "cursor_column": self.column,
-            "cursor_low": self.low.isoformat() if self.low else None,
-            "cursor_high": self.high.isoformat(),
+            "cursor_low": _cursor_document(self.low),
+            "cursor_high": _cursor_document(self.high),
         }
 
     @classmethod
@@ -37,12 +42,21 @@ class CursorWindow:
         """The cursor window recorded with a run, or None for a full-refresh run."""
         if not window or not window.get("cursor_column"):
             return None
-        low = window.get("cursor_low")
         return cls(
             column=window["cursor_column"],
-            low=datetime.fromisoformat(low) if low else None,
-            high=datetime.fromisoformat(window["cursor_high"]),
+            low=_cursor_value(window.get("cursor_low")),
+            high=_cursor_value(window.get("cursor_high")),
         )
+
+
+def _cursor_document(value: CursorValue | None) -> str | int | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _cursor_value(document: str | int | None) -> CursorValue | None:
+    if document is None or isinstance(document, int):
+        return document
+    return datetime.fromisoformat(document)
 
 
 @dataclass(frozen=True)

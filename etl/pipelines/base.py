@@ -61,11 +61,12 @@ class Source:
     - ``partitioned`` by ``time_column`` (a timestamp): a run reads the rows with
       ``interval_start <= time_column < interval_end``, so the runs of a backfill read
       disjoint slices whose union is every row of the range once.
-    - ``incremental`` by ``cursor_column`` (a timestamp such as ``updated_at``): each run
-      reads only the rows whose cursor is after the pipeline's watermark and at most
+    - ``incremental`` by ``cursor_column``: each run reads only the rows whose cursor is
+      after the pipeline's watermark. A timestamp cursor (``updated_at``) reads up to
       ``cursor_lag_s`` seconds before the planning moment, so a row written by a
       transaction that commits late (within the lag) is read by the next run instead of
-      being missed.
+      being missed; an integer one (``cursor_type="integer"``, a sequence) up to the
+      largest value there is when the run is planned.
 
     A ``query`` may use the bound parameters ``:interval_start``, ``:interval_end``,
     ``:logical_date`` and the run's params by name (``:region``); they are always sent as
@@ -78,6 +79,7 @@ class Source:
     query: str | None = None
     cursor_column: str | None = None
     cursor_lag_s: int = 0
+    cursor_type: str = "timestamp"
     time_column: str | None = None
     mode: SourceMode | None = None
 
@@ -95,6 +97,13 @@ class Source:
             raise ValueError("cursor_lag_s must not be negative")
         if self.cursor_lag_s and self.cursor_column is None:
             raise ValueError("cursor_lag_s needs a cursor_column")
+        if self.cursor_type not in ("timestamp", "integer"):
+            raise ValueError(f'cursor_type is "timestamp" or "integer", not {self.cursor_type!r}')
+        if self.cursor_type == "integer" and self.cursor_lag_s:
+            raise ValueError(
+                "cursor_lag_s counts seconds on a timestamp cursor; an integer cursor is read "
+                "up to its largest value when the run is planned"
+            )
         if self.cursor_column and self.time_column:
             raise ValueError(
                 "a source reads either by interval (time_column) or by watermark "

@@ -28,7 +28,7 @@ from etl.domain.runs import (
     commit_problems,
     part_result,
 )
-from etl.domain.windows import CursorWindow, ReadScope, RunWindow
+from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import FORMATS, make_writer
 from etl.pipelines import Pipeline, get_pipeline
@@ -97,11 +97,17 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
         cursor_window = None
         if pipeline.source.cursor_column is not None:
             # Fixed now, so every chunk reads the same window whenever it runs.
-            cursor_window = CursorWindow(
-                column=pipeline.source.cursor_column,
-                low=ledger.watermark(pipeline.name),
-                high=source.cursor_upper_bound(pipeline.source.cursor_lag_s),
-            )
+            low = ledger.watermark(pipeline.name)
+            high: CursorValue | None
+            if pipeline.source.cursor_type == "integer":
+                # Never below the watermark (rows deleted since, or none yet): the window
+                # is empty then, and the watermark stays where it is.
+                high = source.cursor_max(read_scope(pipeline, run, None))
+                if low is not None and (high is None or high < int(low)):
+                    high = low
+            else:
+                high = source.cursor_upper_bound(pipeline.source.cursor_lag_s)
+            cursor_window = CursorWindow(pipeline.source.cursor_column, low, high)
         scope = read_scope(pipeline, run, cursor_window)
         span = source.key_span(scope)
         key_min, key_max = span.key_min, span.key_max

@@ -19,7 +19,7 @@ from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.intervals import DataInterval
 from etl.domain.outputs import StoredObject
 from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
-from etl.domain.windows import CursorWindow, ReadScope, RunWindow
+from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
 
@@ -77,7 +77,7 @@ class RunLedger(Protocol):
         """When the run or any of its chunks last changed."""
         ...
 
-    def watermark(self, pipeline: str) -> datetime | None:
+    def watermark(self, pipeline: str) -> CursorValue | None:
         """The upper bound of the window the pipeline's last committed run read."""
         ...
 
@@ -285,6 +285,10 @@ class SourceReader(Protocol):
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:
         """The source's clock less the lag: the upper end of a window planned now."""
+        ...
+
+    def cursor_max(self, window: ReadScope | None = None) -> int | None:
+        """The largest value of an integer cursor now (None: the source is empty)."""
         ...
 
     def read_range(

@@ -157,6 +157,12 @@ def test_a_version_6_ledger_on_postgres_gives_each_run_its_utc_day(postgres_url:
                         "(pipeline, logical_date) WHERE trigger = 'schedule'"
                     )
                 )
+                conn.execute(
+                    text(
+                        "ALTER TABLE etl_watermarks DROP COLUMN position, "
+                        "ALTER COLUMN value SET NOT NULL"
+                    )
+                )
                 conn.execute(text("DELETE FROM etl_schema_version WHERE version > 6"))
 
             assert upgrade(engine) == SCHEMA_VERSION
@@ -165,6 +171,10 @@ def test_a_version_6_ledger_on_postgres_gives_each_run_its_utc_day(postgres_url:
             assert run.interval == DataInterval(
                 datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)
             )
+            watermark_columns = {
+                c["name"]: c for c in inspect(engine).get_columns("etl_watermarks")
+            }
+            assert "position" in watermark_columns and watermark_columns["value"]["nullable"]
             indexes = {index["name"] for index in inspect(engine).get_indexes("etl_runs")}
             assert "uq_etl_runs_scheduled_interval" in indexes
             assert "uq_etl_runs_scheduled_date" not in indexes

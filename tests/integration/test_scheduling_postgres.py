@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from scheduling_pipelines import EVENTS_INCREMENTAL, EVENTS_TABLE
+from scheduling_pipelines import EVENTS_BY_SEQUENCE, EVENTS_INCREMENTAL, EVENTS_TABLE
 from sqlalchemy import text
 
 from etl.adapters.db import replace_table
@@ -28,6 +28,7 @@ from support import wait_until
 @pytest.fixture
 def events_pipeline(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setitem(PIPELINES, EVENTS_INCREMENTAL.name, EVENTS_INCREMENTAL)
+    monkeypatch.setitem(PIPELINES, EVENTS_BY_SEQUENCE.name, EVENTS_BY_SEQUENCE)
     return EVENTS_INCREMENTAL.name
 
 
@@ -147,7 +148,12 @@ def test_concurrent_plan_tasks_admit_only_max_active_runs(services: Services) ->
 def events(services: Services, events_pipeline: str) -> Iterator[Services]:
     replace_table(services.source_engine, EVENTS_TABLE, [])
     with services.ledger.engine.begin() as conn:  # each test starts with no watermark
-        conn.execute(text("DELETE FROM etl_watermarks WHERE pipeline = 'events_incremental'"))
+        conn.execute(
+            text(
+                "DELETE FROM etl_watermarks "
+                "WHERE pipeline IN ('events_incremental', 'events_by_sequence')"
+            )
+        )
     yield services
     EVENTS_TABLE.drop(services.source_engine, checkfirst=True)
 
@@ -166,9 +172,11 @@ def insert_events(services: Services, ids: range, age_s: float) -> None:
             )
 
 
-def run_once(services: Services, day: date) -> tuple[str, list[int]]:
+def run_once(
+    services: Services, day: date, pipeline: str = "events_incremental"
+) -> tuple[str, list[int]]:
     run, _ = RunService(services.ledger, RecordingEnqueue()).start_run(
-        "events_incremental", interval=day, trigger=Trigger.MANUAL
+        pipeline, interval=day, trigger=Trigger.MANUAL
     )
     pending = steps.plan_run(services, run.id)
     assert pending is not None
@@ -224,6 +232,31 @@ def test_incremental_runs_read_each_row_once_including_one_committed_late(
     assert (
         b'"cursor_column": "updated_at"' in manifest or b'"cursor_column":"updated_at"' in manifest
     )
+
+
+def test_an_integer_cursor_reads_each_row_once_up_to_the_largest_value_when_planned(
+    events: Services,
+) -> None:
+    services = events
+    _, nothing = run_once(services, date(2026, 6, 1), "events_by_sequence")
+    assert nothing == []  # an empty source: an empty window, and no watermark yet
+    assert services.ledger.watermark("events_by_sequence") is None
+
+    insert_events(services, range(1, 101), age_s=0)
+    first_id, first = run_once(services, date(2026, 6, 2), "events_by_sequence")
+    insert_events(services, range(101, 151), age_s=0)
+    second_id, second = run_once(services, date(2026, 6, 3), "events_by_sequence")
+    _, third = run_once(services, date(2026, 6, 4), "events_by_sequence")
+
+    assert sorted(first) == list(range(1, 101))
+    assert sorted(second) == list(range(101, 151))
+    assert third == []
+    assert services.ledger.watermark("events_by_sequence") == 150
+    windows = [services.ledger.get_run(run_id).window for run_id in (first_id, second_id)]
+    cursors = [window.cursor for window in windows if window is not None]
+    assert [(c.low, c.high) for c in cursors] == [(None, 100), (100, 150)]
+    manifest = services.parts.get_bytes(services.ledger.get_run(second_id).manifest_key or "")
+    assert b'"cursor_low": 100' in manifest and b'"cursor_high": 150' in manifest
 
 
 def test_an_incremental_window_is_fixed_when_planned(events: Services) -> None:

@@ -177,7 +177,9 @@ def test_the_api_shows_each_pipelines_interval_and_the_next_one(client: FlaskCli
     ) == timedelta(hours=1)
 
 
-def test_a_version_6_ledger_gives_each_run_the_utc_day_of_its_date(sqlite_engine: Engine) -> None:
+def test_a_version_6_ledger_gives_each_run_its_utc_day_and_keeps_its_watermarks(
+    sqlite_engine: Engine,
+) -> None:
     ledger = Ledger(sqlite_engine)
     scheduled = new_run(ledger, trigger=Trigger.SCHEDULE, day=date(2026, 5, 1))
     with sqlite_engine.begin() as conn:  # back to version 6: no interval, unique by date
@@ -190,6 +192,21 @@ def test_a_version_6_ledger_gives_each_run_the_utc_day_of_its_date(sqlite_engine
                 "logical_date) WHERE trigger = 'schedule'"
             )
         )
+        conn.execute(text("DROP TABLE etl_watermarks"))  # a timestamp cursor's only
+        conn.execute(
+            text(
+                "CREATE TABLE etl_watermarks (pipeline VARCHAR(63) PRIMARY KEY, cursor_column "
+                "VARCHAR(200) NOT NULL, value DATETIME NOT NULL, run_id VARCHAR(36) NOT NULL, "
+                "updated_at DATETIME NOT NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO etl_watermarks VALUES ('events_incremental', 'updated_at', "
+                "'2026-05-01 10:00:00.000000', :run, '2026-05-01 10:00:00.000000')"
+            ),
+            {"run": scheduled},
+        )
         conn.execute(delete(schema_version_table).where(schema_version_table.c.version > 6))
 
     assert upgrade(sqlite_engine) == SCHEMA_VERSION
@@ -199,6 +216,9 @@ def test_a_version_6_ledger_gives_each_run_the_utc_day_of_its_date(sqlite_engine
         datetime(2026, 5, 1, tzinfo=UTC),
         datetime(2026, 5, 2, tzinfo=UTC),
     )
+    assert ledger.watermark("events_incremental") == datetime(2026, 5, 1, 10, tzinfo=UTC)
+    columns = {c["name"]: c for c in inspect(sqlite_engine).get_columns("etl_watermarks")}
+    assert "position" in columns and columns["value"]["nullable"]
     indexes = {index["name"] for index in inspect(sqlite_engine).get_indexes("etl_runs")}
     assert "uq_etl_runs_scheduled_interval" in indexes
     assert "uq_etl_runs_scheduled_date" not in indexes

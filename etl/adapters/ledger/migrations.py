@@ -91,7 +91,8 @@ def _migrate_to_6(conn: Connection) -> None:
 def _migrate_to_7(conn: Connection) -> None:
     # Every run has a data interval, and a scheduled run is unique per interval start, not
     # per date (#14): an hourly pipeline has 24 a day. A run recorded before covered its
-    # logical date; the pipeline's time zone is not known here, so its UTC day.
+    # logical date; the pipeline's time zone is not known here, so its UTC day. And an
+    # incremental pipeline's cursor may be an integer.
     columns = {column["name"] for column in inspect(conn).get_columns(runs_table.name)}
     for name in ("interval_start", "interval_end"):
         if name not in columns:
@@ -115,6 +116,28 @@ def _migrate_to_7(conn: Connection) -> None:
         )
     conn.execute(text("DROP INDEX IF EXISTS uq_etl_runs_scheduled_date"))
     scheduled_interval_index.create(conn, checkfirst=True)
+    # An integer cursor's watermark (a sequence) sits beside a timestamp's.
+    columns = {column["name"] for column in inspect(conn).get_columns(watermarks_table.name)}
+    if "position" in columns:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "ALTER TABLE etl_watermarks ADD COLUMN position BIGINT, "
+                "ALTER COLUMN value DROP NOT NULL"
+            )
+        )
+        return
+    # SQLite cannot drop a NOT NULL: the (small) table is copied into the new shape.
+    conn.execute(text("ALTER TABLE etl_watermarks RENAME TO etl_watermarks_v6"))
+    watermarks_table.create(conn)
+    conn.execute(
+        text(
+            "INSERT INTO etl_watermarks (pipeline, cursor_column, value, run_id, updated_at) "
+            "SELECT pipeline, cursor_column, value, run_id, updated_at FROM etl_watermarks_v6"
+        )
+    )
+    conn.execute(text("DROP TABLE etl_watermarks_v6"))
 
 
 # Later schema changes go here as (version, callable(conn)); a fresh database is created

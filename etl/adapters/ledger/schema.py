@@ -156,12 +156,14 @@ schema_version_table = Table(
 
 # An incremental pipeline's watermark: the upper bound of the window its last committed
 # run read. It moves only when a run commits, and only from that run's lower bound.
+# A timestamp cursor's is in ``value``, an integer cursor's in ``position`` (version 7).
 watermarks_table = Table(
     "etl_watermarks",
     metadata,
     Column("pipeline", String(63), primary_key=True),
     Column("cursor_column", String(200), nullable=False),
-    Column("value", DateTime(timezone=True), nullable=False),
+    Column("value", DateTime(timezone=True)),
+    Column("position", BigInteger),
     Column("run_id", String(36), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

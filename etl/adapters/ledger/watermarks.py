@@ -16,7 +16,7 @@ from etl.adapters.ledger.schema import runs_table, watermarks_table
 from etl.domain.clock import utc_now
 from etl.domain.errors import WatermarkMoved
 from etl.domain.runs import Run, RunState
-from etl.domain.windows import CursorWindow
+from etl.domain.windows import CursorValue, CursorWindow
 
 
 class WatermarksLedger:
@@ -24,13 +24,15 @@ class WatermarksLedger:
 
     engine: Engine
 
-    def watermark(self, pipeline: str) -> datetime | None:
+    def watermark(self, pipeline: str) -> CursorValue | None:
         """The upper bound of the window the pipeline's last committed run read."""
         with self.engine.connect() as conn:
-            value = conn.execute(
-                select(watermarks_table.c.value).where(watermarks_table.c.pipeline == pipeline)
-            ).scalar()
-        return aware_utc(value)
+            row = conn.execute(
+                select(watermarks_table.c.value, watermarks_table.c.position).where(
+                    watermarks_table.c.pipeline == pipeline
+                )
+            ).one_or_none()
+        return None if row is None else _cursor_value(row.value, row.position)
 
     def succeed_run(self, run: Run, *, watermark: CursorWindow | None, **fields: Any) -> bool:
         """Mark a committing run succeeded and, for an incremental run (``watermark``: its
@@ -49,17 +51,24 @@ class WatermarksLedger:
             ).rowcount
             if moved != 1:
                 return False
-            if watermark is None:
-                return True
-            current = conn.execute(
-                select(watermarks_table.c.value)
+            if watermark is None or watermark.high is None:
+                return True  # not incremental, or an integer cursor's source still empty
+            row = conn.execute(
+                select(watermarks_table.c.value, watermarks_table.c.position)
                 .where(watermarks_table.c.pipeline == run.pipeline)
                 .with_for_update()
-            ).scalar()
-            if aware_utc(current) != watermark.low:
-                raise WatermarkMoved(run.pipeline, watermark.low, aware_utc(current))
-            values = {"cursor_column": watermark.column, "value": watermark.high, "run_id": run.id}
-            if current is None:
+            ).one_or_none()
+            current = None if row is None else _cursor_value(row.value, row.position)
+            if current != watermark.low:
+                raise WatermarkMoved(run.pipeline, watermark.low, current)
+            integer = isinstance(watermark.high, int)
+            values = {
+                "cursor_column": watermark.column,
+                "value": None if integer else watermark.high,
+                "position": watermark.high if integer else None,
+                "run_id": run.id,
+            }
+            if row is None:
                 conn.execute(
                     watermarks_table.insert().values(
                         pipeline=run.pipeline, updated_at=moment, **values
@@ -72,3 +81,8 @@ class WatermarksLedger:
                     .values(updated_at=moment, **values)
                 )
         return True
+
+
+def _cursor_value(value: datetime | None, position: int | None) -> CursorValue | None:
+    # A timestamp cursor's watermark, or an integer cursor's.
+    return position if position is not None else aware_utc(value)
