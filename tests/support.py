@@ -24,9 +24,11 @@ from urllib.parse import urlsplit
 import pika
 import pytest
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from etl.adapters.db import make_engine
+from etl.adapters.ledger import Ledger, upgrade
 from etl.bootstrap import Services
 from etl.config import Settings, settings_env
 from etl.domain.layout import partition_path, run_prefix, success_key
@@ -78,6 +80,21 @@ def scratch_database(admin_url: str, name: str) -> Iterator[str]:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@contextmanager
+def scratch_ledger(postgres_url: str) -> Iterator[tuple[Engine, Ledger]]:
+    """A migrated ledger in a PostgreSQL database of its own, beside ``postgres_url``'s
+    (for a migration test that takes the schema back a version), dropped at the end."""
+    admin_url = make_url(postgres_url).set(database="postgres")
+    name = f"etl_ledger_{uuid.uuid4().hex[:8]}"
+    with scratch_database(admin_url.render_as_string(hide_password=False), name) as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            yield engine, Ledger(engine)
+        finally:
+            engine.dispose()
 
 
 def queue_depth(vhost: str, queue: str) -> int:
@@ -448,14 +465,19 @@ class ChildProcess:
 
 @contextmanager
 def etl_workers(
-    settings: Settings, log_dir: Path, count: int = 2, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log_dir: Path,
+    count: int = 2,
+    extra_env: dict[str, str] | None = None,
+    concurrency: int = 1,
 ) -> Iterator[list[ChildProcess]]:
-    """``count`` `etl worker` processes (prefork, one child each) sharing the queues (each
-    names its node after its pid); all ready on entry, all stopped on exit."""
+    """``count`` `etl worker` processes (prefork, ``concurrency`` children each) sharing
+    the queues (each names its node after its pid); all ready on entry, all stopped on
+    exit."""
     started: list[ChildProcess] = []
     try:
         for number in range(count):
-            args = ["worker", "--concurrency", "1"]
+            args = ["worker", "--concurrency", str(concurrency)]
             log = log_dir / f"worker-{number}.log"
             started.append(ChildProcess.etl(args, settings, log, extra_env=extra_env))
         for worker in started:

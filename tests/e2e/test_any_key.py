@@ -18,7 +18,7 @@ from etl.config import Settings
 from etl.domain.runs import ChunkState, RunState
 
 from builders import read_json_lines_gzip
-from support import ChildProcess, run_etl
+from support import etl_workers, run_etl
 
 pytestmark = pytest.mark.e2e
 
@@ -40,19 +40,10 @@ def key_services(
     built.parts.ensure_bucket()
     assert seed_uuid_keys(built.source_engine, ROWS) == ROWS
     logs = tmp_path_factory.mktemp("any-key")
-    workers = [
-        ChildProcess.etl(
-            ["worker", "--concurrency", "2"], key_settings, logs / f"worker-{n}.log", extra_env=ENV
-        )
-        for n in range(2)
-    ]
     try:
-        for worker in workers:
-            worker.wait_for_log("ready.")
-        yield built
+        with etl_workers(key_settings, logs, count=2, extra_env=ENV, concurrency=2):
+            yield built
     finally:
-        for worker in workers:
-            worker.stop()
         UUID_KEYS.drop(built.source_engine, checkfirst=True)
         built.close()
 

@@ -4,7 +4,6 @@ version 6 ledger migrated to runs by interval."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -12,10 +11,9 @@ from typing import Any
 import pytest
 from interval_pipelines import COLUMNS, EVENTS_BY_REGION, EVENTS_DAILY, EVENTS_TABLE, seed_events
 from sqlalchemy import Engine, event, inspect, text
-from sqlalchemy.engine import make_url
 
-from etl.adapters.db import SqlSource, make_engine
-from etl.adapters.ledger import Ledger, upgrade
+from etl.adapters.db import SqlSource
+from etl.adapters.ledger import upgrade
 from etl.adapters.ledger.schema import SCHEMA_VERSION
 from etl.bootstrap import Services
 from etl.domain.intervals import DataInterval
@@ -24,7 +22,7 @@ from etl.domain.windows import ReadScope
 from etl.pipelines.base import Source
 
 from builders import new_run
-from support import scratch_database
+from support import scratch_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -136,47 +134,34 @@ def test_the_copy_path_binds_a_query_with_a_literal_percent_and_a_cast(events: E
 
 
 def test_a_version_6_ledger_on_postgres_gives_each_run_its_utc_day(postgres_url: str) -> None:
-    admin_url = make_url(postgres_url).set(database="postgres")
-    with scratch_database(
-        admin_url.render_as_string(hide_password=False), f"etl_v6_{uuid.uuid4().hex[:8]}"
-    ) as url:
-        engine = make_engine(url)
-        try:
-            upgrade(engine)
-            ledger = Ledger(engine)
-            run_id = new_run(ledger, trigger=Trigger.SCHEDULE, day=date(2026, 5, 1))
-            with engine.begin() as conn:  # back to version 6: no interval, unique by date
-                conn.execute(
-                    text(
-                        "ALTER TABLE etl_runs DROP COLUMN interval_start, DROP COLUMN interval_end"
-                    )
-                )
-                conn.execute(
-                    text(
-                        "CREATE UNIQUE INDEX uq_etl_runs_scheduled_date ON etl_runs "
-                        "(pipeline, logical_date) WHERE trigger = 'schedule'"
-                    )
-                )
-                conn.execute(
-                    text(
-                        "ALTER TABLE etl_watermarks DROP COLUMN position, "
-                        "ALTER COLUMN value SET NOT NULL"
-                    )
-                )
-                conn.execute(text("DELETE FROM etl_schema_version WHERE version > 6"))
-
-            assert upgrade(engine) == SCHEMA_VERSION
-
-            run = ledger.get_run(run_id)
-            assert run.interval == DataInterval(
-                datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)
+    with scratch_ledger(postgres_url) as (engine, ledger):
+        run_id = new_run(ledger, trigger=Trigger.SCHEDULE, day=date(2026, 5, 1))
+        with engine.begin() as conn:  # back to version 6: no interval, unique by date
+            conn.execute(
+                text("ALTER TABLE etl_runs DROP COLUMN interval_start, DROP COLUMN interval_end")
             )
-            watermark_columns = {
-                c["name"]: c for c in inspect(engine).get_columns("etl_watermarks")
-            }
-            assert "position" in watermark_columns and watermark_columns["value"]["nullable"]
-            indexes = {index["name"] for index in inspect(engine).get_indexes("etl_runs")}
-            assert "uq_etl_runs_scheduled_interval" in indexes
-            assert "uq_etl_runs_scheduled_date" not in indexes
-        finally:
-            engine.dispose()
+            conn.execute(
+                text(
+                    "CREATE UNIQUE INDEX uq_etl_runs_scheduled_date ON etl_runs "
+                    "(pipeline, logical_date) WHERE trigger = 'schedule'"
+                )
+            )
+            conn.execute(
+                text(
+                    "ALTER TABLE etl_watermarks DROP COLUMN position, "
+                    "ALTER COLUMN value SET NOT NULL"
+                )
+            )
+            conn.execute(text("DELETE FROM etl_schema_version WHERE version > 6"))
+
+        assert upgrade(engine) == SCHEMA_VERSION
+
+        run = ledger.get_run(run_id)
+        assert run.interval == DataInterval(
+            datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)
+        )
+        watermark_columns = {c["name"]: c for c in inspect(engine).get_columns("etl_watermarks")}
+        assert "position" in watermark_columns and watermark_columns["value"]["nullable"]
+        indexes = {index["name"] for index in inspect(engine).get_indexes("etl_runs")}
+        assert "uq_etl_runs_scheduled_interval" in indexes
+        assert "uq_etl_runs_scheduled_date" not in indexes

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from etl.adapters.db import make_engine
-from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
+from etl.adapters.ledger import SCHEMA_VERSION, upgrade
 from etl.bootstrap import Services
 from etl.config import Settings
 from etl.domain.chunks import ChunkRange
@@ -21,7 +21,7 @@ from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
 from builders import dense_plan, new_run, planned_run, utc_day
-from support import scratch_database
+from support import scratch_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -210,44 +210,35 @@ def test_etl_seed_creates_and_fills_the_orders_table(
 def test_a_version_5_ledger_keeps_its_integer_chunks_after_the_migration(
     postgres_url: str,
 ) -> None:
-    admin_url = make_url(postgres_url).set(database="postgres")
-    with scratch_database(
-        admin_url.render_as_string(hide_password=False), f"etl_v5_{uuid.uuid4().hex[:8]}"
-    ) as url:
-        engine = make_engine(url)
-        try:
-            upgrade(engine)
-            ledger = Ledger(engine)
-            run_id = new_run(ledger)
-            # Keys 1..150 as version 5 planned them: the last key_hi is key_max + 1, exclusive.
-            ledger.record_plan(run_id, [ChunkRange(0, 1, 101), ChunkRange(1, 101, 151)], WINDOW)
-            with engine.begin() as conn:  # back to version 5: integer bounds, no flag
-                conn.execute(
-                    text(
-                        "ALTER TABLE etl_chunks DROP COLUMN key_hi_inclusive, "
-                        "ALTER COLUMN key_lo TYPE BIGINT USING key_lo::bigint, "
-                        "ALTER COLUMN key_hi TYPE BIGINT USING key_hi::bigint"
-                    )
+    with scratch_ledger(postgres_url) as (engine, ledger):
+        run_id = new_run(ledger)
+        # Keys 1..150 as version 5 planned them: the last key_hi is key_max + 1, exclusive.
+        ledger.record_plan(run_id, [ChunkRange(0, 1, 101), ChunkRange(1, 101, 151)], WINDOW)
+        with engine.begin() as conn:  # back to version 5: integer bounds, no flag
+            conn.execute(
+                text(
+                    "ALTER TABLE etl_chunks DROP COLUMN key_hi_inclusive, "
+                    "ALTER COLUMN key_lo TYPE BIGINT USING key_lo::bigint, "
+                    "ALTER COLUMN key_hi TYPE BIGINT USING key_hi::bigint"
                 )
-                conn.execute(text("DELETE FROM etl_schema_version WHERE version > 5"))
-
-            assert upgrade(engine) == SCHEMA_VERSION
-
-            chunks = ledger.get_chunks(run_id)
-            assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in chunks] == [
-                (1, 101, False),
-                (101, 151, False),
-            ]
-            types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("etl_chunks")}
-            assert (types["key_lo"], types["key_hi"], types["key_hi_inclusive"]) == (
-                "TEXT",
-                "TEXT",
-                "BOOLEAN",
             )
-            other = new_run(ledger)
-            uuids = ("0b7e4b6c-7d1f-4e0a-9a53-3f1c0c5c0001", "f3a1c9d2-1b2c-4d5e-8f90-a1b2c3d4e5f6")
-            ledger.record_plan(other, [ChunkRange(0, *uuids, key_hi_inclusive=True)], WINDOW)
-            [chunk] = ledger.get_chunks(other)
-            assert (chunk.key_lo, chunk.key_hi, chunk.key_hi_inclusive) == (*uuids, True)
-        finally:
-            engine.dispose()
+            conn.execute(text("DELETE FROM etl_schema_version WHERE version > 5"))
+
+        assert upgrade(engine) == SCHEMA_VERSION
+
+        chunks = ledger.get_chunks(run_id)
+        assert [(c.key_lo, c.key_hi, c.key_hi_inclusive) for c in chunks] == [
+            (1, 101, False),
+            (101, 151, False),
+        ]
+        types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("etl_chunks")}
+        assert (types["key_lo"], types["key_hi"], types["key_hi_inclusive"]) == (
+            "TEXT",
+            "TEXT",
+            "BOOLEAN",
+        )
+        other = new_run(ledger)
+        uuids = ("0b7e4b6c-7d1f-4e0a-9a53-3f1c0c5c0001", "f3a1c9d2-1b2c-4d5e-8f90-a1b2c3d4e5f6")
+        ledger.record_plan(other, [ChunkRange(0, *uuids, key_hi_inclusive=True)], WINDOW)
+        [chunk] = ledger.get_chunks(other)
+        assert (chunk.key_lo, chunk.key_hi, chunk.key_hi_inclusive) == (*uuids, True)
