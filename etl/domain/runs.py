@@ -56,7 +56,7 @@ class ChunkState(StrEnum):
 
 
 class Trigger(StrEnum):
-    """Who asked for a run; scheduled runs are unique per pipeline and logical date."""
+    """Who asked for a run; scheduled runs are unique per pipeline and interval start."""
 
     SCHEDULE = "schedule"
     MANUAL = "manual"

@@ -11,20 +11,22 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from flask.testing import FlaskClient
-from interval_pipelines import EVENTS_BY_REGION, EVENTS_DAILY, EVENTS_HOURLY
+from interval_pipelines import EVENTS_BY_REGION, EVENTS_DAILY, EVENTS_HOURLY, seed_events
 from sqlalchemy import Engine, delete, inspect, text
 
 from etl.adapters.ledger import Ledger, upgrade
 from etl.adapters.ledger.schema import SCHEMA_VERSION, schema_version_table
+from etl.bootstrap import Services
 from etl.cli import main
 from etl.domain.intervals import Grain, GrainKind
 from etl.domain.layout import parse_run_object_key, partition_path, run_prefix
-from etl.domain.runs import Trigger
+from etl.domain.runs import RunState, Trigger
 from etl.pipelines import PIPELINES
+from etl.service import execution as steps
 from etl.service.backfills import start_backfill
 from etl.service.lifecycle import RunService
 
-from builders import auth, new_run
+from builders import api_app, auth, new_run, read_json_lines_gzip
 from fakes import RecordingEnqueue
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -257,3 +259,42 @@ def test_a_sub_daily_run_is_written_under_its_utc_hour_and_read_back_from_it() -
     )
     daily = EVENTS_DAILY.grain
     assert partition_path(daily, daily.of_date(date(2026, 10, 25))) == "dt=2026-10-25"
+
+
+def test_a_param_sent_through_the_api_to_a_query_source_is_bound_never_spliced(
+    services: Services,
+) -> None:
+    rows = [
+        (1, datetime(2026, 11, 22, 9, tzinfo=UTC), "eu"),
+        (2, datetime(2026, 11, 22, 10, tzinfo=UTC), "us"),
+    ]
+    seed_events(services.source_engine, rows)
+    client = api_app(services.ledger, RecordingEnqueue()).test_client()
+
+    def run_for(region: str) -> list[int]:
+        answer = client.post(
+            "/api/v1/runs",
+            json={
+                "pipeline": "events_by_region",
+                "interval": "2026-11-22",
+                "params": {"region": region},
+            },
+            headers=auth(),
+        )
+        assert answer.status_code == 202, answer.json
+        run_id = answer.json["id"]
+        for chunk in steps.plan_run(services, run_id) or []:
+            steps.transform_chunk(services, run_id, chunk.index)
+        run = steps.commit_run(services, run_id)
+        assert run.state is RunState.SUCCEEDED, run.reason
+        return [
+            r["id"]
+            for c in services.ledger.get_chunks(run_id)
+            for r in read_json_lines_gzip(services.parts.get_bytes(c.s3_key or ""))
+        ]
+
+    assert run_for("eu") == [1]
+    assert run_for("eu' OR '1'='1") == []
+    assert run_for("eu'; DROP TABLE etl_test_interval_events; --") == []
+    with services.source_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM etl_test_interval_events")).scalar_one() == 2
