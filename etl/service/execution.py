@@ -103,7 +103,7 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
                 # Never below the watermark (rows deleted since, or none yet): the window
                 # is empty then, and the watermark stays where it is.
                 high = source.cursor_max(read_scope(pipeline, run, None))
-                if low is not None and (high is None or high < int(low)):
+                if isinstance(low, int) and (high is None or high < low):
                     high = low
             else:
                 high = source.cursor_upper_bound(pipeline.source.cursor_lag_s)
