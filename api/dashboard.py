@@ -16,11 +16,13 @@ from api.context import api_services
 from etl.adapters.ledger import Ledger
 from etl.domain.errors import RunNotFound
 from etl.domain.runs import Chunk, ChunkState, Run
-from etl.pipelines import PIPELINES, interval_name
+from etl.pipelines import PIPELINES, explain_run, interval_name
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates")
-# Every page names a run's interval as its pipeline does: a date, or a finer one's start.
+# Every page names a run's interval as its pipeline does: a date, or a finer one's start;
+# a run's page says what it read, and why it read nothing when it did.
 bp.add_app_template_global(interval_name)
+bp.add_app_template_global(explain_run)
 
 
 def _ledger() -> Ledger:

@@ -19,7 +19,7 @@ def main() -> int:
     try:
         settings = load_settings()
         # The deployment's own pipelines (ETL_PIPELINE_MODULES) are scheduled too.
-        load_pipeline_modules(settings.pipeline_modules)
+        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
     except (SettingsError, ImportError, ValueError) as exc:
         print(f"etl beat: error: {exc}", file=sys.stderr)
         return 2

@@ -59,7 +59,7 @@ def build_services(
     """Engines, ledger, S3 writer and services from Settings. Runs the ledger migration
     unless ``migrate=False``; tasks are sent through ``enqueue``, by default a Celery app
     of these settings. Opens no connection other than the migration's."""
-    load_pipeline_modules(settings.pipeline_modules)
+    load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
     ledger_engine = make_engine(
         settings.database_url, settings.db_pool_size, settings.database_ssl_args
     )

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     # Extra modules whose PIPELINES list is added to the registry, comma-separated
     # (e.g. "mycompany.pipelines"): how a deployment brings its own pipelines.
     pipeline_modules: str = ""
+    # Directories those modules are imported from, besides the installed packages
+    # (separated like PATH: ":" on Linux), so no process needs PYTHONPATH set by hand.
+    pipeline_path: str = ""
     # The reconciler re-sends a run's lost plan or commit after this long without
     # progress, and fails a run still unfinished this long after it started.
     reconcile_stale_s: int = Field(default=300, ge=1)

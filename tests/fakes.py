@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
@@ -719,7 +719,7 @@ class ListSource:
         window: ReadScope | None = None,
         *,
         key_hi_inclusive: bool = False,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Generator[list[dict[str, Any]]]:
         """The rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
         ``key_hi_inclusive``) in the window, in key order, in batches."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -160,7 +160,7 @@ class SqlSource:
         window: ReadScope | None = None,
         *,
         key_hi_inclusive: bool = False,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Generator[list[dict[str, Any]]]:
         """Stream the rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
         ``key_hi_inclusive``) and in the window, in key order, in batches.
 

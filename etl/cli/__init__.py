@@ -14,13 +14,14 @@ import etl.cli.backfill as backfill
 import etl.cli.deploy as deploy
 import etl.cli.dlq as dlq
 import etl.cli.outputs as outputs
+import etl.cli.preview as preview
 import etl.cli.processes as processes
 import etl.cli.runs as runs
 from etl.cli.common import EXIT_USAGE, CliError, Parser
 from etl.config import SettingsError, load_settings
 from etl.domain.errors import EtlError
 
-COMMAND_GROUPS = (runs, backfill, dlq, outputs, processes, deploy)
+COMMAND_GROUPS = (runs, preview, backfill, dlq, outputs, processes, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,7 +89,7 @@ def load_pipelines(settings: Settings) -> None:
     from etl.pipelines import load_pipeline_modules
 
     try:
-        load_pipeline_modules(settings.pipeline_modules)
+        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
 

@@ -163,7 +163,7 @@ def _output_paths(settings: Settings, *names: str) -> dict[str, str]:
     from etl.pipelines import PIPELINES, UnknownPipeline, get_pipeline, load_pipeline_modules
 
     try:
-        load_pipeline_modules(settings.pipeline_modules)
+        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
     try:

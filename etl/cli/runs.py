@@ -26,6 +26,7 @@ from etl.cli.common import (
 from etl.cli.progress import ProgressLine, run_progress
 from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
+from etl.pipelines import explain_run
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -166,7 +167,7 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
     from etl.pipelines import PIPELINES, load_pipeline_modules
 
     try:
-        load_pipeline_modules(settings.pipeline_modules)
+        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
     except (ImportError, ValueError) as exc:
         raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
 
@@ -232,7 +233,12 @@ def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:
     print(f"run       {run.id}")
     print(f"pipeline  {run.pipeline}  dt={run.logical_date}  trigger={run.trigger}")
     print(f"interval  {run.interval}")
+    read, empty = explain_run(run)
+    for line in read:
+        print(f"reads     {line}")
     print(f"state     {run.state}" + (f"  ({run.reason})" if run.reason else ""))
+    if empty is not None:
+        print(f"read      nothing: {empty}")
     if run.params:
         print(f"params    {json.dumps(run.params)}")
     if run.chunk_count is not None:

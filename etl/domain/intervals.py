@@ -174,6 +174,17 @@ class Grain:
             raise ValueError("a range is two dates or two timestamps, not one of each")
         return self.on_dates(first, last)
 
+    def resolve(self, named: str | date | datetime | None, now: datetime) -> DataInterval:
+        """The interval a request names (its text, its date, or the instant that starts
+        it); None names the last interval that has ended by ``now``."""
+        if named is None:
+            return self.last_complete(now)
+        if isinstance(named, str):
+            return self.parse(named)
+        if isinstance(named, datetime):
+            return self.starting_at(named)
+        return self.of_date(named)
+
     def parse(self, text: str) -> DataInterval:
         """The interval a user names: a YYYY-MM-DD logical date for a day grain, the
         ISO 8601 timestamp that starts it (with its offset) for a finer one."""

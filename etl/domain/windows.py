@@ -119,3 +119,56 @@ class ReadScope:
             "logical_date": self.logical_date,
         }
         return {name: values[name] for name in names}
+
+
+def describe_window(
+    window: RunWindow | None,
+    interval: DataInterval,
+    *,
+    time_column: str | None,
+    cursor_lag_s: int,
+) -> list[str]:
+    """What a run read, in words: its interval bound on the time column (partitioned),
+    its cursor range and lag (incremental), and its key range; one line each."""
+    lines = []
+    if time_column is not None:
+        lines.append(f"rows with {interval.start.isoformat()} <= {time_column} < "
+                     f"{interval.end.isoformat()}")  # fmt: skip
+    cursor = window.cursor if window else None
+    if cursor is not None:
+        document = cursor.as_dict()
+        lag = f", {cursor_lag_s} s behind the clock when planned" if cursor_lag_s else ""
+        lines.append(f"rows with {cursor.column} in ({document['cursor_low'] or 'the start'}, "
+                     f"{document['cursor_high'] or 'nothing yet'}]{lag}")  # fmt: skip
+    if window is not None and window.key_min is not None:
+        lines.append(f"keys {window.key_column} {window.key_min}..{window.key_max}")
+    return lines
+
+
+def why_nothing_was_read(
+    window: RunWindow | None,
+    interval: DataInterval,
+    *,
+    time_column: str | None,
+    cursor_lag_s: int,
+) -> str:
+    """Why a run planned with no rows read none: what it looked for and found empty."""
+    cursor = window.cursor if window else None
+    if cursor is not None:
+        document = cursor.as_dict()
+        lag = (
+            f"; a row changed in the {cursor_lag_s} s before planning waits for the next run "
+            "(cursor_lag_s)"
+            if cursor_lag_s
+            else ""
+        )
+        return (
+            f"no row had {cursor.column} in ({document['cursor_low'] or 'the start'}, "
+            f"{document['cursor_high'] or 'nothing yet'}]{lag}"
+        )
+    if time_column is not None:
+        return (
+            f"no row had {time_column} in [{interval.start.isoformat()}, "
+            f"{interval.end.isoformat()})"
+        )
+    return "the source had no rows when the run was planned"

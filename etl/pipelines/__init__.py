@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from etl.domain.errors import UnknownPipeline
 from etl.domain.intervals import DataInterval
+from etl.domain.runs import Run
 from etl.domain.schedules import CatchUp, Cron, Every, Schedule, Solar
+from etl.domain.windows import describe_window, why_nothing_was_read
 from etl.pipelines.base import Pipeline, RunParams, Source, SourceMode
 from etl.pipelines.orders import ORDERS_DAILY
 
 PIPELINES: dict[str, Pipeline] = {pipeline.name: pipeline for pipeline in (ORDERS_DAILY,)}
 
 
-def load_pipeline_modules(modules: str) -> list[str]:
-    """Import each comma-separated module and register its ``PIPELINES`` list.
+def load_pipeline_modules(modules: str, path: str = "") -> list[str]:
+    """Import each comma-separated module and register its ``PIPELINES`` list; the
+    directories of ``path`` (ETL_PIPELINE_PATH, separated like PATH) are searched first.
 
     Returns the names added. A module without PIPELINES, or a name already taken by
     another pipeline, is an error at start-up rather than a surprise at 02:00.
     """
+    for directory in reversed([d for d in path.split(os.pathsep) if d.strip()]):
+        resolved = os.path.abspath(directory.strip())
+        if not os.path.isdir(resolved):
+            raise ImportError(f"ETL_PIPELINE_PATH names {directory!r}, which is not a directory")
+        if resolved not in sys.path:
+            sys.path.insert(0, resolved)
     found: dict[str, Pipeline] = {}
     for module_name in filter(None, (name.strip() for name in modules.split(","))):
         module = importlib.import_module(module_name)
@@ -46,6 +57,21 @@ def interval_name(pipeline_name: str, interval: DataInterval) -> str:
     return str(interval) if pipeline is None else pipeline.grain.name(interval)
 
 
+def explain_run(run: Run) -> tuple[list[str], str | None]:
+    """What a run read, a line per bound, and, for a run planned with no rows, why it read
+    nothing (None otherwise); from its recorded window and its pipeline's source."""
+    pipeline = PIPELINES.get(run.pipeline)
+    time_column = pipeline.source.time_column if pipeline else None
+    lag = pipeline.source.cursor_lag_s if pipeline else 0
+    lines = describe_window(run.window, run.interval, time_column=time_column, cursor_lag_s=lag)
+    empty = None
+    if run.chunk_count == 0:
+        empty = why_nothing_was_read(
+            run.window, run.interval, time_column=time_column, cursor_lag_s=lag
+        )
+    return lines, empty
+
+
 def get_pipeline(name: str) -> Pipeline:
     """The registered pipeline called ``name``."""
     try:
@@ -66,6 +92,7 @@ __all__ = [
     "Source",
     "SourceMode",
     "UnknownPipeline",
+    "explain_run",
     "get_pipeline",
     "interval_name",
 ]

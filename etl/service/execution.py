@@ -6,6 +6,7 @@ The tasks in ``etl.worker.tasks`` wrap these with Celery's retries and routing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import time
@@ -28,11 +29,17 @@ from etl.domain.runs import (
     commit_problems,
     part_result,
 )
-from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
+from etl.domain.windows import (
+    CursorValue,
+    CursorWindow,
+    ReadScope,
+    RunWindow,
+    why_nothing_was_read,
+)
 from etl.formats.columnar import arrow_schema, transform_table
 from etl.formats.encoding import FORMATS, make_writer
 from etl.pipelines import Pipeline, get_pipeline
-from etl.service.ports import RunPorts
+from etl.service.ports import RunPorts, SourceReader
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +68,27 @@ def read_scope(pipeline: Pipeline, run: Run, cursor: CursorWindow | None) -> Rea
         time_column=pipeline.source.time_column,
         cursor=cursor,
     )
+
+
+def cursor_window_now(
+    pipeline: Pipeline, source: SourceReader, scope: ReadScope, watermark: CursorValue | None
+) -> ReadScope:
+    """``scope`` with the cursor window an incremental pipeline reads if planned now:
+    (watermark, the source's clock less the lag] for a timestamp cursor, (watermark, the
+    largest value] for an integer one; ``scope`` itself for other pipelines."""
+    column = pipeline.source.cursor_column
+    if column is None:
+        return scope
+    high: CursorValue | None
+    if pipeline.source.cursor_type == "integer":
+        # Never below the watermark (rows deleted since, or none yet): the window is
+        # empty then, and the watermark stays where it is.
+        high = source.cursor_max(scope)
+        if isinstance(watermark, int) and (high is None or high < watermark):
+            high = watermark
+    else:
+        high = source.cursor_upper_bound(pipeline.source.cursor_lag_s)
+    return dataclasses.replace(scope, cursor=CursorWindow(column, watermark, high))
 
 
 def output_prefix(services: RunPorts, pipeline: Pipeline, run: Run) -> str:
@@ -94,21 +122,11 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
         logger.info("resumed run %s: %d chunks planned before", run_id, len(chunks))
     elif run.state is RunState.PLANNING:
         source = services.source_for(pipeline)
-        cursor_window = None
-        if pipeline.source.cursor_column is not None:
-            # Fixed now, so every chunk reads the same window whenever it runs.
-            low = ledger.watermark(pipeline.name)
-            high: CursorValue | None
-            if pipeline.source.cursor_type == "integer":
-                # Never below the watermark (rows deleted since, or none yet): the window
-                # is empty then, and the watermark stays where it is.
-                high = source.cursor_max(read_scope(pipeline, run, None))
-                if isinstance(low, int) and (high is None or high < low):
-                    high = low
-            else:
-                high = source.cursor_upper_bound(pipeline.source.cursor_lag_s)
-            cursor_window = CursorWindow(pipeline.source.cursor_column, low, high)
-        scope = read_scope(pipeline, run, cursor_window)
+        # Fixed now, so every chunk reads the same window whenever it runs.
+        scope = cursor_window_now(
+            pipeline, source, read_scope(pipeline, run, None), ledger.watermark(pipeline.name)
+        )
+        cursor_window = scope.cursor
         span = source.key_span(scope)
         key_min, key_max = span.key_min, span.key_max
         chunk_size = pipeline.chunk_size_for(run.params)
@@ -127,6 +145,18 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
         window = RunWindow(pipeline.source.key_column, key_min, key_max, cursor_window)
         chunks = ledger.record_plan(run_id, planned, window)
         ledger.move_run(run_id, RunState.RUNNING)
+        if not chunks:  # an empty run says why, in the log as in `etl status`
+            source_def = pipeline.source
+            logger.info(
+                "run %s reads nothing: %s",
+                run_id,
+                why_nothing_was_read(
+                    window,
+                    run.interval,
+                    time_column=source_def.time_column,
+                    cursor_lag_s=source_def.cursor_lag_s,
+                ),
+            )
         logger.info(
             "planned run %s (%s, %s): %d chunks over keys %s..%s",
             run_id,

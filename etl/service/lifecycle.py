@@ -79,14 +79,7 @@ class RunService:
             mode="json", exclude_none=True
         )
         grain = pipeline.grain
-        if interval is None:
-            data_interval = grain.last_complete(clock())
-        elif isinstance(interval, str):
-            data_interval = grain.parse(interval)
-        elif isinstance(interval, datetime):
-            data_interval = grain.starting_at(interval)
-        else:
-            data_interval = grain.of_date(interval)
+        data_interval = grain.resolve(interval, clock())
         run, created = self.ledger.create_run(
             pipeline=pipeline.name,
             interval=data_interval,

@@ -8,7 +8,7 @@ Only what ``etl/service/*.py`` calls is here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -299,7 +299,7 @@ class SourceReader(Protocol):
         window: ReadScope | None = None,
         *,
         key_hi_inclusive: bool = False,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Generator[list[dict[str, Any]]]:
         """The rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
         ``key_hi_inclusive``) in the window, in key order, in batches."""
         ...
