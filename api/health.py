@@ -23,7 +23,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """200 when the broker, the ledger database and the bucket all answer, else 503."""
+    """200 when the broker, the ledger database and the bucket all answer, else 503;
+    each check ``ok`` or ``unavailable (<kind>)``: a bucket that does not exist is
+    ``unavailable (NoSuchBucket)`` (etl.adapters.probe.bucket_problem)."""
     problems = api_services().readiness()
     checks = {}
     for name, problem in problems.items():

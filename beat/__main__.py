@@ -10,7 +10,7 @@ from beat.scheduler import DatabaseScheduler
 from etl.bootstrap import migrate_ledger
 from etl.config import SettingsError, load_settings
 from etl.logs import install_celery_hooks
-from etl.pipelines import load_pipeline_modules
+from etl.service.checks import check_pipelines
 from etl.worker.app import make_celery
 
 
@@ -18,10 +18,14 @@ def main() -> int:
     """Start Beat in the foreground."""
     try:
         settings = load_settings()
-        # The deployment's own pipelines (ETL_PIPELINE_MODULES) are scheduled too.
-        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
-    except (SettingsError, ImportError, ValueError) as exc:
+    except SettingsError as exc:
         print(f"etl beat: error: {exc}", file=sys.stderr)
+        return 2
+    # The deployment's own pipelines (ETL_PIPELINE_MODULES) are scheduled too: one that
+    # does not load stops the start, in one line (Beat writes no S3: no bucket check).
+    pipelines = check_pipelines(settings.pipeline_modules, settings.pipeline_path)
+    if not pipelines.ok:
+        print(f"etl beat: error: not starting Beat: {pipelines.sentence()}", file=sys.stderr)
         return 2
     migrate_ledger(settings)  # the ledger's tables hold Beat's state: migrate first
     app = make_celery(settings)

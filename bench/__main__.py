@@ -8,6 +8,10 @@ b. the limit: ``COPY (SELECT ...) TO STDOUT`` into gzip level 1 (zlib, in C), on
 c. the pipeline, trigger to committed manifest, with a real ``etl worker`` over RabbitMQ
    (a fresh one per format), for jsonl.gz and parquet; with ``--scale-rows`` again on a
    table of that many rows, to see how time and memory grow;
+d. the same records made by a SQL-only pipeline (``orders_sql``: the transform in its
+   source query, no Python transform), COPY to Arrow to the part, likewise;
+e. with ``--row-formats``, orders_daily without its columnar transform (the row path:
+   a cursor, a dict per row, the Python transform), likewise;
 
 then print one table and each target of issue 7 with its measured value, write
 ``bench/results/bench-<rows>.json`` and ``.png``, and exit 1 if a target was missed.
@@ -43,7 +47,7 @@ from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import build_services
 from etl.config import Settings, load_settings, settings_env
 from etl.domain.runs import RunState
-from etl.formats.columnar import arrow_schema, transform_table
+from etl.formats.columnar import sql_table, transform_table
 from etl.formats.encoding import make_writer
 from etl.pipelines.orders import ORDERS_DAILY
 from etl.service.lifecycle import RunService, wait_for_run
@@ -54,6 +58,15 @@ RESULTS = ROOT / "bench" / "results"
 COLUMNS = "id, customer_email, amount, currency, status, created_at, updated_at"
 BENCH_VHOST = "etl-bench"
 FORMAT_PIPELINES = {"jsonl.gz": "orders_daily", "parquet": "orders_parquet"}
+SQL_PIPELINES = {"jsonl.gz": "orders_sql", "parquet": "orders_sql_parquet"}
+ROW_PIPELINES = {"jsonl.gz": "orders_rows", "parquet": "orders_rows_parquet"}
+# Each kind of pipeline run: its label and its pipeline per format. Issue 7's targets are
+# checked on c only; d and e are there to compare with.
+RUN_KINDS = {
+    "pipeline": ("c. pipeline", FORMAT_PIPELINES),
+    "sql": ("d. SQL-only pipeline", SQL_PIPELINES),
+    "rows": ("e. row-transform pipeline", ROW_PIPELINES),
+}
 
 # Issue 7's targets, each a ratio within one run.
 MIN_RATIO_TO_NAIVE = 2.5
@@ -71,6 +84,7 @@ class Measurement:
     wall_s: float
     rows: int
     output_format: str | None = None
+    kind: str = "pipeline"
     chunks: int | None = None
     overhead_ms_per_chunk: float | None = None
     worker_peak_rss_mb: list[float] = field(default_factory=list)
@@ -215,9 +229,17 @@ def peak_rss_mb(pid: int) -> list[float]:
 
 
 def pipeline_run(
-    settings: Settings, rows: int, chunk_size: int, concurrency: int, output_format: str
+    settings: Settings,
+    rows: int,
+    chunk_size: int,
+    concurrency: int,
+    output_format: str,
+    kind: str = "pipeline",
 ) -> Measurement:
-    """One run of the pipeline, trigger to commit, on a worker of its own."""
+    """One run of the pipeline (or its SQL-only or row-path twin), trigger to commit, on
+    a worker of its own."""
+    label, pipelines = RUN_KINDS[kind]
+    pipeline = pipelines[output_format]
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
     with tempfile.NamedTemporaryFile(prefix="etl-bench-worker-", suffix=".log") as log:
         worker = subprocess.Popen(
@@ -240,10 +262,10 @@ def pipeline_run(
             # load and connect on their first chunk is a cost of its start, not a run's.
             for attempt in ("warm-up", "measured"):
                 run, _ = service.start_run(
-                    FORMAT_PIPELINES[output_format],
-                    logical_date=date(2000, 1, 1),
+                    pipeline,
+                    interval=date(2000, 1, 1),
                     params={"chunk_size": chunk_size},
-                    idempotency_key=f"bench-{time.time()}-{output_format}-{attempt}",
+                    idempotency_key=f"bench-{time.time()}-{pipeline}-{attempt}",
                 )
                 final = wait_for_run(services.ledger, run.id, timeout_s=3600, poll_s=0.05)
                 if final.state is not RunState.SUCCEEDED:
@@ -261,10 +283,11 @@ def pipeline_run(
             # What the chunks' own work, shared by the worker processes, does not explain.
             overhead = (wall - work / concurrency) / len(chunks) * 1000 if chunks else None
             return Measurement(
-                f"c. pipeline, {output_format} ({concurrency} worker processes)",
+                f"{label}, {output_format} ({concurrency} worker processes)",
                 wall,
                 rows,
                 output_format=output_format,
+                kind=kind,
                 chunks=len(chunks),
                 overhead_ms_per_chunk=overhead,
                 worker_peak_rss_mb=peak_rss_mb(worker.pid),
@@ -280,7 +303,7 @@ def targets(results: list[Measurement], scaled: list[Measurement], scale_rows: i
     """Issue 7's targets for each pipeline run of this one benchmark run."""
     naive_rate, limit_rate = results[0].rows_per_s, results[1].rows_per_s
     found = []
-    for run in results[2:]:
+    for run in (m for m in results[2:] if m.kind == "pipeline"):
         fmt = run.output_format
         found += [
             Target(f"{fmt}: rows/s x naive", run.rows_per_s / naive_rate, MIN_RATIO_TO_NAIVE, True),
@@ -298,7 +321,9 @@ def targets(results: list[Measurement], scaled: list[Measurement], scale_rows: i
                 False,
             ),
         ]
-        for big in (m for m in scaled if m.output_format == fmt):
+        for big in (
+            m for m in scaled if m.output_format == run.output_format and m.kind == run.kind
+        ):
             growth = scale_rows / run.rows
             found += [
                 Target(
@@ -322,13 +347,13 @@ def table(results: list[Measurement], checked: list[Target]) -> str:
     targets."""
     naive_rate, limit_rate = results[0].rows_per_s, results[1].rows_per_s
     lines = [
-        f"{'':46} {'rows':>11} {'wall s':>8} {'rows/s':>10} {'x a':>6} {'x b':>6} "
+        f"{'':58} {'rows':>11} {'wall s':>8} {'rows/s':>10} {'x a':>6} {'x b':>6} "
         f"{'chunks':>6} {'ms/chunk':>8}  peak RSS MB (main, pool)"
     ]
     for m in results:
         overhead = f"{m.overhead_ms_per_chunk:.1f}" if m.overhead_ms_per_chunk is not None else ""
         lines.append(
-            f"{m.name:46} {m.rows:11,} {m.wall_s:8.2f} {m.rows_per_s:10,.0f} "
+            f"{m.name:58} {m.rows:11,} {m.wall_s:8.2f} {m.rows_per_s:10,.0f} "
             f"{m.rows_per_s / naive_rate:6.2f} {m.rows_per_s / limit_rate:6.2f} "
             f"{m.chunks or '':>6} {overhead:>8}  "
             f"{', '.join(str(x) for x in m.worker_peak_rss_mb)}"
@@ -338,7 +363,7 @@ def table(results: list[Measurement], checked: list[Target]) -> str:
         relation = ">=" if target.at_least else "<="
         verdict = "met" if target.met else "MISSED"
         lines.append(
-            f"target  {target.what:44} {target.measured:9.2f} {relation} {target.limit:<8g} "
+            f"target  {target.what:50} {target.measured:9.2f} {relation} {target.limit:<8g} "
             f"{verdict}"
         )
     return "\n".join(lines)
@@ -365,22 +390,36 @@ def chart(results: list[Measurement], path: Path) -> bool:
     return True
 
 
+def _print_profile(title: str, rows: int, spent: dict[str, float]) -> None:
+    total = sum(spent.values())
+    print(f"{title}, one chunk of {rows:,} rows: {total:.3f} s")
+    for stage, seconds in spent.items():
+        print(
+            f"  {stage:40} {seconds:7.3f} s  {seconds / total:5.1%}  "
+            f"{seconds / rows * 1e6:6.2f} us/row"
+        )
+
+
 def profile_chunk(settings: Settings, chunk_size: int) -> None:
-    """Where one chunk's time goes on the fast path, stage by stage, for each format."""
+    """Where one chunk's time goes, stage by stage: on the fast path (columnar transform)
+    and the SQL-only path for each format, and on the row path for jsonl.gz."""
+    from bench.pipelines import ORDERS_SQL
+
     engine = make_engine(settings.database_url)
     source = SqlSource(engine, ORDERS_DAILY.source)
-    schema = arrow_schema(ORDERS_DAILY.schema)
-    assert ORDERS_DAILY.columnar_transform is not None
+    sql_source = SqlSource(engine, ORDERS_SQL.source)
+    schema = ORDERS_DAILY.record_schema
+    columnar = ORDERS_DAILY.columnar_transform
+    assert columnar is not None
     # The first pass warms the process (imports, the connection pool) and is not shown.
     for attempt, output_format in enumerate(["jsonl.gz", *FORMAT_PIPELINES]):
         spent = dict.fromkeys(
-            ["COPY to a file, CSV into Arrow", "columnar transform", "row transform (the rest)",
-             "encode and compress"],
+            ["COPY to a file, CSV into Arrow", "columnar transform",
+             "row transform (the rest), schema check", "encode and compress"],
             0.0,
         )  # fmt: skip
-        columnar = ORDERS_DAILY.columnar_transform
 
-        def timed_columnar(batch: Any, columnar: Any = columnar, spent: Any = spent) -> Any:
+        def timed_columnar(batch: Any, spent: Any = spent) -> Any:
             began = time.perf_counter()
             try:
                 return columnar(batch)
@@ -389,7 +428,7 @@ def profile_chunk(settings: Settings, chunk_size: int) -> None:
 
         rows = 0
         with tempfile.TemporaryFile() as spool:
-            writer = make_writer(output_format, spool, ORDERS_DAILY.schema)
+            writer = make_writer(output_format, spool, schema)
             batches = source.read_range_text(1, 1 + chunk_size)
             while True:
                 began = time.perf_counter()
@@ -399,8 +438,10 @@ def profile_chunk(settings: Settings, chunk_size: int) -> None:
                     break
                 began = time.perf_counter()
                 before = spent["columnar transform"]
-                records, _ = transform_table(batch, timed_columnar, ORDERS_DAILY.transform, schema)
-                spent["row transform (the rest)"] += (
+                records, _ = transform_table(
+                    batch, timed_columnar, ORDERS_DAILY.row_transform, schema
+                )
+                spent["row transform (the rest), schema check"] += (
                     time.perf_counter() - began - (spent["columnar transform"] - before)
                 )
                 began = time.perf_counter()
@@ -410,15 +451,69 @@ def profile_chunk(settings: Settings, chunk_size: int) -> None:
             began = time.perf_counter()
             writer.close()
             spent["encode and compress"] += time.perf_counter() - began
-        total = sum(spent.values())
+
+        sql_spent = dict.fromkeys(
+            ["COPY to a file, CSV into Arrow", "cast to the schema (sql_table)",
+             "encode and compress"],
+            0.0,
+        )  # fmt: skip
+        sql_rows = 0
+        with tempfile.TemporaryFile() as spool:
+            writer = make_writer(output_format, spool, ORDERS_SQL.record_schema)
+            batches = sql_source.read_range_text(1, 1 + chunk_size)
+            while True:
+                began = time.perf_counter()
+                batch = next(batches, None)
+                sql_spent["COPY to a file, CSV into Arrow"] += time.perf_counter() - began
+                if batch is None:
+                    break
+                began = time.perf_counter()
+                records = sql_table(batch, ORDERS_SQL.record_schema)
+                sql_spent["cast to the schema (sql_table)"] += time.perf_counter() - began
+                began = time.perf_counter()
+                writer.write_table(records)
+                sql_spent["encode and compress"] += time.perf_counter() - began
+                sql_rows += batch.num_rows
+            began = time.perf_counter()
+            writer.close()
+            sql_spent["encode and compress"] += time.perf_counter() - began
+
         if attempt == 0:
             continue
-        print(f"one chunk of {rows:,} rows to {output_format}: {total:.3f} s")
-        for stage, seconds in spent.items():
-            print(
-                f"  {stage:34} {seconds:7.3f} s  {seconds / total:5.1%}  "
-                f"{seconds / rows * 1e6:6.2f} us/row"
-            )
+        _print_profile(f"fast path (columnar transform) to {output_format}", rows, spent)
+        _print_profile(f"SQL-only (orders_sql) to {output_format}", sql_rows, sql_spent)
+
+    row_spent = dict.fromkeys(
+        ["cursor, a dict per row", "row transform", "schema check (Schema.conform)",
+         "encode and compress"],
+        0.0,
+    )  # fmt: skip
+    row_rows = 0
+    with tempfile.TemporaryFile() as spool:
+        writer = make_writer("jsonl.gz", spool, schema)
+        batches = source.read_range(1, 1 + chunk_size, 5000)
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)
+            row_spent["cursor, a dict per row"] += time.perf_counter() - began
+            if batch is None:
+                break
+            began = time.perf_counter()
+            result = ORDERS_DAILY.row_transform(batch)
+            row_spent["row transform"] += time.perf_counter() - began
+            began = time.perf_counter()
+            schema.conform(result.records)  # measured alone; the writer checks them again
+            checked = time.perf_counter() - began
+            row_spent["schema check (Schema.conform)"] += checked
+            began = time.perf_counter()
+            writer.write_records(result.records)
+            row_spent["encode and compress"] += time.perf_counter() - began - checked
+            row_rows += len(batch)
+        began = time.perf_counter()
+        writer.close()
+        row_spent["encode and compress"] += time.perf_counter() - began
+    _print_profile("row path (orders_daily without its columnar transform) to jsonl.gz",
+                   row_rows, row_spent)  # fmt: skip
     engine.dispose()
 
 
@@ -432,12 +527,24 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--formats", default="jsonl.gz,parquet")
     parser.add_argument(
+        "--sql-formats",
+        default="jsonl.gz,parquet",
+        help="formats of the SQL-only pipeline's runs (d); empty for none",
+    )
+    parser.add_argument(
+        "--row-formats",
+        default="",
+        help="formats of the row-transform pipeline's runs (e), e.g. jsonl.gz; none by default",
+    )
+    parser.add_argument(
         "--scale-rows", type=int, default=0, help="also run the pipeline on this many rows"
     )
     parser.add_argument("--profile", action="store_true", help="profile one chunk and stop")
     args = parser.parse_args()
     formats = args.formats.split(",")
-    unknown = set(formats) - set(FORMAT_PIPELINES)
+    sql_formats = [fmt for fmt in args.sql_formats.split(",") if fmt]
+    row_formats = [fmt for fmt in args.row_formats.split(",") if fmt]
+    unknown = (set(formats) | set(sql_formats) | set(row_formats)) - set(FORMAT_PIPELINES)
     if unknown:
         parser.error(f"unknown format(s) {', '.join(sorted(unknown))}")
 
@@ -461,16 +568,21 @@ def main() -> int:
         seeded_s = ensure_seeded(settings, args.rows)
         print(f"load average before: {os.getloadavg()}", flush=True)
         results = [naive(settings, client, args.rows), copy_limit(settings, client, args.rows)]
-        for fmt in formats:
+        runs = (
+            [(fmt, "pipeline") for fmt in formats]
+            + [(fmt, "sql") for fmt in sql_formats]
+            + [(fmt, "rows") for fmt in row_formats]
+        )
+        for fmt, kind in runs:
             results.append(
-                pipeline_run(settings, args.rows, args.chunk_size, args.concurrency, fmt)
+                pipeline_run(settings, args.rows, args.chunk_size, args.concurrency, fmt, kind)
             )
         if args.scale_rows:
             big = bench_settings(args.scale_rows).model_copy(update={"s3_endpoint_url": endpoint})
             ensure_seeded(big, args.scale_rows)
-            for fmt in formats:
+            for fmt, kind in runs:
                 scaled.append(
-                    pipeline_run(big, args.scale_rows, args.chunk_size, args.concurrency, fmt)
+                    pipeline_run(big, args.scale_rows, args.chunk_size, args.concurrency, fmt, kind)
                 )
     finally:
         if local_s3 is not None:

@@ -66,7 +66,12 @@ BENCH_EVENTS_DAILY = Pipeline(
         table=EVENTS_TABLE.name, key_column="id", columns=COLUMNS, time_column="event_at"
     ),
     transform=pass_through,
-    schema=(("id", "bigint"), ("event_at", "timestamptz"), ("kind", "text"), ("payload", "text")),
+    schema=(
+        ("id", "integer"),
+        ("event_at", "timestamp"),
+        ("kind", "string"),
+        ("payload", "string"),
+    ),
     chunk_size=50_000,
     output_format="jsonl.gz",
     schedule=Cron("0 2 * * *", TIMEZONE),

@@ -55,7 +55,7 @@ BENCH_EVERY_MINUTE = Pipeline(
         time_column="event_at",
     ),
     transform=pass_through,
-    schema=(("id", "bigint"), ("event_at", "timestamptz"), ("payload", "text")),
+    schema=(("id", "integer"), ("event_at", "timestamp"), ("payload", "string")),
     chunk_size=25,
     schedule=Every(60),
 )

@@ -43,7 +43,7 @@ TIME_KEYS = Table(
     Column("at", DateTime(timezone=True), nullable=False),
 )  # fmt: skip
 
-SCHEMA = (("row_no", "bigint"), ("key", "text"))
+SCHEMA = (("row_no", "integer"), ("key", "string"))
 
 
 def _transform_on(key_column: str) -> Any:

@@ -58,7 +58,7 @@ EVENTS_INCREMENTAL = Pipeline(
         cursor_lag_s=int(os.environ.get("ETL_TEST_EVENTS_LAG_S", "2")),
     ),
     transform=transform_events,
-    schema=(("id", "bigint"), ("updated_at", "timestamptz"), ("payload", "text")),
+    schema=(("id", "integer"), ("updated_at", "timestamp"), ("payload", "string")),
     chunk_size=4,
     schedule=None,
     max_active_runs=1,

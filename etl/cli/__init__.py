@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import etl.cli.backfill as backfill
+import etl.cli.check as check
 import etl.cli.deploy as deploy
 import etl.cli.dlq as dlq
 import etl.cli.outputs as outputs
@@ -21,7 +22,7 @@ from etl.cli.common import EXIT_USAGE, CliError, Parser
 from etl.config import SettingsError, load_settings
 from etl.domain.errors import EtlError
 
-COMMAND_GROUPS = (runs, preview, backfill, dlq, outputs, processes, deploy)
+COMMAND_GROUPS = (runs, preview, backfill, dlq, outputs, processes, check, deploy)
 
 
 def build_parser() -> argparse.ArgumentParser:

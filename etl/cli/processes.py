@@ -17,7 +17,6 @@ from etl.cli.common import (
     EXIT_USAGE,
     CliError,
     first_line,
-    load_pipelines,
     migrate_ledger,
     positive,
 )
@@ -81,13 +80,28 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         from etl.metrics import serve_worker_metrics
 
         serve_worker_metrics(settings.metrics_port, str(settings.metrics_bind))
+    # Its pipelines load and its bucket exists, or it does not start: a worker that
+    # cannot write its outputs would only fail every chunk into the dead-letter queues.
+    refuse_to_start("the worker", settings)
     # Migrate the ledger and declare the queues (with their DLQs) before consuming, so
     # a message rejected in the first second still has somewhere to go.
-    load_pipelines(settings)
     migrate_ledger(settings)
     _declare_topology_when_up(settings, args.broker_wait)
+    refuse_to_start("the worker", settings, bucket=True)
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "worker")
+    from celery.signals import celeryd_after_setup
+
+    from etl.pipelines import PIPELINES
+
+    def announce_pipelines(**_: object) -> None:
+        # What this worker can run, once logging is set up (a JSON line in JSON mode): a
+        # pipeline missing here is a module missing from ETL_PIPELINE_MODULES.
+        logging.getLogger("etl.worker").warning(
+            "etl worker: pipelines %s", ", ".join(sorted(PIPELINES)) or "(none)"
+        )
+
+    celeryd_after_setup.connect(announce_pipelines, weak=False)
     concurrency = args.concurrency or settings.worker_concurrency
     # Two workers on one host must not share a node name: they would fight over the
     # same remote-control queue and the second would exit.
@@ -106,6 +120,23 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         ]
     )
     return EXIT_OK
+
+
+def refuse_to_start(process: str, settings: Settings, *, bucket: bool = False) -> None:
+    """The fatal checks at start (etl/service/checks.py), each ending the start in one
+    line with the fix: a pipeline module that does not load (exit 2; the modules are
+    loaded), or with ``bucket``, for a process that needs it (workers write it, the API
+    reports on it), a bucket that does not exist (exit 1)."""
+    from etl.adapters.probe import SettingsProbes
+    from etl.service.checks import bucket_refusal, check_pipelines
+
+    if bucket:
+        refusal = bucket_refusal(SettingsProbes(settings))
+    else:
+        refusal = check_pipelines(settings.pipeline_modules, settings.pipeline_path)
+    if refusal is not None and not refusal.ok:
+        status = EXIT_USAGE if refusal.name == "pipelines" else EXIT_FAILED
+        raise CliError(f"not starting {process}: {refusal.sentence()}", status)
 
 
 def _declare_topology_when_up(settings: Settings, wait_s: float) -> None:
@@ -153,6 +184,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> NoReturn:
         raise CliError(
             "ETL_API_TOKEN is not set: the API refuses to run without authentication", EXIT_USAGE
         )
+    refuse_to_start("the API", settings)
+    refuse_to_start("the API", settings, bucket=True)
     migrate_ledger(settings)  # once, before gunicorn forks: its workers do not migrate
     logging_args = []
     if settings.log_format == "json":

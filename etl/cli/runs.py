@@ -26,7 +26,7 @@ from etl.cli.common import (
 from etl.cli.progress import ProgressLine, run_progress
 from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
-from etl.pipelines import explain_run
+from etl.pipelines import explain_run, get_pipeline
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -90,6 +90,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     services = open_services(settings)
     try:
+        # Refused before anything is recorded or sent if the bucket is missing (every
+        # chunk would only be dead-lettered); a mistyped pipeline or param is named
+        # first, without asking S3.
+        get_pipeline(args.pipeline).validate_params(dict(args.param))
+        refuse_without_bucket(settings)
         run, created = services.runs.start_run(
             args.pipeline,
             interval=args.interval,
@@ -127,6 +132,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     line.finish()
     print_run(final, services.ledger.get_chunks(final.id))
     return EXIT_OK if final.state is RunState.SUCCEEDED else EXIT_FAILED
+
+
+def refuse_without_bucket(settings: Settings) -> None:
+    """One line with the fix, and no run, if the bucket does not exist. S3 that cannot
+    say (this host may have no S3 settings: the workers write it) is no reason to refuse."""
+    from etl.adapters.probe import SettingsProbes
+    from etl.service.checks import bucket_refusal
+
+    refusal = bucket_refusal(SettingsProbes(settings), warn=False)
+    if refusal is not None:
+        raise CliError(f"no run started: {refusal.sentence()}")
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

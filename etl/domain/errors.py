@@ -147,3 +147,29 @@ class PlanTooLarge(EtlError, ValueError):
             f"over the limit of {self.max_chunks:,} chunks a run: use a chunk_size of at "
             f"least {smallest_size:,}, or raise ETL_MAX_CHUNKS_PER_RUN"
         )
+
+
+class SchemaMismatch(EtlError, ValueError):
+    """A record that does not match its pipeline's schema: an extra field, a missing one,
+    or a value of another type. A bug in the transform (or in a SQL-only pipeline's
+    query), so it fails its chunk for good (no retry mends it); a problem with the data
+    itself is RowRejected instead. Names the pipeline, the field and an example value."""
+
+    kind = "invalid"
+
+    def __init__(self, pipeline: str | None, field: str, problem: str, example: str) -> None:
+        super().__init__(pipeline, field, problem, example)
+        self.pipeline = pipeline
+        self.field_name = field
+        self.problem = problem
+        self.example = example
+
+    def in_pipeline(self, pipeline: str) -> SchemaMismatch:
+        """The same mismatch, naming ``pipeline`` (a writer knows no pipeline's name)."""
+        if self.pipeline is not None:
+            return self
+        return SchemaMismatch(pipeline, self.field_name, self.problem, self.example)
+
+    def __str__(self) -> str:
+        where = f"pipeline {self.pipeline}: " if self.pipeline else ""
+        return f"{where}field {self.field_name!r} {self.problem}, e.g. {self.example}"

@@ -1,4 +1,11 @@
-"""Encoding records into part files: deterministic bytes, counted and hashed as written."""
+"""Encoding records into part files: deterministic bytes, counted and hashed as written.
+
+Each writer is given the pipeline's schema and checks what it is given against it
+(Schema.conform for records, conform_table for Arrow tables): a record that does not
+match raises SchemaMismatch before a byte of it is written. How each logical type is
+carried in each format is in etl/domain/schema.py (JSON Lines, CSV) and
+etl/formats/columnar.py (Parquet), and for consumers in docs/consumers.md.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from etl.formats.columnar import arrow_schema
+from etl.domain.schema import Schema, parse_schema
+from etl.formats.columnar import (
+    SchemaLike,
+    arrow_schema,
+    as_schema,
+    conform_table,
+    plain_records,
+    records_table,
+    text_columns,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,39 +80,51 @@ class _HashingSink:
 
 
 class JsonLinesGzipWriter:
-    """Writes records as gzip-compressed JSON Lines.
+    """Writes records as gzip-compressed JSON Lines, keys in schema order.
 
     The output is byte-for-byte deterministic for the same records (gzip mtime 0, no
     file name in the header, stable key order), so a chunk written twice yields the same
-    object and the same sha256.
+    object and the same sha256. Without a schema (tests of the encoding alone) records
+    are written as they are, unchecked.
     """
 
     extension = "jsonl.gz"
 
-    def __init__(self, target: IO[bytes], compresslevel: int = 6) -> None:
+    def __init__(
+        self, target: IO[bytes], compresslevel: int = 6, schema: SchemaLike | None = None
+    ) -> None:
         self._sink = _HashingSink(target)
         self._gzip = gzip.GzipFile(
             filename="", mode="wb", fileobj=self._sink, compresslevel=compresslevel, mtime=0
         )
         self._rows = 0
+        self._schema = None if schema is None else as_schema(schema)
+        # A json field holds JSON text after Schema.conform, written as it is (not quoted).
+        self._raw = () if self._schema is None else self._schema.of_kind("json")
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records, one JSON object a line."""
-        lines = [
-            json.dumps(record, separators=(",", ":"), ensure_ascii=False) for record in records
-        ]
+        if self._schema is not None:
+            records = self._schema.conform(records)
+        if self._raw:
+            lines = [_json_line(record, self._raw) for record in records]
+        else:
+            lines = [_dumps(record) for record in records]
         if lines:
             self._gzip.write(("\n".join(lines) + "\n").encode("utf-8"))
             self._rows += len(lines)
 
     def write_table(self, table: pa.Table) -> None:
         """Append an Arrow table of records: the same bytes as write_records, built in
-        Arrow when every column is text, integer or boolean and no text needs more
-        escaping than quotes and backslashes."""
-        lines = _json_lines(table)
-        if lines is None:
-            self.write_records(table.to_pylist())
-        elif lines:
+        Arrow (a column of floats, or of text that needs more escaping than quotes and
+        backslashes, through Python's encoder)."""
+        if self._schema is not None:
+            table = conform_table(table, self._schema)
+            columns = text_columns(table, self._schema)
+        else:
+            columns = {name: table[name] for name in table.column_names}
+        lines = _json_lines(columns, table.num_rows, self._raw)
+        if lines:
             self._gzip.write(lines)
             self._rows += table.num_rows
 
@@ -106,36 +134,57 @@ class JsonLinesGzipWriter:
         return PartStats(rows=self._rows, bytes=self._sink.size, sha256=self._sink.hash.hexdigest())
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _json_line(record: dict[str, Any], raw: Sequence[str]) -> str:
+    """One record's line, its json fields' JSON text as it is."""
+    pieces = []
+    for name, value in record.items():
+        text = value if name in raw and value is not None else _dumps(value)
+        pieces.append(f"{_dumps(name)}:{text}")
+    return "{" + ",".join(pieces) + "}"
+
+
 # What json.dumps escapes beyond quotes and backslashes: the control characters.
 _NEEDS_ESCAPE = "[\\x00-\\x1f]"
 
 
-def _json_lines(table: pa.Table) -> bytes | None:
+def _json_lines(columns: dict[str, Any], rows: int, raw: Sequence[str] = ()) -> bytes:
     """json.dumps(record, separators=(",", ":"), ensure_ascii=False) of each row, a line
-    each, built in Arrow; None when a column or a value needs Python's encoder."""
+    each, built in Arrow from its columns (those of ``raw`` hold JSON text, written as it
+    is); a column of floats, nested values or text needing escapes beyond quotes and
+    backslashes is encoded value by value with Python's encoder, the same bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if table.num_rows == 0:
+    if rows == 0:
         return b""
     pieces: list[Any] = []
-    for position, name in enumerate(table.column_names):
-        column = table[name]
-        if pa.types.is_integer(column.type):
+    for position, (name, column) in enumerate(columns.items()):
+        if name in raw:
+            text = column.cast(pa.string())
+        elif pa.types.is_integer(column.type):
             text = pc.cast(column, pa.string())
         elif pa.types.is_boolean(column.type):
             text = pc.if_else(column, "true", "false")
-        elif pa.types.is_string(column.type):
-            if pc.any(pc.match_substring_regex(column, _NEEDS_ESCAPE)).as_py():
-                return None
+        elif (
+            pa.types.is_string(column.type)
+            and not pc.any(pc.match_substring_regex(column, _NEEDS_ESCAPE)).as_py()
+        ):
             escaped = pc.replace_substring(pc.replace_substring(column, "\\", "\\\\"), '"', '\\"')
             text = pc.binary_join_element_wise('"', escaped, '"', "")
-        else:
-            return None  # floats, dates, nested values: Python's own formatting
+        else:  # floats, nested values, control characters: Python's own formatting
+            text = pa.array(
+                [None if value is None else _dumps(value) for value in column.to_pylist()],
+                pa.string(),
+            )
         opening = "{" if position == 0 else ","
-        pieces += [opening + json.dumps(name, ensure_ascii=False) + ":", pc.fill_null(text, "null")]
+        pieces += [opening + _dumps(name) + ":", pc.fill_null(text, "null")]
     lines = pc.binary_join_element_wise(*pieces, "}\n", "")
-    return b"".join(chunk.buffers()[2].to_pybytes()[_value_span(chunk)] for chunk in lines.chunks)
+    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
+    return b"".join(chunk.buffers()[2].to_pybytes()[_value_span(chunk)] for chunk in chunks)
 
 
 def _value_span(array: pa.Array) -> slice:
@@ -164,15 +213,17 @@ class CsvGzipWriter:
     """Writes records as gzip-compressed CSV with a header, columns in schema order.
 
     Deterministic like JsonLinesGzipWriter. A null is an empty field, so CSV cannot tell
-    an empty string from a null: a reader gets None for both.
+    an empty string from a null: a reader gets None for both. Values as JSON Lines
+    carries them (etl/domain/schema.py): booleans ``true``/``false``, json as its text.
     """
 
-    def __init__(self, target: IO[bytes], columns: Sequence[str], compresslevel: int = 6) -> None:
+    def __init__(self, target: IO[bytes], schema: SchemaLike, compresslevel: int = 6) -> None:
         self._sink = _HashingSink(target)
         self._gzip = gzip.GzipFile(
             filename="", mode="wb", fileobj=self._sink, compresslevel=compresslevel, mtime=0
         )
-        self._columns = list(columns)
+        self._schema = as_schema(schema)
+        self._columns = list(self._schema.names)
         self._rows = 0
         self._write_lines([self._columns])
 
@@ -183,14 +234,22 @@ class CsvGzipWriter:
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records, one CSV line each."""
-        rows = [[_csv_value(record.get(name)) for name in self._columns] for record in records]
+        rows = [
+            [_csv_value(value) for value in record.values()]
+            for record in self._schema.conform(records)
+        ]
         if rows:
             self._write_lines(rows)
             self._rows += len(rows)
 
     def write_table(self, table: pa.Table) -> None:
         """Append an Arrow table of records, through Python's csv module like any other."""
-        self.write_records(table.to_pylist())
+        columns = text_columns(conform_table(table, self._schema), self._schema)
+        listed = [column.to_pylist() for column in columns.values()]
+        rows = [[_csv_value(value) for value in row] for row in zip(*listed, strict=True)]
+        if rows:
+            self._write_lines(rows)
+            self._rows += len(rows)
 
     def close(self) -> PartStats:
         """Finish the gzip stream and return what was written."""
@@ -201,10 +260,10 @@ class CsvGzipWriter:
 def _csv_value(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
     return value
 
 
@@ -213,15 +272,12 @@ class ParquetPartWriter:
 
     Deterministic for the same records and pyarrow version."""
 
-    def __init__(
-        self, target: IO[bytes], schema: Sequence[tuple[str, str]], compression_level: int = 3
-    ) -> None:
-        import pyarrow as pa
+    def __init__(self, target: IO[bytes], schema: SchemaLike, compression_level: int = 3) -> None:
         import pyarrow.parquet as pq
 
-        self._pa = pa
         self._sink = _HashingSink(target)
-        self._schema = arrow_schema(schema)
+        self._record_schema = as_schema(schema)
+        self._schema = arrow_schema(self._record_schema)
         self._writer = pq.ParquetWriter(
             self._sink,
             self._schema,
@@ -232,16 +288,15 @@ class ParquetPartWriter:
 
     def write_records(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records as one row group."""
-        batch = list(records)
+        batch = self._record_schema.conform(records)
         if batch:
-            table = self._pa.Table.from_pylist(batch, schema=self._schema)
-            self._writer.write_table(table)
+            self._writer.write_table(records_table(batch, self._record_schema))
             self._rows += len(batch)
 
     def write_table(self, table: pa.Table) -> None:
         """Append an Arrow table of records as one row group."""
         if table.num_rows:
-            self._writer.write_table(table.cast(self._schema))
+            self._writer.write_table(conform_table(table, self._record_schema))
             self._rows += table.num_rows
 
     def close(self) -> PartStats:
@@ -253,15 +308,17 @@ class ParquetPartWriter:
 def make_writer(
     output_format: str,
     target: IO[bytes],
-    schema: Sequence[tuple[str, str]],
+    schema: SchemaLike,
     compression_level: int | None = None,
 ) -> PartWriter:
-    """The writer for a format, at its default compression level unless one is given."""
+    """The writer for a format, at its default compression level unless one is given.
+    Every record and table it is given is checked against ``schema`` (a pipeline's
+    ``record_schema``, so that a mismatch names the pipeline; or a declaration)."""
     level = compression_level or DEFAULT_COMPRESSION[output_format]
     if output_format == "jsonl.gz":
-        return JsonLinesGzipWriter(target, compresslevel=level)
+        return JsonLinesGzipWriter(target, compresslevel=level, schema=schema)
     if output_format == "csv.gz":
-        return CsvGzipWriter(target, [name for name, _ in schema], compresslevel=level)
+        return CsvGzipWriter(target, schema, compresslevel=level)
     if output_format == "parquet":
         return ParquetPartWriter(target, schema, compression_level=level)
     raise ValueError(f"unknown output format {output_format!r}")
@@ -270,7 +327,9 @@ def make_writer(
 def read_part(
     data: bytes | IO[bytes], output_format: str, schema: Sequence[tuple[str, str]] = ()
 ) -> Iterator[dict[str, Any]]:
-    """The records of a part, whatever its format (CSV values typed by the schema)."""
+    """The records of a part, whatever its format, as JSON Lines reads back: numbers and
+    booleans as such, decimals, dates and times as their text, json fields as their
+    values (CSV's text typed by the schema; older manifests' type names read too)."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     if output_format == "jsonl.gz":
         with gzip.GzipFile(fileobj=stream, mode="rb") as lines:
@@ -278,7 +337,7 @@ def read_part(
                 if line.strip():
                     yield json.loads(line)
     elif output_format == "csv.gz":
-        kinds = dict(schema)
+        kinds = {name: _read_kind(kind) for name, kind in schema}
         with gzip.GzipFile(fileobj=stream, mode="rb") as raw:
             reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""))
             for row in reader:
@@ -289,19 +348,59 @@ def read_part(
         import pyarrow.parquet as pq
 
         table = pq.ParquetFile(stream)
+        declared = _parquet_schema(table.schema_arrow, schema)
         for batch in table.iter_batches():
-            yield from batch.to_pylist()
+            yield from plain_records(batch, declared)
     else:
         raise ValueError(f"unknown output format {output_format!r}")
+
+
+def _read_kind(spelled: str) -> str:
+    """A manifest's type as a logical type's name (string when it names none)."""
+    try:
+        return parse_schema([("field", spelled)]).fields[0].type.name
+    except ValueError:
+        return {"bigint": "integer", "number": "float"}.get(spelled, "string")
+
+
+def _parquet_schema(arrow: pa.Schema, declared: Sequence[tuple[str, str]]) -> Schema:
+    """The logical types of a Parquet file's columns, from the file itself (older parts
+    wrote times as text: read as text)."""
+    import pyarrow as pa
+
+    kinds = {name: _read_kind(kind) for name, kind in declared}
+    fields = []
+    for column in arrow:
+        kind = column.type
+        if isinstance(kind, pa.JsonType):
+            name = "json"
+        elif pa.types.is_decimal(kind):
+            name = f"decimal({kind.precision},{kind.scale})"
+        elif pa.types.is_timestamp(kind):
+            name = "timestamp" if kind.tz else "timestamp_ntz"
+        elif pa.types.is_date(kind):
+            name = "date"
+        elif pa.types.is_integer(kind):
+            name = "integer"
+        elif pa.types.is_floating(kind):
+            name = "float"
+        elif pa.types.is_boolean(kind):
+            name = "boolean"
+        else:
+            name = "json" if kinds.get(column.name) == "json" else "string"
+        fields.append((column.name, name))
+    return parse_schema(fields)
 
 
 def _typed(value: str, kind: str) -> Any:
     if value == "":
         return None
-    if kind in {"integer", "bigint"}:
+    if kind == "integer":
         return int(value)
-    if kind in {"number", "float"}:
+    if kind == "float":
         return float(value)
     if kind == "boolean":
         return value == "true"
+    if kind == "json":
+        return json.loads(value)
     return value

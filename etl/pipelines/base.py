@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from etl.domain.intervals import Grain
 from etl.domain.schedules import MANUAL_GRAIN, CatchUp, Cron, Schedule
+from etl.domain.schema import Schema, parse_schema, sql_only_transform
 from etl.domain.transform import Transform
 from etl.formats.columnar import ColumnarTransform
 from etl.formats.encoding import COMPRESSION_RANGE, FORMATS
@@ -145,7 +146,12 @@ class Pipeline:
     name: str
     description: str
     source: Source
-    transform: Transform
+    # Source rows -> records and rejections. None: a SQL-only pipeline, whose records are
+    # its source's columns named in the schema, cast to their types (the fastest path:
+    # COPY to Arrow to the part, no Python object per row; see docs/performance.md).
+    transform: Transform | None
+    # The records' fields and their logical types (etl.domain.schema): (("id", "integer"),
+    # ("at", "timestamp"), ...). Every record is checked against it before it is written.
     schema: tuple[tuple[str, str], ...]
     # The fast path (etl.formats.columnar): the same transform over a batch in Arrow, for
     # the rows it is sure of. Used when the source is PostgreSQL; the other rows reach
@@ -167,10 +173,26 @@ class Pipeline:
     params_model: type[RunParams] = RunParams
     # Where the pipeline's runs go under ETL_S3_PREFIX; empty means the pipeline's name.
     output_prefix: str = ""
+    # The schema parsed (made from ``schema`` when the pipeline is defined).
+    record_schema: Schema = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"pipeline name {self.name!r} must match {_NAME.pattern}")
+        object.__setattr__(self, "record_schema", parse_schema(self.schema, self.name))
+        if self.transform is None:
+            if self.columnar_transform is not None:
+                raise ValueError(
+                    f"pipeline {self.name!r} has a columnar_transform but no transform for "
+                    "the rows it leaves; give both, or neither (SQL-only)"
+                )
+            unread = [n for n in self.record_schema.names if n not in self.source.columns]
+            if unread:
+                raise ValueError(
+                    f"pipeline {self.name!r} has no transform (SQL-only), so its records are "
+                    f"source columns; {', '.join(map(repr, unread))} is not among the "
+                    f"source's columns ({', '.join(self.source.columns)})"
+                )
         if self.output_format not in FORMATS:
             raise ValueError(
                 f"unknown output format {self.output_format!r} (one of {', '.join(FORMATS)})"
@@ -211,6 +233,19 @@ class Pipeline:
             )
 
     @property
+    def row_transform(self) -> Transform:
+        """What turns a batch of source rows into records: the transform, or for a
+        SQL-only pipeline its columns as they are, read as their types."""
+        if self.transform is not None:
+            return self.transform
+        return sql_only_transform(self.record_schema)
+
+    @property
+    def sql_only(self) -> bool:
+        """Whether the source's SQL is the whole transform (no Python transform)."""
+        return self.transform is None
+
+    @property
     def grain(self) -> Grain:
         """The intervals its runs cover (its schedule's; UTC days without one)."""
         return MANUAL_GRAIN if self.schedule is None else self.schedule.grain
@@ -234,5 +269,5 @@ class Pipeline:
         return int(size) if size else self.chunk_size
 
     def schema_document(self) -> list[dict[str, str]]:
-        """The output schema as it appears in the manifest."""
-        return [{"name": name, "type": type_} for name, type_ in self.schema]
+        """The output schema as it appears in the manifest: each field's logical type."""
+        return self.record_schema.document()

@@ -6,6 +6,7 @@ The tasks in ``etl.worker.tasks`` wrap these with Celery's retries and routing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -36,7 +37,7 @@ from etl.domain.windows import (
     RunWindow,
     why_nothing_was_read,
 )
-from etl.formats.columnar import arrow_schema, transform_table
+from etl.formats.columnar import sql_table, transform_table
 from etl.formats.encoding import FORMATS, make_writer
 from etl.pipelines import Pipeline, get_pipeline
 from etl.service.ports import RunPorts, SourceReader
@@ -248,33 +249,50 @@ def transform_chunk(services: RunPorts, run_id: str, index: int) -> dict[str, An
     prefix = output_prefix(services, pipeline, run)
     key = part_key(prefix, index, pipeline.output_format)
     rejected: Counter[str] = Counter()
+    # Every record is checked against the schema on its way to the part (the writer
+    # conforms records and tables): one that does not match raises SchemaMismatch naming
+    # the pipeline and the field, a bug in the transform that fails the chunk for good.
+    schema = pipeline.record_schema
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES) as spool:
-        writer = make_writer(
-            pipeline.output_format, spool, pipeline.schema, pipeline.compression_level
-        )
-        window = read_scope(pipeline, run, run.window.cursor if run.window else None)
-        if pipeline.columnar_transform is not None and source.copies_text:
-            # The fast path: COPY's text in Arrow tables, no Python object per row.
-            output_schema = arrow_schema(pipeline.schema)
-            for table in source.read_range_text(
-                chunk.key_lo, chunk.key_hi, window, key_hi_inclusive=chunk.key_hi_inclusive
-            ):
-                records, rejected_here = transform_table(
-                    table, pipeline.columnar_transform, pipeline.transform, output_schema
-                )
-                writer.write_table(records)
-                rejected.update(rejected_here)
-        else:
-            for batch in source.read_range(
-                chunk.key_lo,
-                chunk.key_hi,
-                READ_BATCH_ROWS,
-                window,
-                key_hi_inclusive=chunk.key_hi_inclusive,
-            ):
-                result = pipeline.transform(batch)
-                writer.write_records(result.records)
-                rejected.update(result.rejected_by_reason())
+        writer = make_writer(pipeline.output_format, spool, schema, pipeline.compression_level)
+        try:
+            window = read_scope(pipeline, run, run.window.cursor if run.window else None)
+            columnar = pipeline.columnar_transform
+            if source.copies_text and (pipeline.sql_only or columnar is not None):
+                # The fast path: COPY's text in Arrow tables, no Python object per row. A
+                # SQL-only pipeline's columns are cast to the schema's types and written; a
+                # columnar transform takes the plain rows and the row transform the rest.
+                for table in source.read_range_text(
+                    chunk.key_lo, chunk.key_hi, window, key_hi_inclusive=chunk.key_hi_inclusive
+                ):
+                    if columnar is None:
+                        writer.write_table(sql_table(table, schema))
+                        continue
+                    records, rejected_here = transform_table(
+                        table, columnar, pipeline.row_transform, schema
+                    )
+                    writer.write_table(records)
+                    rejected.update(rejected_here)
+            else:
+                # The row path (a SQL-only pipeline on a source without COPY: its columns as
+                # they are, read as their types).
+                transform = pipeline.row_transform
+                for batch in source.read_range(
+                    chunk.key_lo,
+                    chunk.key_hi,
+                    READ_BATCH_ROWS,
+                    window,
+                    key_hi_inclusive=chunk.key_hi_inclusive,
+                ):
+                    result = transform(batch)
+                    writer.write_records(result.records)
+                    rejected.update(result.rejected_by_reason())
+        except BaseException:
+            # A part given up (a record that does not match, a failed read): finish the
+            # writer here, so it does not write to the closed spool when it is collected.
+            with contextlib.suppress(Exception):
+                writer.close()
+            raise
         stats = writer.close()
         etag = services.parts.put_part(
             key,

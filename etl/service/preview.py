@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl.domain.intervals import DataInterval
-from etl.domain.transform import Record, Rejection
+from etl.domain.transform import BatchResult, Record, Rejection
 from etl.domain.windows import CursorValue, ReadScope
 from etl.pipelines import Pipeline
 from etl.service.execution import cursor_window_now
@@ -67,9 +67,12 @@ def preview(
     with closing(batches):  # the first batch only: the cursor is closed after it
         rows = next(batches, [])[:limit]
     try:
-        result = pipeline.transform(rows)
+        result = pipeline.row_transform(rows)  # a SQL-only pipeline's: its columns as typed
+        # Checked against the schema as a run writes them: a mismatch shows here.
+        records = pipeline.record_schema.conform(result.records)
     except Exception as exc:
         raise TransformRaised(pipeline.name, exc) from exc
+    result = BatchResult(records=records, rejections=result.rejections)
     return Preview(
         pipeline.name,
         scope,

@@ -74,8 +74,9 @@ def test_broker_tls_settings_reach_celery_and_refuse_an_unverifiable_setup(
 
 
 def test_a_worker_never_logs_its_broker_password(
-    service_settings: Settings, rabbitmq_vhost: str, tmp_path: Path
+    service_settings: Settings, services: Services, rabbitmq_vhost: str, tmp_path: Path
 ) -> None:
+    # (services: the session's bucket exists, or the worker refuses to start)
     user = f"etl-secret-{rabbitmq_vhost[-8:]}"
     with scratch_vhost(f"{rabbitmq_vhost}-creds") as vhost:
         rabbitmqctl("add_user", user, BROKER_PASSWORD)

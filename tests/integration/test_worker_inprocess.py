@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from datetime import date
 from typing import Any
 
@@ -14,7 +13,6 @@ import redis
 
 from etl.adapters.sample_orders import seed_orders
 from etl.bootstrap import Services
-from etl.config import Settings
 from etl.domain.runs import ChunkState, RunState, Trigger
 from etl.domain.transform import BatchResult
 from etl.pipelines import PIPELINES
@@ -26,43 +24,12 @@ from etl.worker.app import (
     TASK_TRANSFORM_CHUNK,
     EtlCelery,
     celery_enqueue,
-    make_celery,
 )
 
 from builders import utc_day
 from support import assert_run_output_matches_source, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def celery_app(service_settings: Settings, services: Services) -> Iterator[EtlCelery]:
-    from etl.adapters.topology import declare_topology
-
-    declare_topology(service_settings.broker_url)
-    yield make_celery(service_settings)
-
-
-@pytest.fixture
-def celery_worker_pool() -> str:
-    return "threads"
-
-
-@pytest.fixture
-def celery_worker_parameters() -> dict[str, Any]:
-    # Our app has no celery.ping task; the ledger, not a ping, tells us work was done.
-    return {"perform_ping_check": False, "concurrency": 2}
-
-
-@pytest.fixture
-def worker(celery_worker: Any) -> Any:
-    """Celery's in-process worker, quick to stop.
-
-    Its event loop sleeps up to 10 s between timers and notices a shutdown request only
-    when it wakes; a 0.2 s no-op timer keeps teardown well under a second.
-    """
-    celery_worker.hub.call_repeatedly(0.2, lambda: None)
-    return celery_worker
 
 
 def test_a_run_completes_with_every_row_once(
