@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from etl.logs import install_celery_hooks
-    from etl.worker.app import make_celery
+    from etl.worker.app import announce_pipelines_at_start, make_celery
 
     if settings.metrics_port:
         # Before any metric exists: every pool process then writes its own files here,
@@ -90,18 +90,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     refuse_to_start("the worker", settings, bucket=True)
     app = make_celery(settings)
     install_celery_hooks(settings.log_format, "worker")
-    from celery.signals import celeryd_after_setup
-
-    from etl.pipelines import PIPELINES
-
-    def announce_pipelines(**_: object) -> None:
-        # What this worker can run, once logging is set up (a JSON line in JSON mode): a
-        # pipeline missing here is a module missing from ETL_PIPELINE_MODULES.
-        logging.getLogger("etl.worker").warning(
-            "etl worker: pipelines %s", ", ".join(sorted(PIPELINES)) or "(none)"
-        )
-
-    celeryd_after_setup.connect(announce_pipelines, weak=False)
+    announce_pipelines_at_start()
     concurrency = args.concurrency or settings.worker_concurrency
     # Two workers on one host must not share a node name: they would fight over the
     # same remote-control queue and the second would exit.

@@ -235,3 +235,19 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
         return {"polling_interval": 0.01}
     # Publisher confirms: a publish returns only once the broker has the message.
     return {"confirm_publish": True}
+
+
+def announce_pipelines_at_start() -> None:
+    """Log the pipelines this worker can run once Celery has set logging up (a JSON line
+    in JSON mode): a pipeline missing there is a module missing from
+    ETL_PIPELINE_MODULES."""
+    from celery.signals import celeryd_after_setup
+
+    from etl.pipelines import PIPELINES
+
+    def announce(**_: object) -> None:
+        logging.getLogger("etl.worker").warning(
+            "etl worker: pipelines %s", ", ".join(sorted(PIPELINES)) or "(none)"
+        )
+
+    celeryd_after_setup.connect(announce, weak=False)
