@@ -94,21 +94,15 @@ def pipelines() -> str:
     """The pipelines, their schedules and their next and last runs."""
     ledger = _ledger()
     moment = datetime.now(UTC)
-    rows = []
-    for pipeline in sorted(PIPELINES.values(), key=lambda p: p.name):
-        next_at = pipeline.next_run_at(moment)
-        rows.append(
-            {
-                "pipeline": pipeline,
-                "next": next_at,
-                "next_interval": (
-                    pipeline.schedule.interval_for(next_at)
-                    if next_at is not None and pipeline.schedule is not None
-                    else None
-                ),
-                "last": ledger.latest_run(pipeline.name),
-            }
-        )
+    rows = [
+        {
+            "pipeline": pipeline,
+            "next": pipeline.next_run_at(moment),
+            "next_interval": pipeline.next_interval(moment),
+            "last": ledger.latest_run(pipeline.name),
+        }
+        for pipeline in sorted(PIPELINES.values(), key=lambda p: p.name)
+    ]
     return render_template("dashboard/pipelines.html", rows=rows)
 
 

@@ -40,9 +40,9 @@ def describe(pipeline: Pipeline, ledger: Ledger, moment: datetime) -> PipelineRe
         interval=pipeline.grain.describe(),
         next_run_at=next_run_at,
         next_interval=(
-            None
-            if next_run_at is None or pipeline.schedule is None
-            else IntervalResponse.of(pipeline.schedule.interval_for(next_run_at))
+            IntervalResponse.of(interval)
+            if (interval := pipeline.next_interval(moment)) is not None
+            else None
         ),
         last_run=RunResponse.from_run(last) if last else None,
         last_success=RunResponse.from_run(success) if success else None,

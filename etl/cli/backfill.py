@@ -16,7 +16,6 @@ from etl.cli.common import (
     CliError,
     date_or_timestamp,
     describe_params_error,
-    interval_label,
     open_services,
     param,
     positive,
@@ -25,6 +24,7 @@ from etl.cli.progress import ProgressLine, bar, clock
 from etl.config import Settings
 from etl.domain.backfills import BackfillProgress, IntervalPlan, Reprocess
 from etl.domain.runs import ACTIVE_RUN_STATES, ChunkState, RunState
+from etl.pipelines import interval_name
 
 
 def register(sub: Any) -> None:
@@ -119,7 +119,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     line.finish()
     for run in services.ledger.backfill_runs(backfill.id):
         detail = f"{run.rows_written} rows" if run.rows_written is not None else run.reason
-        print(f"  {interval_label(run)}  {run.state:10}  {run.id}  {detail or ''}")
+        named = interval_name(run.pipeline, run.interval)
+        print(f"  {named}  {run.state:10}  {run.id}  {detail or ''}")
     return EXIT_OK if progress.succeeded else EXIT_FAILED
 
 

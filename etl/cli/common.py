@@ -11,8 +11,6 @@ from pydantic import ValidationError
 from etl.config import Settings
 from etl.domain.errors import ErrorKind, EtlError
 from etl.domain.intervals import parse_date_or_timestamp
-from etl.domain.runs import Run
-from etl.pipelines import interval_name
 
 if TYPE_CHECKING:
     # Not at import: the composition root pulls in prometheus_client, which must not be
@@ -66,11 +64,6 @@ def date_or_timestamp(text: str) -> date | datetime:
         return parse_date_or_timestamp(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def interval_label(run: Run) -> str:
-    """A run's interval as its pipeline names it (a date, or the start of a finer one)."""
-    return interval_name(run.pipeline, run.interval)
 
 
 def positive(text: str) -> int:

@@ -14,7 +14,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from etl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError, Parser, positive
+from etl.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    Parser,
+    load_pipelines,
+    positive,
+)
 from etl.config import Settings
 from etl.domain.outputs import RunOutput, choose_latest
 
@@ -160,12 +168,9 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
 
 def _output_paths(settings: Settings, *names: str) -> dict[str, str]:
     """Pipeline name -> output path, for the names given or every registered pipeline."""
-    from etl.pipelines import PIPELINES, UnknownPipeline, get_pipeline, load_pipeline_modules
+    from etl.pipelines import PIPELINES, UnknownPipeline, get_pipeline
 
-    try:
-        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
-    except (ImportError, ValueError) as exc:
-        raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
+    load_pipelines(settings)
     try:
         return {name: get_pipeline(name).output_path for name in names or list(PIPELINES)}
     except UnknownPipeline as exc:

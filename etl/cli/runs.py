@@ -18,7 +18,7 @@ from etl.cli.common import (
     as_document,
     date_or_timestamp,
     describe_params_error,
-    interval_label,
+    load_pipelines,
     open_services,
     param,
     positive,
@@ -26,7 +26,7 @@ from etl.cli.common import (
 from etl.cli.progress import ProgressLine, run_progress
 from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
-from etl.pipelines import explain_run, get_pipeline
+from etl.pipelines import explain_run, get_pipeline, interval_name
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,7 +106,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:  # an interval this pipeline does not have
         raise CliError(str(exc), EXIT_USAGE) from None
     verb = "started" if created else "already exists:"
-    print(f"run {run.id} {verb} {run.pipeline} for {interval_label(run)} ({run.state})")
+    named = interval_name(run.pipeline, run.interval)
+    print(f"run {run.id} {verb} {run.pipeline} for {named} ({run.state})")
     if not args.wait:
         return EXIT_OK
     line = ProgressLine(sys.stdout)
@@ -180,12 +181,9 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
     from etl.domain.schedules import summarize
-    from etl.pipelines import PIPELINES, load_pipeline_modules
+    from etl.pipelines import PIPELINES
 
-    try:
-        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
-    except (ImportError, ValueError) as exc:
-        raise CliError(f"cannot load ETL_PIPELINE_MODULES: {exc}", EXIT_USAGE) from None
+    load_pipelines(settings)
 
     moment = datetime.now(UTC)
     for pipeline in PIPELINES.values():
@@ -193,11 +191,8 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
         upcoming = pipeline.next_run_at(moment)
         following = upcoming.isoformat(timespec="seconds") if upcoming else "-"
         # What the next run covers, as its pipeline names it.
-        covers = (
-            pipeline.grain.name(pipeline.schedule.interval_for(upcoming))
-            if upcoming and pipeline.schedule
-            else "-"
-        )
+        next_interval = pipeline.next_interval(moment)
+        covers = pipeline.grain.name(next_interval) if next_interval else "-"
         reads = f"{pipeline.source.mode}/{pipeline.grain.kind}"
         print(
             f"{pipeline.name:20} {when:28} next {following:25} for {covers:25} "

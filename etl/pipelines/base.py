@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from etl.domain.intervals import Grain
+from etl.domain.intervals import DataInterval, Grain
 from etl.domain.schedules import MANUAL_GRAIN, CatchUp, Cron, Schedule
 from etl.domain.schema import Schema, parse_schema, sql_only_transform
 from etl.domain.transform import Transform
@@ -258,6 +258,12 @@ class Pipeline:
     def next_run_at(self, moment: datetime) -> datetime | None:
         """When Beat next starts a run of this pipeline after ``moment`` (None: never)."""
         return None if self.schedule is None else self.schedule.next_after(moment)
+
+    def next_interval(self, moment: datetime) -> DataInterval | None:
+        """The interval Beat's next run of this pipeline after ``moment`` covers."""
+        if self.schedule is None:
+            return None
+        return self.schedule.interval_for(self.schedule.next_after(moment))
 
     def validate_params(self, raw: dict[str, Any]) -> RunParams:
         """Check run parameters against this pipeline's model (raises pydantic ValidationError)."""
