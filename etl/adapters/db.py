@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, Table, create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.domain.chunks import ChunkKey, KeySpan, as_chunk_key, count_chunks
+from etl.domain.chunks import (
+    ChunkKey,
+    KeySpan,
+    as_chunk_key,
+    consecutive_key_boundaries,
+    count_chunks,
+)
 from etl.domain.windows import ReadScope
 from etl.pipelines.base import Source
 
@@ -98,9 +104,12 @@ class SqlSource:
 
         One ordered pass over the keys, numbered by row_number(): with an index on the key
         PostgreSQL walks the index (about 0.3 s for a million rows), without one it sorts.
+        Consecutive integer keys need no pass: their boundaries are worked out.
         """
         if not span.rows or span.key_min is None or span.key_max is None:
             return []
+        if (worked_out := consecutive_key_boundaries(span, chunk_size)) is not None:
+            return worked_out
         where, params = self._window_filter(window)
         clause = " AND " + where.removeprefix(" WHERE ") if where else ""
         # Identifiers only, validated by Source and quoted; values are bound. A row
@@ -162,17 +171,35 @@ class SqlSource:
         key_hi_inclusive: bool = False,
     ) -> Generator[list[dict[str, Any]]]:
         """Stream the rows with ``key_lo <= key < key_hi`` (``<= key_hi`` when
-        ``key_hi_inclusive``) and in the window, in key order, in batches.
+        ``key_hi_inclusive``) and in the window, in key order, in batches of dicts.
 
-        A server-side cursor keeps memory at one batch whatever the chunk size.
+        A server-side cursor keeps memory at one batch whatever the chunk size. On
+        PostgreSQL the rows come from psycopg2's own cursor, as the driver types them:
+        half the cost of SQLAlchemy's streamed rows and mappings (docs/performance.md).
         """
         query, params = self._range_query(key_lo, key_hi, key_hi_inclusive, window)
-        with self._engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-                text(query), params
-            )
-            for partition in result.mappings().partitions(batch_size):
-                yield [dict(row) for row in partition]
+        names = list(self._source.columns)
+        if self._engine.dialect.name != "postgresql":
+            with self._engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
+                    text(query), params
+                )
+                for partition in result.partitions(batch_size):
+                    yield [dict(zip(names, row, strict=True)) for row in partition]
+            return
+        # In psycopg2's own style (%(name)s, a literal % doubled), as for COPY.
+        compiled = text(query).bindparams(**params).compile(dialect=self._engine.dialect)
+        raw = self._engine.raw_connection()
+        try:
+            cursor: Any = raw.cursor(name="etl_read_range")  # named: a server-side cursor
+            cursor.itersize = batch_size
+            cursor.execute(str(compiled), compiled.params)
+            while rows := cursor.fetchmany(batch_size):
+                yield [dict(zip(names, row, strict=True)) for row in rows]
+            cursor.close()
+            raw.rollback()  # the cursor's transaction; nothing was written
+        finally:
+            raw.close()  # back to the pool, which rolls back a read abandoned midway
 
     @property
     def copies_text(self) -> bool:

@@ -100,6 +100,20 @@ def chunk_starts(rows: int, chunk_size: int) -> list[int]:
     return [-(-index * rows // chunks) for index in range(chunks)]
 
 
+def consecutive_key_boundaries(span: KeySpan, chunk_size: int) -> list[ChunkKey] | None:
+    """The boundaries of a span of integer keys with exactly as many rows as integers from
+    ``key_min`` to ``key_max`` (an identity key with no gaps, the common case), worked out
+    without reading a key: row ``r`` holds key ``key_min + r``. None for any other span.
+
+    Were the keys not unique (a repeat and a gap that happen to even out), the ranges
+    would still partition the rows exactly; only their sizes would differ.
+    """
+    low, high = span.key_min, span.key_max
+    if not (isinstance(low, int) and isinstance(high, int)) or high - low + 1 != span.rows:
+        return None
+    return [low + row for row in chunk_starts(span.rows, chunk_size)]
+
+
 def pick_boundaries(sorted_keys: Sequence[ChunkKey], chunk_size: int) -> list[ChunkKey]:
     """The keys at the rows ``chunk_starts`` names in ``sorted_keys`` (the window's keys in
     key order), without repeats: what a source computes in SQL, written out for a source

@@ -78,7 +78,8 @@ def test_a_partitioned_source_reads_its_interval_and_the_sql_says_so(events: Eng
     assert len(rows) == 48
     assert all(DAY.start <= row["event_at"] < DAY.end for row in rows)
     assert [row["id"] for row in rows] == list(range(49, 97))
-    # Both the plan's count and the chunk's read carry the interval's bounds, as values.
+    # The plan's count carries the interval's bounds, as values (the chunk's read goes
+    # through psycopg2's own cursor, unseen by SQLAlchemy's events: its rows say it).
     for statement, parameters in seen:
         assert "event_at >= %(etl_interval_start)s" in statement
         assert "event_at < %(etl_interval_end)s" in statement
@@ -86,7 +87,7 @@ def test_a_partitioned_source_reads_its_interval_and_the_sql_says_so(events: Eng
             DAY.start,
             DAY.end,
         )
-    assert len(seen) == 2
+    assert len(seen) == 1
 
 
 def test_a_query_source_binds_the_interval_and_the_runs_params(events: Engine) -> None:

@@ -170,10 +170,12 @@ class ChecksumVerifyingProxy:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.corrupt_in_transit = False
         self.refused: list[str] = []
+        self.requests: list[str] = []  # "PUT /bucket/key", in order
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_request(self) -> None:
+                proxy.requests.append(f"{self.command} {self.path.split('?')[0]}")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 claimed = self.headers.get("x-amz-checksum-sha256")
                 if claimed is not None and body:
@@ -285,3 +287,20 @@ def test_a_part_whose_bytes_are_not_those_hashed_is_refused(
 
     assert proxy.refused == [f"PUT /{writer.bucket}/{key}"]
     assert writer.part_metadata(key) is None
+
+
+def test_a_part_is_checked_by_s3s_answer_to_its_put_with_no_second_request(
+    verifying: tuple[ChecksumVerifyingProxy, S3PartWriter],
+) -> None:
+    proxy, writer = verifying
+    body = os.urandom(64 * 1024)
+
+    key, etag = put_bytes(writer, body)
+
+    assert proxy.requests == [f"PUT /{writer.bucket}/{key}"]
+    assert writer.part_metadata(key) == {
+        "bytes": len(body),
+        "etag": etag,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "rows": "1",
+    }

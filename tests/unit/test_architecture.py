@@ -88,6 +88,9 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "celery": ("etl.worker", "beat", "etl.logs", "etl.domain.schedules"),
     # Arrow is data, not I/O: anywhere but the domain.
     "pyarrow": ("etl.formats", "etl.pipelines", "etl.service", "etl.adapters", "etl.worker"),
+    # The part encoders: JSON and gzip in C, for the formats alone.
+    "orjson": ("etl.formats",),
+    "zlib_ng": ("etl.formats",),
     "flask": ("api",),
     "werkzeug": ("api",),
     "prometheus_client": ("etl.metrics", "api.metrics"),

@@ -24,6 +24,7 @@ from etl.domain.chunks import (
     as_chunk_key,
     check_chunk_count,
     chunk_starts,
+    consecutive_key_boundaries,
     count_chunks,
     describe_key_range,
     pick_boundaries,
@@ -171,6 +172,21 @@ def test_the_start_rows_are_those_the_sql_test_picks(rows: int, size: int) -> No
     assert chunks == count_chunks(rows, size)
     assert starts == [row for row in range(rows) if row * chunks % rows < chunks]
     assert all(0 < later - earlier <= size for earlier, later in pairwise([*starts, rows]))
+
+
+@given(low=st.integers(-(10**12), 10**12), rows=st.integers(1, 3_000), size=st.integers(1, 4_000))
+def test_consecutive_integer_keys_get_the_boundaries_a_pass_over_them_would(
+    low: int, rows: int, size: int
+) -> None:
+    keys = list(range(low, low + rows))
+    span = KeySpan(rows, keys[0], keys[-1])
+    assert consecutive_key_boundaries(span, size) == pick_boundaries(keys, size)
+
+
+def test_keys_with_a_gap_or_not_integers_are_not_worked_out() -> None:
+    assert consecutive_key_boundaries(KeySpan(3, 1, 4), 2) is None  # a gap: 4 keys, 3 rows
+    assert consecutive_key_boundaries(KeySpan(3, "a", "c"), 2) is None
+    assert consecutive_key_boundaries(KeySpan(0), 2) is None
 
 
 def test_boundaries_are_the_first_keys_of_the_chunks_once_each() -> None:

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from etl.domain.runs import Chunk, ChunkState, chunk_result
 from etl.formats.encoding import JsonLinesGzipWriter, PartStats
@@ -190,3 +192,61 @@ def test_json_lines_from_an_arrow_table_are_the_bytes_of_json_dumps(
 
     assert gzip.decompress(from_table.getvalue()) == gzip.decompress(from_records.getvalue())
     assert read_json_lines_gzip(from_table.getvalue()) == records
+
+
+def test_json_lines_are_what_json_loads_reads_and_each_record_one_compact_line() -> None:
+    data, _ = encode(TRICKY_RECORDS)
+    lines = gzip.decompress(data).split(b"\n")
+    assert lines[-1] == b""  # every line ends in a newline, the last too
+    assert [json.loads(line) for line in lines[:-1]] == TRICKY_RECORDS
+    assert lines[1] == '{"id":-2,"text":"back\\\\slash and é, 中文, 😀","flag":false}'.encode()
+
+
+def test_a_parquet_part_holds_row_groups_of_at_least_65536_rows_whatever_the_batches() -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from etl.formats.columnar import arrow_schema
+    from etl.formats.encoding import PARQUET_ROW_GROUP_ROWS, ParquetPartWriter
+
+    schema = (("id", "integer"), ("text", "string"))
+    rows = 150_000
+    buffer = io.BytesIO()
+    writer = ParquetPartWriter(buffer, schema)
+    for start in range(0, rows, 8_000):  # COPY's blocks are about this size
+        ids = range(start, min(start + 8_000, rows))
+        writer.write_table(
+            pa.table({"id": list(ids), "text": [f"t{i}" for i in ids]}, arrow_schema(schema))
+        )
+    stats = writer.close()
+
+    part = pq.ParquetFile(io.BytesIO(buffer.getvalue()))
+    groups = [part.metadata.row_group(i).num_rows for i in range(part.num_row_groups)]
+    assert stats.rows == rows == sum(groups)
+    assert all(size >= PARQUET_ROW_GROUP_ROWS for size in groups[:-1]), groups
+    assert len(groups) == 3  # 72,000 + 72,000 + the last 6,000
+    assert part.read().column("id").to_pylist() == list(range(rows))
+
+
+FLAT_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@given(
+    records=st.lists(st.dictionaries(st.text(), FLAT_VALUES, min_size=1, max_size=4), max_size=8)
+)
+def test_flat_records_are_one_json_object_a_line_whatever_their_text(
+    records: list[dict[str, Any]],
+) -> None:
+    from etl.formats.encoding import _flat_json_lines
+
+    if not records:
+        return
+    lines = _flat_json_lines(records).split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line) for line in lines[:-1]] == records
