@@ -45,10 +45,13 @@ def to_cents(value: Any) -> int:
     """An amount in major units (Decimal, float or text) as integer cents."""
     if value is None:
         raise RowRejected("missing_amount")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise RowRejected("invalid_amount") from None
+    if isinstance(value, Decimal):  # numeric, as the driver reads it: no text round trip
+        amount = value
+    else:
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise RowRejected("invalid_amount") from None
     if not amount.is_finite():
         raise RowRejected("invalid_amount")
     if amount < 0:
@@ -95,7 +98,9 @@ def to_utc_iso(value: Any) -> str:
             raise RowRejected("invalid_timestamp") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif moment.tzinfo is not UTC:  # the driver's timestamptz is in UTC already
+        moment = moment.astimezone(UTC)
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def transform_order(row: Row) -> Record:
