@@ -45,8 +45,8 @@ audit: install ## Security: bandit on the code, pip-audit on the dependencies (n
 	$(BIN)/bandit -q -r etl api beat
 	$(BIN)/pip-audit --strict --progress-spinner off
 
-bench: install ## Benchmark: naive script vs COPY limit vs the pipeline (BENCH_ROWS=1000000; BENCH_SCALE_ROWS=10000000 adds a 10x run)
-	$(BIN)/python -m bench --rows $(BENCH_ROWS) --scale-rows $(BENCH_SCALE_ROWS)
+bench: install ## Benchmark: naive script, honest limits, pool-of-2 peer, the pipelines, a 10,000-chunk run (BENCH_ROWS=1000000; BENCH_SCALE_ROWS=10000000 adds a 10x run; BENCH_ARGS for more)
+	$(BIN)/python -m bench --rows $(BENCH_ROWS) --scale-rows $(BENCH_SCALE_ROWS) $(BENCH_ARGS)
 
 bench-backfill: install ## Benchmark: a backfill of 30 Berlin days x 100,000 rows, 2 workers; checks each run's rows
 	$(BIN)/python -m bench.backfill

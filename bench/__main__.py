@@ -1,19 +1,27 @@
-"""``python -m bench [--rows N] [--scale-rows M] [--profile]``: measure, in one process
-tree and one run,
+"""``python -m bench [--rows N] [--scale-rows M] [--big-chunks K] [--profile]``: measure,
+in one process tree and one run,
 
 a. the naive script: one Python process, a server-side cursor, csv + gzip (level 6, as
    the pipeline's jsonl.gz), one PUT;
-b. the limit: ``COPY (SELECT ...) TO STDOUT`` into gzip level 1 (zlib, in C), one PUT,
-   no Python rows;
-c. the pipeline, trigger to committed manifest, with a real ``etl worker`` over RabbitMQ
-   (a fresh one per format), for jsonl.gz and parquet; with ``--scale-rows`` again on a
-   table of that many rows, to see how time and memory grow;
+b. the honest limit of each format: the source's rows in that format with no Python per
+   row and no transform, in two processes (one per core) each taking half the keys:
+   PostgreSQL's row_to_json through COPY, gzip 6 by zlib-ng in 8 MiB blocks (b1,
+   jsonl.gz); COPY's CSV read by Arrow in the columns' types and written as Parquet,
+   zstd 3 (b2, parquet); one PUT a process (bench/baselines.py);
+p. the best peer: a plain multiprocessing.Pool(2) script doing the pipeline's job (its
+   chunks, its row transform, jsonl.gz, one PUT a chunk, a manifest);
+c. the pipeline, trigger to committed manifest, with a real ``etl worker`` over RabbitMQ,
+   a fresh one per format, for jsonl.gz and parquet: its first run on the fresh worker
+   and a warm second run (the table's row); with ``--scale-rows`` again on a table of that
+   many rows, to see how time and memory grow;
 d. the same records made by a SQL-only pipeline (``orders_sql``: the transform in its
    source query, no Python transform), COPY to Arrow to the part, likewise;
-e. with ``--row-formats``, orders_daily without its columnar transform (the row path:
-   a cursor, a dict per row, the Python transform), likewise;
+e. orders_daily without its columnar transform (``orders_rows``: the row path, a dict a
+   row and the Python transform), likewise;
+f. orders_daily in ``--big-chunks`` chunks (10,000 by default) on a fresh worker: how
+   long planning, dispatch and the commit take;
 
-then print one table and each target of issue 7 with its measured value, write
+then print one table and each target of issue 16 with its measured value, write
 ``bench/results/bench-<rows>.json`` and ``.png``, and exit 1 if a target was missed.
 ``--profile`` prints where one chunk's time goes instead. Each row count has a database
 of its own (``etl_bench_<rows>``), seeded once and reused; the vhost is made anew.
@@ -27,13 +35,15 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,14 +51,16 @@ from urllib.parse import urlsplit
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from etl.adapters.db import SqlSource, make_engine
+from bench import baselines
+from bench.harness import Etl
+from bench.profile import profile_chunk
 from etl.adapters.s3 import LocalS3, make_s3_client
 from etl.adapters.sample_orders import seed_orders
-from etl.bootstrap import build_services
-from etl.config import Settings, load_settings, settings_env
-from etl.domain.runs import RunState
-from etl.formats.columnar import sql_table, transform_table
-from etl.formats.encoding import make_writer
+from etl.bootstrap import Services, build_services
+from etl.config import Settings, load_settings
+from etl.domain.chunks import count_chunks
+from etl.domain.runs import Chunk, Run, RunState
+from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.pipelines.orders import ORDERS_DAILY
 from etl.service.lifecycle import RunService, wait_for_run
 from etl.worker.app import celery_enqueue, make_celery
@@ -60,20 +72,27 @@ BENCH_VHOST = "etl-bench"
 FORMAT_PIPELINES = {"jsonl.gz": "orders_daily", "parquet": "orders_parquet"}
 SQL_PIPELINES = {"jsonl.gz": "orders_sql", "parquet": "orders_sql_parquet"}
 ROW_PIPELINES = {"jsonl.gz": "orders_rows", "parquet": "orders_rows_parquet"}
-# Each kind of pipeline run: its label and its pipeline per format. Issue 7's targets are
-# checked on c only; d and e are there to compare with.
+# Each kind of pipeline run: its label and its pipeline per format.
 RUN_KINDS = {
     "pipeline": ("c. pipeline", FORMAT_PIPELINES),
     "sql": ("d. SQL-only pipeline", SQL_PIPELINES),
-    "rows": ("e. row-transform pipeline", ROW_PIPELINES),
+    "rows": ("e. row-only pipeline", ROW_PIPELINES),
 }
+PIPELINE_KINDS = (*RUN_KINDS, "big")
 
-# Issue 7's targets, each a ratio within one run.
-MIN_RATIO_TO_NAIVE = 2.5
-MIN_RATIO_TO_LIMIT = 0.40
+# Issue 16's targets, each a ratio of rows/s within one run (or a time, or memory).
+MIN_JSONL_X_NAIVE = 3.0
+MIN_JSONL_X_LIMIT = 0.5
+MIN_PARQUET_X_LIMIT = 0.6
+MIN_JSONL_X_PEER = 1.5
+MIN_ROWS_X_PEER = 1.0  # the row-only pipeline does more than the peer: ledger, chord, checks
+MIN_ROWS_X_NAIVE = 1.5
 MAX_OVERHEAD_MS_PER_CHUNK = 10.0
+MAX_FIRST_OVER_WARM = 1.2
 MAX_WORKER_RSS_MB = 300.0
 MAX_TIME_GROWTH_PER_ROW_GROWTH = 1.1  # 10x the rows in at most 11x the time
+MAX_BIG_PLAN_DISPATCH_S = 10.0
+MAX_BIG_COMMIT_S = 10.0
 
 
 @dataclass
@@ -81,13 +100,18 @@ class Measurement:
     """One line of the table."""
 
     name: str
+    kind: str  # naive, limit, peer, one of RUN_KINDS, or big
     wall_s: float
-    rows: int
+    rows: int  # source rows: every rate is of these
     output_format: str | None = None
-    kind: str = "pipeline"
+    records: int | None = None  # records written
+    bytes_out: int | None = None  # as stored
+    raw_bytes: int | None = None  # before compression, where known
     chunks: int | None = None
     overhead_ms_per_chunk: float | None = None
-    worker_peak_rss_mb: list[float] = field(default_factory=list)
+    first_wall_s: float | None = None  # a pipeline's first run on its fresh worker
+    worker_peak_rss_mb: list[float] = field(default_factory=list)  # main, pool processes
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -96,15 +120,17 @@ class Measurement:
 
 @dataclass
 class Target:
-    """One of issue 7's targets and what this run measured."""
+    """One of issue 16's targets and what this run measured."""
 
     what: str
-    measured: float
+    measured: float | None  # None: not measured (a reference is missing)
     limit: float
     at_least: bool
 
     @property
     def met(self) -> bool:
+        if self.measured is None:
+            return False
         return self.measured >= self.limit if self.at_least else self.measured <= self.limit
 
 
@@ -135,7 +161,7 @@ def bench_settings(rows: int) -> Settings:
     return base.model_copy(
         update={
             "database_url": database.render_as_string(hide_password=False),
-            "source_database_url": "",  # a, b and c all read the benchmark's own table
+            "source_database_url": "",  # every job reads the benchmark's own table
             "broker_url": broker,
             "s3_bucket": "etl-bench",
             "pipeline_modules": "bench.pipelines",
@@ -161,20 +187,13 @@ def ensure_seeded(settings: Settings, rows: int) -> float:
     return time.monotonic() - began
 
 
-def _connect(settings: Settings) -> Any:
-    import psycopg2
-
-    url = make_url(settings.database_url)
-    return psycopg2.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password,
-        dbname=url.database,
-    )  # fmt: skip
-
-
 def naive(settings: Settings, client: Any, rows: int) -> Measurement:
     """One process: server-side cursor, csv rows, gzip, one PUT."""
+    import psycopg2
+
+    where = baselines.where_of(settings.database_url, "", "", "")
     began = time.monotonic()
-    connection = _connect(settings)
+    connection = psycopg2.connect(**where.dsn)
     try:
         with tempfile.TemporaryFile() as spool:
             with gzip.GzipFile(fileobj=spool, mode="wb", compresslevel=6, mtime=0) as gz:
@@ -187,29 +206,59 @@ def naive(settings: Settings, client: Any, rows: int) -> Measurement:
                         writer.writerow(row)
                 text_out.flush()
                 text_out.detach()
+            size = spool.tell()
             spool.seek(0)
             client.upload_fileobj(spool, settings.s3_bucket, "bench/naive.csv.gz")
     finally:
         connection.close()
-    return Measurement("a. naive script (cursor, csv, gzip, PUT)", time.monotonic() - began, rows)
+    return Measurement(
+        "a. naive script (cursor, csv, gzip, PUT)",
+        "naive",
+        time.monotonic() - began,
+        rows,
+        output_format="csv.gz",
+        records=rows,
+        bytes_out=size,
+    )
 
 
-def copy_limit(settings: Settings, client: Any, rows: int) -> Measurement:
-    """COPY to STDOUT straight into gzip level 1, one PUT: no Python rows."""
-    began = time.monotonic()
-    connection = _connect(settings)
-    try:
-        with tempfile.TemporaryFile() as spool, connection.cursor() as cursor:
-            with gzip.GzipFile(fileobj=spool, mode="wb", compresslevel=1, mtime=0) as gz:
-                cursor.copy_expert(
-                    f"COPY (SELECT {COLUMNS} FROM orders ORDER BY id) TO STDOUT WITH (FORMAT csv)",
-                    gz,
-                )
-            spool.seek(0)
-            client.upload_fileobj(spool, settings.s3_bucket, "bench/copy.csv.gz")
-    finally:
-        connection.close()
-    return Measurement("b. limit (COPY, gzip -1, PUT)", time.monotonic() - began, rows)
+def limit_run(settings: Settings, rows: int, output_format: str) -> Measurement:
+    """b1 or b2: the honest limit of a format (bench/baselines.py)."""
+    where = baselines.where_of(
+        settings.database_url, settings.s3_endpoint_url, settings.s3_region, settings.s3_bucket
+    )
+    done = baselines.limit(output_format, where, baselines.halves(settings.database_url))
+    label = {"jsonl.gz": "b1. limit: row_to_json, COPY", "parquet": "b2. limit: COPY, Arrow"}
+    return Measurement(
+        f"{label[output_format]}, {output_format} (2 processes)",
+        "limit",
+        done.wall_s,
+        rows,
+        output_format=output_format,
+        records=done.records,
+        bytes_out=done.bytes_out,
+        raw_bytes=done.raw_bytes,
+        chunks=done.parts,
+    )
+
+
+def peer_run(settings: Settings, rows: int, chunk_size: int) -> Measurement:
+    """p: the pool-of-2 script (bench/baselines.py)."""
+    where = baselines.where_of(
+        settings.database_url, settings.s3_endpoint_url, settings.s3_region, settings.s3_bucket
+    )
+    done = baselines.peer(where, settings.database_url, chunk_size)
+    return Measurement(
+        "p. peer: multiprocessing.Pool(2) script, jsonl.gz",
+        "peer",
+        done.wall_s,
+        rows,
+        output_format="jsonl.gz",
+        records=done.records,
+        bytes_out=done.bytes_out,
+        raw_bytes=done.raw_bytes,
+        chunks=done.parts,
+    )
 
 
 def peak_rss_mb(pid: int) -> list[float]:
@@ -228,6 +277,62 @@ def peak_rss_mb(pid: int) -> list[float]:
     return peaks
 
 
+@contextmanager
+def fresh_worker(settings: Settings, concurrency: int) -> Iterator[tuple[Etl, RunService, Any]]:
+    """A new ``etl worker --concurrency N``, ready, and a RunService that triggers runs
+    on it (its AMQP connection made up front: the trigger's own handshake is not the
+    pipeline's overhead); the worker stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as logs:
+        worker = Etl(
+            ["worker", "--concurrency", str(concurrency)], settings, Path(logs) / "worker.log"
+        )
+        services = build_services(settings)
+        try:
+            worker.wait_for_log(r"ready\.")
+            app = make_celery(settings)
+            with app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection()
+            yield worker, RunService(services.ledger, celery_enqueue(app)), services
+        finally:
+            worker.stop()
+            services.close()
+
+
+def run_once(
+    service: RunService, services: Services, worker: Etl, pipeline: str, chunk_size: int
+) -> tuple[Run, list[Chunk]]:
+    """One run, trigger to commit; the finished run and its chunks."""
+    run, _ = service.start_run(
+        pipeline,
+        interval=date(2000, 1, 1),
+        params={"chunk_size": chunk_size},
+        idempotency_key=f"bench-{time.time()}-{pipeline}",
+    )
+    final = wait_for_run(services.ledger, run.id, timeout_s=3600, poll_s=0.05)
+    if final.state is not RunState.SUCCEEDED:
+        problems = "\n".join(worker.problems()[-20:])
+        raise RuntimeError(f"the {pipeline} run {final.state}: {final.reason}\n{problems}")
+    assert final.finished_at is not None
+    return final, services.ledger.get_chunks(run.id)
+
+
+def run_wall(run: Run) -> float:
+    """Trigger (the run recorded) to commit (the run succeeded), by the ledger."""
+    assert run.finished_at is not None
+    return (run.finished_at - run.created_at).total_seconds()
+
+
+def overhead_ms_per_chunk(run: Run, chunks: list[Chunk], concurrency: int) -> float | None:
+    """What the chunks' own work, shared by the worker processes, does not explain, per
+    chunk: planning, dispatch, queueing, the commit."""
+    work = sum(
+        (c.finished_at - c.started_at).total_seconds()
+        for c in chunks
+        if c.finished_at and c.started_at
+    )
+    return (run_wall(run) - work / concurrency) / len(chunks) * 1000 if chunks else None
+
+
 def pipeline_run(
     settings: Settings,
     rows: int,
@@ -236,135 +341,277 @@ def pipeline_run(
     output_format: str,
     kind: str = "pipeline",
 ) -> Measurement:
-    """One run of the pipeline (or its SQL-only or row-path twin), trigger to commit, on
-    a worker of its own."""
+    """Two runs of a pipeline (or its SQL-only or row-only twin), trigger to commit, on a
+    fresh worker: the first (what the pool processes load and connect on their first
+    chunk is in it) and a warm second one, the measurement."""
     label, pipelines = RUN_KINDS[kind]
     pipeline = pipelines[output_format]
-    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
-    with tempfile.NamedTemporaryFile(prefix="etl-bench-worker-", suffix=".log") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "etl", "worker", "--concurrency", str(concurrency)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        services = build_services(settings)
-        try:
-            deadline = time.monotonic() + 60
-            while b"ready." not in Path(log.name).read_bytes():
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the worker did not start:\n" + Path(log.name).read_text())
-                time.sleep(0.2)
-            app = make_celery(settings)
-            with app.producer_or_acquire() as producer:
-                # The trigger's own AMQP handshake is not the pipeline's overhead.
-                producer.connection.ensure_connection()
-            service = RunService(services.ledger, celery_enqueue(app))
-            # A warm-up run first: a worker is long-lived, and what its pool processes
-            # load and connect on their first chunk is a cost of its start, not a run's.
-            for attempt in ("warm-up", "measured"):
-                run, _ = service.start_run(
-                    pipeline,
-                    interval=date(2000, 1, 1),
-                    params={"chunk_size": chunk_size},
-                    idempotency_key=f"bench-{time.time()}-{pipeline}-{attempt}",
-                )
-                final = wait_for_run(services.ledger, run.id, timeout_s=3600, poll_s=0.05)
-                if final.state is not RunState.SUCCEEDED:
-                    raise RuntimeError(
-                        f"the {attempt} {output_format} run {final.state}: {final.reason}"
-                    )
-            assert final.finished_at is not None
-            wall = (final.finished_at - final.created_at).total_seconds()
-            chunks = services.ledger.get_chunks(run.id)
-            work = sum(
-                (c.finished_at - c.started_at).total_seconds()
-                for c in chunks
-                if c.finished_at and c.started_at
-            )
-            # What the chunks' own work, shared by the worker processes, does not explain.
-            overhead = (wall - work / concurrency) / len(chunks) * 1000 if chunks else None
-            return Measurement(
-                f"{label}, {output_format} ({concurrency} worker processes)",
-                wall,
-                rows,
-                output_format=output_format,
-                kind=kind,
-                chunks=len(chunks),
-                overhead_ms_per_chunk=overhead,
-                worker_peak_rss_mb=peak_rss_mb(worker.pid),
-            )
-        finally:
-            if worker.poll() is None:
-                os.killpg(worker.pid, 15)
-                worker.wait(timeout=60)
-            services.close()
+    with fresh_worker(settings, concurrency) as (worker, service, services):
+        first, first_chunks = run_once(service, services, worker, pipeline, chunk_size)
+        warm, chunks = run_once(service, services, worker, pipeline, chunk_size)
+        rss = peak_rss_mb(worker.process.pid)
+    return Measurement(
+        f"{label}, {output_format}",
+        kind,
+        run_wall(warm),
+        rows,
+        output_format=output_format,
+        records=warm.rows_written,
+        bytes_out=sum(c.bytes or 0 for c in chunks),
+        chunks=len(chunks),
+        overhead_ms_per_chunk=overhead_ms_per_chunk(warm, chunks, concurrency),
+        first_wall_s=run_wall(first),
+        worker_peak_rss_mb=rss,
+        details={
+            "pipeline": pipeline,
+            "first_overhead_ms_per_chunk": overhead_ms_per_chunk(first, first_chunks, concurrency),
+        },
+    )
+
+
+def _logged_at(log: str, pattern: str, after: datetime | None = None) -> datetime | None:
+    """When the worker logged the first line matching ``pattern`` (at or after
+    ``after``): the text format's ``2026-01-01 00:00:00,123`` (local time) or the JSON
+    format's ``ts``."""
+    for line in log.splitlines():
+        if not re.search(pattern, line):
+            continue
+        if found := re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line):
+            moment = datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
+        elif found := re.search(r'"ts": "([^"]+)"', line):
+            moment = datetime.fromisoformat(found[1])
+        else:
+            continue
+        if after is None or moment >= after:
+            return moment
+    return None
+
+
+def big_run(
+    settings: Settings, rows: int, chunk_count: int, concurrency: int, log_copy: Path
+) -> Measurement:
+    """f: orders_daily in ``chunk_count`` chunks (``rows // chunk_count`` rows each) on a
+    fresh worker, with its stages:
+
+    - plan: the run recorded -> its chunks recorded and the run running (the worker's
+      "planned run" line, logged right after the ledger's move to running);
+    - dispatch: that line -> the last chunk message published (Celery's "Task
+      etl.plan_run[...] succeeded" line: the task publishes every chunk message, the
+      broker confirming them, before it returns; should publishing ever move out of
+      the task, this observable must move with it);
+    - commit: the last chunk's finished_at -> the run's finished_at, in the ledger.
+
+    The worker's log is kept in ``log_copy``.
+    """
+    chunk_size = max(1, rows // chunk_count)
+    planned = count_chunks(rows, chunk_size)
+    settings = settings.model_copy(
+        update={"max_chunks_per_run": max(settings.max_chunks_per_run, planned)}
+    )
+    with fresh_worker(settings, concurrency) as (worker, service, services):
+        run, chunks = run_once(service, services, worker, ORDERS_DAILY.name, chunk_size)
+        rss = peak_rss_mb(worker.process.pid)
+        log = worker.log()
+    log_copy.write_text(log)
+    assert run.finished_at is not None
+    planned_at = _logged_at(log, rf"planned run {run.id}")
+    dispatched_at = (
+        _logged_at(log, rf"Task {re.escape(TASK_PLAN_RUN)}\[.*\] succeeded", planned_at)
+        if planned_at
+        else None
+    )
+    last_chunk = max((c.finished_at for c in chunks if c.finished_at), default=None)
+    plan_s = (planned_at - run.created_at).total_seconds() if planned_at else None
+    dispatch_s = (
+        (dispatched_at - planned_at).total_seconds() if planned_at and dispatched_at else None
+    )
+    commit_s = (run.finished_at - last_chunk).total_seconds() if last_chunk else None
+    return Measurement(
+        f"f. pipeline, {len(chunks):,} chunks of {chunk_size:,}, jsonl.gz",
+        "big",
+        run_wall(run),
+        rows,
+        output_format=ORDERS_DAILY.output_format,
+        records=run.rows_written,
+        bytes_out=sum(c.bytes or 0 for c in chunks),
+        chunks=len(chunks),
+        overhead_ms_per_chunk=overhead_ms_per_chunk(run, chunks, concurrency),
+        worker_peak_rss_mb=rss,
+        details={
+            "chunk_size": chunk_size,
+            "plan_s": plan_s,
+            "dispatch_s": dispatch_s,
+            "plan_dispatch_s": (
+                plan_s + dispatch_s if plan_s is not None and dispatch_s is not None else None
+            ),
+            "commit_s": commit_s,
+            "created_at": run.created_at.isoformat(),
+            "planned_at": planned_at.isoformat() if planned_at else None,
+            "dispatched_at": dispatched_at.isoformat() if dispatched_at else None,
+            "last_chunk_finished_at": last_chunk.isoformat() if last_chunk else None,
+            "finished_at": run.finished_at.isoformat(),
+        },
+    )
+
+
+def _one(results: list[Measurement], kind: str, fmt: str | None = None) -> Measurement | None:
+    return next(
+        (m for m in results if m.kind == kind and (fmt is None or m.output_format == fmt)), None
+    )
+
+
+def _ratio(run: Measurement | None, reference: Measurement | None) -> float | None:
+    if run is None or reference is None or not reference.rows_per_s:
+        return None
+    return run.rows_per_s / reference.rows_per_s
 
 
 def targets(results: list[Measurement], scaled: list[Measurement], scale_rows: int) -> list[Target]:
-    """Issue 7's targets for each pipeline run of this one benchmark run."""
-    naive_rate, limit_rate = results[0].rows_per_s, results[1].rows_per_s
-    found = []
-    for run in (m for m in results[2:] if m.kind == "pipeline"):
-        fmt = run.output_format
+    """Issue 16's targets for this one benchmark run (those whose runs were made)."""
+    naive_run, peer = _one(results, "naive"), _one(results, "peer")
+    found: list[Target] = []
+    if columnar := _one(results, "pipeline", "jsonl.gz"):
         found += [
-            Target(f"{fmt}: rows/s x naive", run.rows_per_s / naive_rate, MIN_RATIO_TO_NAIVE, True),
-            Target(f"{fmt}: rows/s x limit", run.rows_per_s / limit_rate, MIN_RATIO_TO_LIMIT, True),
+            Target("c jsonl.gz: x naive", _ratio(columnar, naive_run), MIN_JSONL_X_NAIVE, True),
             Target(
-                f"{fmt}: overhead ms per chunk",
-                run.overhead_ms_per_chunk or 0.0,
+                "c jsonl.gz: x its limit (b1)",
+                _ratio(columnar, _one(results, "limit", "jsonl.gz")),
+                MIN_JSONL_X_LIMIT,
+                True,
+            ),
+            Target("c jsonl.gz: x peer", _ratio(columnar, peer), MIN_JSONL_X_PEER, True),
+        ]
+    if columnar := _one(results, "pipeline", "parquet"):
+        found.append(
+            Target(
+                "c parquet: x its limit (b2)",
+                _ratio(columnar, _one(results, "limit", "parquet")),
+                MIN_PARQUET_X_LIMIT,
+                True,
+            )
+        )
+    if row_only := _one(results, "rows", "jsonl.gz"):
+        found += [
+            Target("e jsonl.gz: x peer", _ratio(row_only, peer), MIN_ROWS_X_PEER, True),
+            Target("e jsonl.gz: x naive", _ratio(row_only, naive_run), MIN_ROWS_X_NAIVE, True),
+        ]
+    for run in (m for m in results if m.kind == "pipeline"):
+        found.append(
+            Target(
+                f"c {run.output_format}: orchestration ms per chunk",
+                run.overhead_ms_per_chunk,
                 MAX_OVERHEAD_MS_PER_CHUNK,
+                False,
+            )
+        )
+    for run in (m for m in results if m.kind in RUN_KINDS and m.first_wall_s):
+        code = run.name[0]
+        found.append(
+            Target(
+                f"{code} {run.output_format}: first run x warm run",
+                (run.first_wall_s or 0.0) / run.wall_s,
+                MAX_FIRST_OVER_WARM,
+                False,
+            )
+        )
+    for run in (m for m in results if m.kind in PIPELINE_KINDS):
+        found.append(
+            Target(
+                f"{run.name[0]} {run.output_format}: worker peak RSS MB",
+                max(run.worker_peak_rss_mb or [0.0]),
+                MAX_WORKER_RSS_MB,
+                False,
+            )
+        )
+    for big in scaled:
+        small = _one(results, big.kind, big.output_format)
+        if small is None:
+            continue
+        growth = scale_rows / small.rows
+        found += [
+            Target(
+                f"{big.name[0]} {big.output_format}: time x{growth:g} rows",
+                big.wall_s / small.wall_s,
+                growth * MAX_TIME_GROWTH_PER_ROW_GROWTH,
                 False,
             ),
             Target(
-                f"{fmt}: worker peak RSS MB",
-                max(run.worker_peak_rss_mb or [0.0]),
+                f"{big.name[0]} {big.output_format}: worker peak RSS MB at {scale_rows:,} rows",
+                max(big.worker_peak_rss_mb or [0.0]),
                 MAX_WORKER_RSS_MB,
                 False,
             ),
         ]
-        for big in (
-            m for m in scaled if m.output_format == run.output_format and m.kind == run.kind
-        ):
-            growth = scale_rows / run.rows
-            found += [
-                Target(
-                    f"{fmt}: time x{growth:g} rows",
-                    big.wall_s / run.wall_s,
-                    growth * MAX_TIME_GROWTH_PER_ROW_GROWTH,
-                    False,
-                ),
-                Target(
-                    f"{fmt}: worker peak RSS MB at {scale_rows:,} rows",
-                    max(big.worker_peak_rss_mb or [0.0]),
-                    MAX_WORKER_RSS_MB,
-                    False,
-                ),
-            ]
+    if big_one := _one(results, "big"):
+        found += [
+            Target(
+                f"f {big_one.chunks:,} chunks: plan + dispatch s",
+                big_one.details.get("plan_dispatch_s"),
+                MAX_BIG_PLAN_DISPATCH_S,
+                False,
+            ),
+            Target(
+                f"f {big_one.chunks:,} chunks: commit s",
+                big_one.details.get("commit_s"),
+                MAX_BIG_COMMIT_S,
+                False,
+            ),
+        ]
     return found
 
 
+def _cell(value: float | None, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else " " * width
+
+
 def table(results: list[Measurement], checked: list[Target]) -> str:
-    """The printed table: ratios to the naive script (a) and to the limit (b), then the
-    targets."""
-    naive_rate, limit_rate = results[0].rows_per_s, results[1].rows_per_s
+    """The printed table: each job's rate, its ratio to the naive script, to its format's
+    limit and (jsonl.gz) to the peer; then the 10,000-chunk run's stages and the targets."""
+    naive_run, peer = _one(results, "naive"), _one(results, "peer")
     lines = [
-        f"{'':58} {'rows':>11} {'wall s':>8} {'rows/s':>10} {'x a':>6} {'x b':>6} "
-        f"{'chunks':>6} {'ms/chunk':>8}  peak RSS MB (main, pool)"
+        f"{'':52} {'wall s':>7} {'rows/s':>9} {'x naive':>7} {'x limit':>7} {'x peer':>6} "
+        f"{'chunks':>6} {'ms/chunk':>8} {'first s':>7}  peak RSS MB (main, pool)"
     ]
     for m in results:
-        overhead = f"{m.overhead_ms_per_chunk:.1f}" if m.overhead_ms_per_chunk is not None else ""
+        own_limit = _one(results, "limit", m.output_format)
+        to_peer = _ratio(m, peer) if m.output_format == "jsonl.gz" else None
         lines.append(
-            f"{m.name:58} {m.rows:11,} {m.wall_s:8.2f} {m.rows_per_s:10,.0f} "
-            f"{m.rows_per_s / naive_rate:6.2f} {m.rows_per_s / limit_rate:6.2f} "
-            f"{m.chunks or '':>6} {overhead:>8}  "
+            f"{m.name:52} {m.wall_s:7.2f} {m.rows_per_s:9,.0f} "
+            f"{_cell(_ratio(m, naive_run), '.2f', 7)} {_cell(_ratio(m, own_limit), '.2f', 7)} "
+            f"{_cell(to_peer, '.2f', 6)} {m.chunks or '':>6} "
+            f"{_cell(m.overhead_ms_per_chunk, '.1f', 8)} {_cell(m.first_wall_s, '.2f', 7)}  "
             f"{', '.join(str(x) for x in m.worker_peak_rss_mb)}"
         )
+    lines.append("")
+    for m in results:
+        if m.raw_bytes or m.bytes_out:
+            raw = f"{m.raw_bytes / 1e6:7.1f} MB uncompressed, " if m.raw_bytes else ""
+            lines.append(
+                f"bytes   {m.name.split(' (')[0]:52} {m.records or 0:>9,} records, {raw}"
+                f"{(m.bytes_out or 0) / 1e6:.1f} MB stored"
+            )
+    if big_one := _one(results, "big"):
+        stages = big_one.details
+        lines += [
+            "",
+            f"f. {big_one.chunks:,} chunks: "
+            + ", ".join(
+                f"{what} {_cell(stages.get(key), '.2f', 0).strip() or '?'} s"
+                for what, key in (
+                    ("plan", "plan_s"),
+                    ("dispatch", "dispatch_s"),
+                    ("commit", "commit_s"),
+                )
+            )
+            + f", run {big_one.wall_s:.1f} s",
+        ]
     lines.append("")
     for target in checked:
         relation = ">=" if target.at_least else "<="
         verdict = "met" if target.met else "MISSED"
         lines.append(
-            f"target  {target.what:50} {target.measured:9.2f} {relation} {target.limit:<8g} "
-            f"{verdict}"
+            f"target  {target.what:50} {_cell(target.measured, '.2f', 9)} {relation} "
+            f"{target.limit:<8g} {verdict}"
         )
     return "\n".join(lines)
 
@@ -378,7 +625,7 @@ def chart(results: list[Measurement], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(9, 3.5))
+    figure, axis = plt.subplots(figsize=(9, 0.4 * len(results) + 1.5))
     names = [f"{m.name.split(' (')[0]} @ {m.rows:,}" for m in results]
     axis.barh(names, [m.rows_per_s for m in results], color="#3b7dd8")
     axis.invert_yaxis()
@@ -390,131 +637,11 @@ def chart(results: list[Measurement], path: Path) -> bool:
     return True
 
 
-def _print_profile(title: str, rows: int, spent: dict[str, float]) -> None:
-    total = sum(spent.values())
-    print(f"{title}, one chunk of {rows:,} rows: {total:.3f} s")
-    for stage, seconds in spent.items():
-        print(
-            f"  {stage:40} {seconds:7.3f} s  {seconds / total:5.1%}  "
-            f"{seconds / rows * 1e6:6.2f} us/row"
-        )
-
-
-def profile_chunk(settings: Settings, chunk_size: int) -> None:
-    """Where one chunk's time goes, stage by stage: on the fast path (columnar transform)
-    and the SQL-only path for each format, and on the row path for jsonl.gz."""
-    from bench.pipelines import ORDERS_SQL
-
-    engine = make_engine(settings.database_url)
-    source = SqlSource(engine, ORDERS_DAILY.source)
-    sql_source = SqlSource(engine, ORDERS_SQL.source)
-    schema = ORDERS_DAILY.record_schema
-    columnar = ORDERS_DAILY.columnar_transform
-    assert columnar is not None
-    # The first pass warms the process (imports, the connection pool) and is not shown.
-    for attempt, output_format in enumerate(["jsonl.gz", *FORMAT_PIPELINES]):
-        spent = dict.fromkeys(
-            ["COPY to a file, CSV into Arrow", "columnar transform",
-             "row transform (the rest), schema check", "encode and compress"],
-            0.0,
-        )  # fmt: skip
-
-        def timed_columnar(batch: Any, spent: Any = spent) -> Any:
-            began = time.perf_counter()
-            try:
-                return columnar(batch)
-            finally:
-                spent["columnar transform"] += time.perf_counter() - began
-
-        rows = 0
-        with tempfile.TemporaryFile() as spool:
-            writer = make_writer(output_format, spool, schema)
-            batches = source.read_range_text(1, 1 + chunk_size)
-            while True:
-                began = time.perf_counter()
-                batch = next(batches, None)
-                spent["COPY to a file, CSV into Arrow"] += time.perf_counter() - began
-                if batch is None:
-                    break
-                began = time.perf_counter()
-                before = spent["columnar transform"]
-                records, _ = transform_table(
-                    batch, timed_columnar, ORDERS_DAILY.row_transform, schema
-                )
-                spent["row transform (the rest), schema check"] += (
-                    time.perf_counter() - began - (spent["columnar transform"] - before)
-                )
-                began = time.perf_counter()
-                writer.write_table(records)
-                spent["encode and compress"] += time.perf_counter() - began
-                rows += batch.num_rows
-            began = time.perf_counter()
-            writer.close()
-            spent["encode and compress"] += time.perf_counter() - began
-
-        sql_spent = dict.fromkeys(
-            ["COPY to a file, CSV into Arrow", "cast to the schema (sql_table)",
-             "encode and compress"],
-            0.0,
-        )  # fmt: skip
-        sql_rows = 0
-        with tempfile.TemporaryFile() as spool:
-            writer = make_writer(output_format, spool, ORDERS_SQL.record_schema)
-            batches = sql_source.read_range_text(1, 1 + chunk_size)
-            while True:
-                began = time.perf_counter()
-                batch = next(batches, None)
-                sql_spent["COPY to a file, CSV into Arrow"] += time.perf_counter() - began
-                if batch is None:
-                    break
-                began = time.perf_counter()
-                records = sql_table(batch, ORDERS_SQL.record_schema)
-                sql_spent["cast to the schema (sql_table)"] += time.perf_counter() - began
-                began = time.perf_counter()
-                writer.write_table(records)
-                sql_spent["encode and compress"] += time.perf_counter() - began
-                sql_rows += batch.num_rows
-            began = time.perf_counter()
-            writer.close()
-            sql_spent["encode and compress"] += time.perf_counter() - began
-
-        if attempt == 0:
-            continue
-        _print_profile(f"fast path (columnar transform) to {output_format}", rows, spent)
-        _print_profile(f"SQL-only (orders_sql) to {output_format}", sql_rows, sql_spent)
-
-    row_spent = dict.fromkeys(
-        ["cursor, a dict per row", "row transform", "schema check (Schema.conform)",
-         "encode and compress"],
-        0.0,
-    )  # fmt: skip
-    row_rows = 0
-    with tempfile.TemporaryFile() as spool:
-        writer = make_writer("jsonl.gz", spool, schema)
-        batches = source.read_range(1, 1 + chunk_size, 5000)
-        while True:
-            began = time.perf_counter()
-            batch = next(batches, None)
-            row_spent["cursor, a dict per row"] += time.perf_counter() - began
-            if batch is None:
-                break
-            began = time.perf_counter()
-            result = ORDERS_DAILY.row_transform(batch)
-            row_spent["row transform"] += time.perf_counter() - began
-            began = time.perf_counter()
-            schema.conform(result.records)  # measured alone; the writer checks them again
-            checked = time.perf_counter() - began
-            row_spent["schema check (Schema.conform)"] += checked
-            began = time.perf_counter()
-            writer.write_records(result.records)
-            row_spent["encode and compress"] += time.perf_counter() - began - checked
-            row_rows += len(batch)
-        began = time.perf_counter()
-        writer.close()
-        row_spent["encode and compress"] += time.perf_counter() - began
-    _print_profile("row path (orders_daily without its columnar transform) to jsonl.gz",
-                   row_rows, row_spent)  # fmt: skip
-    engine.dispose()
+def progress(done: Measurement) -> Measurement:
+    """Say a job is done, as it is (the table comes at the end)."""
+    first = f", first run {done.first_wall_s:.2f} s" if done.first_wall_s else ""
+    print(f"{done.name}: {done.wall_s:.2f} s{first}", flush=True)
+    return done
 
 
 def main() -> int:
@@ -525,23 +652,23 @@ def main() -> int:
         "--chunk-size", type=int, default=ORDERS_DAILY.chunk_size, help="keys per chunk"
     )
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--formats", default="jsonl.gz,parquet")
+    parser.add_argument("--formats", default="jsonl.gz,parquet", help="formats of c")
     parser.add_argument(
-        "--sql-formats",
-        default="jsonl.gz,parquet",
-        help="formats of the SQL-only pipeline's runs (d); empty for none",
+        "--sql-formats", default="jsonl.gz,parquet", help="formats of d; empty for none"
+    )
+    parser.add_argument("--row-formats", default="jsonl.gz", help="formats of e; empty for none")
+    parser.add_argument(
+        "--big-chunks",
+        type=int,
+        default=10_000,
+        help="f: a run of orders_daily in this many chunks (0: none)",
     )
     parser.add_argument(
-        "--row-formats",
-        default="",
-        help="formats of the row-transform pipeline's runs (e), e.g. jsonl.gz; none by default",
-    )
-    parser.add_argument(
-        "--scale-rows", type=int, default=0, help="also run the pipeline on this many rows"
+        "--scale-rows", type=int, default=0, help="also run the pipelines on this many rows"
     )
     parser.add_argument("--profile", action="store_true", help="profile one chunk and stop")
     args = parser.parse_args()
-    formats = args.formats.split(",")
+    formats = [fmt for fmt in args.formats.split(",") if fmt]
     sql_formats = [fmt for fmt in args.sql_formats.split(",") if fmt]
     row_formats = [fmt for fmt in args.row_formats.split(",") if fmt]
     unknown = (set(formats) | set(sql_formats) | set(row_formats)) - set(FORMAT_PIPELINES)
@@ -562,12 +689,17 @@ def main() -> int:
     endpoint = settings.s3_endpoint_url or (local_s3.endpoint_url if local_s3 else "")
     settings = settings.model_copy(update={"s3_endpoint_url": endpoint})
     scaled: list[Measurement] = []
+    load_before = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
     try:
         client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
         build_services(settings).parts.ensure_bucket()
         seeded_s = ensure_seeded(settings, args.rows)
-        print(f"load average before: {os.getloadavg()}", flush=True)
-        results = [naive(settings, client, args.rows), copy_limit(settings, client, args.rows)]
+        print(f"load average before: {load_before}", flush=True)
+        results = [progress(naive(settings, client, args.rows))]
+        for fmt in ("jsonl.gz", "parquet"):
+            results.append(progress(limit_run(settings, args.rows, fmt)))
+        results.append(progress(peer_run(settings, args.rows, args.chunk_size)))
         runs = (
             [(fmt, "pipeline") for fmt in formats]
             + [(fmt, "sql") for fmt in sql_formats]
@@ -575,29 +707,52 @@ def main() -> int:
         )
         for fmt, kind in runs:
             results.append(
-                pipeline_run(settings, args.rows, args.chunk_size, args.concurrency, fmt, kind)
+                progress(
+                    pipeline_run(settings, args.rows, args.chunk_size, args.concurrency, fmt, kind)
+                )
+            )
+        if args.big_chunks:
+            results.append(
+                progress(
+                    big_run(
+                        settings,
+                        args.rows,
+                        args.big_chunks,
+                        args.concurrency,
+                        RESULTS / f"bench-{args.rows}-f-worker.log",
+                    )
+                )
             )
         if args.scale_rows:
             big = bench_settings(args.scale_rows).model_copy(update={"s3_endpoint_url": endpoint})
             ensure_seeded(big, args.scale_rows)
             for fmt, kind in runs:
                 scaled.append(
-                    pipeline_run(big, args.scale_rows, args.chunk_size, args.concurrency, fmt, kind)
+                    progress(
+                        pipeline_run(
+                            big, args.scale_rows, args.chunk_size, args.concurrency, fmt, kind
+                        )
+                    )
                 )
     finally:
         if local_s3 is not None:
             local_s3.__exit__(None, None, None)
+    load_after = os.getloadavg()
     checked = targets(results, scaled, args.scale_rows)
+    print()
     print(table(results + scaled, checked))
+    print(f"load average before {load_before}, after {load_after}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"bench-{args.rows}"
     document = {
         "rows": args.rows,
         "scale_rows": args.scale_rows or None,
         "chunk_size": args.chunk_size,
+        "big_chunks": args.big_chunks or None,
         "concurrency": args.concurrency,
         "seed_s": round(seeded_s, 2),
-        "load_average": os.getloadavg(),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "results": [asdict(m) | {"rows_per_s": m.rows_per_s} for m in results + scaled],
         "targets": [asdict(t) | {"met": t.met} for t in checked],
     }

@@ -59,7 +59,8 @@ ORDERS_SQL_PARQUET = dataclasses.replace(
     ORDERS_SQL, name="orders_sql_parquet", output_format="parquet"
 )
 
-# orders_daily on the row path, to compare with (python -m bench --row-formats jsonl.gz).
+# orders_daily on the row path (e. in python -m bench): a plain row transform, the way a
+# user's first pipeline is written.
 ORDERS_ROWS = dataclasses.replace(
     ORDERS_DAILY, name="orders_rows", columnar_transform=None, schedule=None
 )
