@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from flask import Flask, Response, abort, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import backfills, dashboard, dead_letters, health, metrics, openapi, pipelines, runs
 from api.auth import configured_tokens, require_bearer_token
 from api.context import ApiServices
 from api.errors import ApiError, register_error_handlers
+from api.middleware import BODY_TOO_LARGE, ChunkedBodyLimit, SecurityHeaders
 from api.models import FieldError
+from etl.adapters.gevent_postgres import wait_as_greenlet
 from etl.adapters.probe import readiness_problems
 from etl.adapters.topology import all_queues, queue_stats
 from etl.bootstrap import build_services
@@ -71,6 +74,13 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
                 raise
 
     @app.before_request
+    def _body_within_limit() -> None:
+        # A chunked body over ETL_API_MAX_BODY_BYTES (api.middleware.ChunkedBodyLimit);
+        # one with a Content-Length over it is refused by werkzeug when it is read.
+        if request.environ.get(BODY_TOO_LARGE):
+            raise RequestEntityTooLarge()
+
+    @app.before_request
     def _no_nul_characters() -> None:
         # PostgreSQL cannot store a NUL in text or JSONB: refuse it here, by name,
         # rather than fail in the database with a 500.
@@ -91,6 +101,9 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)
     register_error_handlers(app)
+    app.wsgi_app = SecurityHeaders(  # type: ignore[method-assign]
+        ChunkedBodyLimit(app.wsgi_app, settings.api_max_body_bytes)
+    )
     return app
 
 
@@ -108,4 +121,7 @@ def wsgi_app() -> Flask:
     """What gunicorn serves (``etl api``): the app, logging in ``ETL_LOG_FORMAT``."""
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level, "api")
+    # In a gevent worker (etl api's default), PostgreSQL's waits must yield too, or one
+    # slow query would stall every request of the worker.
+    wait_as_greenlet()
     return create_app(settings)

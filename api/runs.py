@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, Response, jsonify, request
 from pydantic import ValidationError
@@ -22,6 +22,9 @@ from etl.domain.runs import Run
 bp = Blueprint("runs", __name__, url_prefix="/api/v1")
 
 MAX_IDEMPOTENCY_KEY = 200
+# The widest offset of any time zone (Pacific/Kiritimati): a cursor's moment is in UTC,
+# and one with a wider offset was not made here.
+MAX_UTC_OFFSET = timedelta(hours=14)
 
 
 @bp.post("/runs")
@@ -87,19 +90,25 @@ def list_runs() -> Response:
 
 def encode_cursor(run: Run) -> str:
     """An opaque page cursor: where the page's last run sits in the listing order."""
-    raw = f"{run.created_at.isoformat()}|{run.id}"
+    raw = f"{run.created_at.astimezone(UTC).isoformat()}|{run.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (created_at, id) a cursor stands for; 400 naming ``cursor`` if it is not ours."""
+    """The (created_at, id) a cursor stands for; 400 naming ``cursor`` if it is not ours.
+    Whatever it decodes to reaches the ledger only as a moment in UTC with an offset some
+    zone has (PostgreSQL refuses +23:59, which Python takes) and a printable id (no NUL)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, run_id = raw.split("|")
         moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not run_id:
+        offset = moment.utcoffset()
+        if offset is None or abs(offset) > MAX_UTC_OFFSET:
             raise ValueError
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        if not run_id or not run_id.isprintable():
+            raise ValueError
+        moment = moment.astimezone(UTC)  # OverflowError past year 1 or 9999
+    except (ValueError, OverflowError):  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise ApiError(
             400, "invalid request", [FieldError(field="cursor", message="not a page cursor")]
         ) from None

@@ -7,7 +7,14 @@ from ipaddress import IPv4Address
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, IPvAnyAddress, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ETL_"
@@ -27,7 +34,10 @@ class SettingsError(Exception):
 class Settings(BaseSettings):
     """Everything a process of nightly-etl needs to know about its surroundings."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    # A refused value is never repeated in the error: URLs and tokens hold secrets.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
     # Redis, not rpc:// (which cannot run chords) nor the database backend: a 1,000-task
@@ -75,6 +85,9 @@ class Settings(BaseSettings):
     task_soft_time_limit_s: int = Field(default=840, ge=1)
     task_time_limit_s: int = Field(default=900, ge=2)
     worker_concurrency: int = Field(default=2, ge=1, le=64)
+    # `etl worker` sends Celery's task events (what Flower shows of each task); off by
+    # default, as in Celery: each task then publishes a few more small messages.
+    worker_events: bool = False
 
     # Transient failures (lost connections, S3 5xx, timeouts) are retried this many
     # times, waiting about base * 2**attempt seconds (capped at MAX_RETRY_BACKOFF_S).
@@ -154,6 +167,14 @@ class Settings(BaseSettings):
         """Whether task messages are signed and only signed ones are run."""
         return bool(self.security_key_file)
 
+    @field_validator("database_url", "source_database_url", "broker_url", "result_backend")
+    @classmethod
+    def _userinfo_is_unambiguous(cls, url: str) -> str:
+        problem = ambiguous_userinfo(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
     @model_validator(mode="after")
     def _signing_needs_all_three(self) -> Settings:
         given = [self.security_key_file, self.security_certificate_file, self.security_cert_store]
@@ -201,6 +222,31 @@ class Settings(BaseSettings):
     def effective_source_database_url(self) -> str:
         """The source database URL, falling back to the ledger's."""
         return self.source_database_url or self.database_url
+
+
+def ambiguous_userinfo(url: str) -> str | None:
+    """Why the user name or password in ``url`` cannot be told from its host, or None.
+
+    An '@' or '/' in a password must be percent-encoded: parsers disagree on where an
+    unencoded one ends the password. SQLAlchemy ends it at the first '@', Python's
+    urllib at the last, so ``postgresql://u:p@ss@db/x`` is password ``p`` on host
+    ``ss@db`` to the one, and ``etl.adapters.db.redact_url`` would show ``ss`` of the
+    password. The message holds no part of the URL."""
+    _, separator, rest = url.partition("://")
+    if not separator or rest.startswith("/"):  # no host, as in sqlite:////path@x.db
+        return None
+    head = rest.split("?", 1)[0].split("#", 1)[0]
+    ats = head.count("@")
+    if ats == 0:
+        return None
+    authority_end = head.find("/")
+    if ats > 1 or (authority_end != -1 and authority_end < head.rfind("@")):
+        return (
+            "its user name or password holds an '@' or '/' that is not percent-encoded, "
+            "so where the password ends is ambiguous; percent-encode it ('@' as %40, "
+            "'/' as %2F: p@ss is written p%40ss)"
+        )
+    return None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -3,6 +3,12 @@
 With RabbitMQ, PostgreSQL and Redis reachable at the configured URLs, the demo uses them
 and starts its own worker process. Otherwise it says so and runs embedded: SQLite, an
 in-process broker and worker, and moto in-process for S3.
+
+Either way its ledger and sample orders are its own (a database it creates on the
+configured server and drops at the end, or a SQLite file it removes): its outputs go
+to an S3 that lives only as long as the demo (unless ETL_S3_ENDPOINT_URL names one), so
+its runs must not stay in the configured ledger, where `etl outputs` and `etl status`
+would show runs nobody can read.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from etl.adapters.db import redact_url
 from etl.adapters.probe import broker_problem, database_problem, result_backend_problem
 from etl.adapters.s3 import LocalS3, in_process_s3
 from etl.adapters.sample_orders import seed_orders
-from etl.bootstrap import Services, build_services
+from etl.adapters.scratch_database import scratch_database
+from etl.bootstrap import build_services
 from etl.config import Settings, settings_env
 from etl.domain.runs import Run
 from etl.service.lifecycle import wait_for_run
@@ -48,12 +55,14 @@ class DemoOutcome:
     """What the demo did, for the summary."""
 
     mode: str
+    ledger: str  # where the run was recorded, and what became of it
     run: Run
     parts: int
     part_bytes: int
     seed_rows: int
     wall_s: float
     manifest_uri: str
+    outputs_kept: bool  # False: the outputs were in an S3 of the demo's own, now gone
 
 
 def unreachable_services(settings: Settings) -> dict[str, str]:
@@ -93,9 +102,22 @@ def run_demo(
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
     with ExitStack() as stack:
+        ledger = ""
+        if not embedded:
+            try:
+                settings, ledger = stack.enter_context(_own_ledger(settings))
+            except Exception as exc:
+                say(
+                    f"cannot create a database of the demo's own at "
+                    f"{redact_url(settings.database_url)} ({_first_line(exc)}); running "
+                    "embedded: SQLite, in-process broker and worker, moto."
+                )
+                embedded = True
+        outputs_kept = not embedded and bool(settings.s3_endpoint_url)
         if embedded:
             settings = stack.enter_context(_embedded(settings))
             mode = "embedded (SQLite, in-process broker and worker, moto)"
+            ledger = "SQLite in a temporary directory (removed at the end)"
         else:
             if not settings.s3_endpoint_url:
                 local_s3 = stack.enter_context(LocalS3())
@@ -118,21 +140,42 @@ def run_demo(
         run, _ = services.runs.start_run(DEMO_PIPELINE)
         final = wait_for_run(services.ledger, run.id, timeout_s=600, still_working=still_working)
         wall = time.monotonic() - started
-        return _outcome(services, final, mode, seeded, wall)
+        chunks = services.ledger.get_chunks(final.id)
+        return DemoOutcome(
+            mode=mode,
+            ledger=ledger,
+            run=final,
+            parts=sum(1 for chunk in chunks if chunk.s3_key),
+            part_bytes=sum(chunk.bytes or 0 for chunk in chunks),
+            seed_rows=seeded,
+            wall_s=wall,
+            manifest_uri=(
+                f"s3://{services.parts.bucket}/{final.manifest_key}" if final.manifest_key else ""
+            ),
+            outputs_kept=outputs_kept,
+        )
 
 
-def _outcome(services: Services, run: Run, mode: str, seeded: int, wall: float) -> DemoOutcome:
-    chunks = services.ledger.get_chunks(run.id)
-    uri = f"s3://{services.parts.bucket}/{run.manifest_key}" if run.manifest_key else "(none)"
-    return DemoOutcome(
-        mode=mode,
-        run=run,
-        parts=sum(1 for chunk in chunks if chunk.s3_key),
-        part_bytes=sum(chunk.bytes or 0 for chunk in chunks),
-        seed_rows=seeded,
-        wall_s=wall,
-        manifest_uri=uri,
-    )
+@contextmanager
+def _own_ledger(settings: Settings) -> Iterator[tuple[Settings, str]]:
+    """Settings whose ledger and source are a database of the demo's own (a SQLite file
+    when the configured ledger is SQLite), and a line saying so; gone on exit."""
+    if settings.database_url.startswith("sqlite"):
+        with tempfile.TemporaryDirectory(prefix="etl-demo-") as tmp:
+            update = {"database_url": f"sqlite:///{tmp}/etl.db", "source_database_url": ""}
+            yield settings.model_copy(update=update), f"SQLite in {tmp} (removed at the end)"
+        return
+    with scratch_database(
+        settings.database_url, "etl_demo", settings.database_ssl_args
+    ) as database_url:
+        update = {"database_url": database_url, "source_database_url": ""}
+        where = f"{redact_url(database_url)} (the demo's own database, dropped at the end)"
+        yield settings.model_copy(update=update), where
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager

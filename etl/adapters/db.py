@@ -88,7 +88,7 @@ class SqlSource:
             keys = f"SELECT {self._key} AS etl_key FROM {self._from}{keyed}"  # nosec B608
             first = "SELECT etl_key FROM etl_keys ORDER BY etl_key"
             statement = (
-                f"WITH etl_keys AS MATERIALIZED ({keys}) "
+                f"WITH etl_keys AS MATERIALIZED ({keys}) "  # nosec B608
                 f"SELECT (SELECT COUNT(*) FROM etl_keys), ({first} LIMIT 1), "
                 f"({first} DESC LIMIT 1)"
             )

@@ -4,6 +4,7 @@ without importing the client libraries."""
 
 from __future__ import annotations
 
+from amqp.exceptions import AMQPError
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -22,6 +23,8 @@ from etl.adapters.s3 import PartNotStored
 STORAGE_ERRORS: tuple[type[Exception], ...] = (BotoCoreError, ClientError)
 # RabbitMQ could not be reached (kombu wraps the socket's error).
 BROKER_UNREACHABLE: tuple[type[Exception], ...] = (OSError, BrokerOperationalError)
+# RabbitMQ answered and refused: a queue that is not declared, a user without permission.
+BROKER_REFUSED: tuple[type[Exception], ...] = (AMQPError,)
 
 # BadDigest: S3 refused bytes that did not match the checksum sent with them (corrupted
 # on the way); the part is written again from the spool.

@@ -14,16 +14,19 @@ from etl.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    as_document,
     date_or_timestamp,
     describe_params_error,
     open_services,
     param,
     positive,
+    reaching_broker,
 )
+from etl.cli.display import add_json_flag, count, print_json, print_table
 from etl.cli.progress import ProgressLine, bar, clock
 from etl.config import Settings
-from etl.domain.backfills import BackfillProgress, IntervalPlan, Reprocess
-from etl.domain.runs import ACTIVE_RUN_STATES, ChunkState, RunState
+from etl.domain.backfills import Backfill, BackfillProgress, IntervalPlan, Reprocess
+from etl.domain.runs import ACTIVE_RUN_STATES, ChunkState, Run, RunState
 from etl.pipelines import interval_name
 
 
@@ -32,7 +35,7 @@ def register(sub: Any) -> None:
     backfill = sub.add_parser(
         "backfill", help="run a pipeline once per data interval from --start to --end"
     )
-    backfill.add_argument("pipeline")
+    backfill.add_argument("pipeline", help="the pipeline's name (`etl pipelines` lists them)")
     backfill.add_argument(
         "--start",
         type=date_or_timestamp,
@@ -56,7 +59,14 @@ def register(sub: Any) -> None:
         help="dates that already have a run: none (skip them, default), failed (redo "
         "failed or cancelled ones), all",
     )
-    backfill.add_argument("--param", type=param, action="append", default=[], metavar="K=V")
+    backfill.add_argument(
+        "--param",
+        type=param,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a param for every run (a field of the pipeline's params); repeat for more",
+    )
     backfill.add_argument(
         "--dry-run", action="store_true", help="print what would run and start nothing"
     )
@@ -66,6 +76,7 @@ def register(sub: Any) -> None:
     backfill.add_argument(
         "--timeout", type=positive, default=24 * 3600, help="seconds to wait (default a day)"
     )
+    add_json_flag(backfill)
     backfill.set_defaults(handler=cmd_backfill)
 
 
@@ -74,32 +85,35 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
 
     services = open_services(settings)
     try:
-        backfill, plans = start_backfill(
-            services.runs,
-            args.pipeline,
-            start=args.start,
-            end=args.end,
-            max_active=args.max_active,
-            reprocess=Reprocess(args.reprocess),
-            params=dict(args.param),
-            dry_run=args.dry_run,
-        )
+        with reaching_broker(settings):
+            backfill, plans = start_backfill(
+                services.runs,
+                args.pipeline,
+                start=args.start,
+                end=args.end,
+                max_active=args.max_active,
+                reprocess=Reprocess(args.reprocess),
+                params=dict(args.param),
+                dry_run=args.dry_run,
+            )
     except ValidationError as exc:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    print_plans(plans, dry_run=args.dry_run)
-    if backfill is None:
+    if not args.json:
+        print_plans(plans, dry_run=args.dry_run)
+    if backfill is None or args.no_wait:
+        if args.json:
+            print_json(backfill_document(backfill, plans, None))
+        elif backfill is not None:
+            print(started_line(backfill, plans))
         return EXIT_OK
-    print(
-        f"backfill {backfill.id} started: {sum(p.run for p in plans)} runs of {backfill.pipeline}, "
-        f"at most {backfill.max_active} active"
-    )
-    if args.no_wait:
-        return EXIT_OK
+    if not args.json:
+        print(started_line(backfill, plans))
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
-    line = ProgressLine(sys.stdout)
+    # With --json, stdout holds only the document: progress goes to stderr.
+    line = ProgressLine(sys.stderr if args.json else sys.stdout)
     while True:
         runs = services.ledger.backfill_runs(backfill.id)
         chunks_done = {
@@ -117,11 +131,33 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"backfill {backfill.id} still running after {args.timeout}s")
         time.sleep(0.5)
     line.finish()
-    for run in services.ledger.backfill_runs(backfill.id):
-        detail = f"{run.rows_written} rows" if run.rows_written is not None else run.reason
-        named = interval_name(run.pipeline, run.interval)
-        print(f"  {named}  {run.state:10}  {run.id}  {detail or ''}")
+    runs = services.ledger.backfill_runs(backfill.id)
+    if args.json:
+        print_json(backfill_document(backfill, plans, runs))
+    else:
+        print_table(
+            ["INTERVAL", "STATE", "RUN ID", "ROWS", "REASON"],
+            [
+                [
+                    interval_name(run.pipeline, run.interval),
+                    run.state,
+                    run.id,
+                    run.rows_written,
+                    run.reason,
+                ]
+                for run in runs
+            ],
+            right={"ROWS"},
+        )
     return EXIT_OK if progress.succeeded else EXIT_FAILED
+
+
+def started_line(backfill: Backfill, plans: list[IntervalPlan]) -> str:
+    """``backfill ID started: N runs of PIPELINE, at most M active``."""
+    return (
+        f"backfill {backfill.id} started: {count(sum(p.run for p in plans))} runs of "
+        f"{backfill.pipeline}, at most {backfill.max_active} active"
+    )
 
 
 def print_plans(plans: list[IntervalPlan], *, dry_run: bool) -> None:
@@ -130,6 +166,31 @@ def print_plans(plans: list[IntervalPlan], *, dry_run: bool) -> None:
     for plan in plans:
         verb = ("would run" if dry_run else "run") if plan.run else "skip"
         print(f"  {plan.name}  {verb:9}  {plan.reason}")
+
+
+def backfill_document(
+    backfill: Backfill | None, plans: list[IntervalPlan], runs: list[Run] | None
+) -> dict[str, Any]:
+    """What ``etl backfill --json`` prints: the backfill (null when nothing was started),
+    the decision per interval, and once waited for, its runs."""
+    document: dict[str, Any] = {
+        "backfill": None if backfill is None else as_document(backfill),
+        "intervals": [
+            {
+                "name": plan.name,
+                "interval": plan.interval.as_dict(),
+                "logical_date": plan.logical_date.isoformat(),
+                "run": plan.run,
+                "reason": plan.reason,
+                "existing_run_id": plan.existing_run_id,
+            }
+            for plan in plans
+        ],
+    }
+    if runs is not None:
+        document["runs"] = [as_document(run) for run in runs]
+        document["succeeded"] = all(run.state is RunState.SUCCEEDED for run in runs)
+    return document
 
 
 def progress_text(progress: BackfillProgress, elapsed_s: float) -> str:

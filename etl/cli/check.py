@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from etl.cli.common import EXIT_OK, CliError, positive
+from etl.cli.display import add_json_flag
 from etl.config import Settings
 
 
@@ -17,9 +18,7 @@ def register(sub: Any) -> None:
         help="check every dependency (ledger, source, broker and queues, result backend, "
         "bucket, pipeline modules): ok, or the problem and its fix; exit 0 only if all are ok",
     )
-    check.add_argument(
-        "--json", action="store_true", help="print the checks as one JSON document, for scripts"
-    )
+    add_json_flag(check)
     check.add_argument(
         "--timeout",
         type=positive,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran, and what it asked for did not succeed
 EXIT_USAGE = 2
+
+DATABASE_FIX = "is PostgreSQL running there, and is ETL_DATABASE_URL right?"
 
 # What each kind of domain error exits with; the one place an error becomes a status.
 EXIT_BY_KIND: dict[ErrorKind, int] = {
@@ -44,10 +49,13 @@ class CliError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with usage errors raised as one-line CliErrors instead of printed."""
+    """argparse, with usage errors raised as one-line CliErrors instead of printed:
+    ``etl: error: runs: argument --limit: ...; see etl runs --help``."""
 
     def error(self, message: str) -> NoReturn:
-        raise CliError(f"{self.prog}: {message}", EXIT_USAGE)
+        command = self.prog.removeprefix("etl").strip()
+        where = f"{command}: " if command else ""
+        raise CliError(f"{where}{message}; see {self.prog} --help", EXIT_USAGE)
 
 
 def param(text: str) -> tuple[str, str]:
@@ -97,7 +105,8 @@ def open_services(settings: Settings) -> Services:
         return build_services(settings)
     except Exception as exc:
         raise CliError(
-            f"cannot open the ledger at {redact_url(settings.database_url)}: {first_line(exc)}"
+            f"cannot open the ledger at {redact_url(settings.database_url)}: {first_line(exc)}; "
+            f"{DATABASE_FIX}"
         ) from None
 
 
@@ -111,8 +120,79 @@ def migrate_ledger(settings: Settings) -> int:
         return migrate(settings)
     except Exception as exc:
         raise CliError(
-            f"cannot migrate the ledger at {redact_url(settings.database_url)}: {first_line(exc)}"
+            f"cannot migrate the ledger at {redact_url(settings.database_url)}: "
+            f"{first_line(exc)}; {DATABASE_FIX}"
         ) from None
+
+
+@contextmanager
+def reaching_broker(settings: Settings) -> Iterator[None]:
+    """RabbitMQ unreachable, or refusing (a queue not declared, a missing permission),
+    as one line with the fix."""
+    from etl.adapters.db import redact_url
+    from etl.adapters.errors import BROKER_REFUSED, BROKER_UNREACHABLE
+
+    where = redact_url(settings.broker_url)
+    try:
+        yield
+    except BROKER_UNREACHABLE as exc:
+        raise CliError(
+            f"cannot reach RabbitMQ at {where}: {first_line(exc)}; start it, or point "
+            "ETL_BROKER_URL at it"
+        ) from None
+    except BROKER_REFUSED as exc:
+        raise CliError(
+            f"RabbitMQ at {where} refused: {first_line(exc)}; a worker declares the queues "
+            "when it starts, and `etl check` names what is missing"
+        ) from None
+
+
+# The settings holding a URL, checked before any command uses one.
+URL_SETTINGS = (
+    ("ETL_DATABASE_URL", "database_url"),
+    ("ETL_SOURCE_DATABASE_URL", "source_database_url"),
+    ("ETL_BROKER_URL", "broker_url"),
+    ("ETL_RESULT_BACKEND", "result_backend"),
+    ("ETL_S3_ENDPOINT_URL", "s3_endpoint_url"),
+)
+
+
+def check_urls(settings: Settings) -> None:
+    """A URL setting that cannot be parsed (no scheme, a port that is not a number) as
+    one line naming the variable (exit 2), before a driver fails on it at length."""
+    for variable, field in URL_SETTINGS:
+        url: str = getattr(settings, field)
+        problem = url_problem(url) if url else None
+        if problem is not None:
+            raise CliError(f"{variable} {masked_url(url)}: {problem}", EXIT_USAGE)
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a URL a client can connect to, or None."""
+    if "://" not in url:
+        return "not a URL; write scheme://[user[:password]@]host[:port]/..."
+    parts = urlsplit(url)
+    try:
+        _ = parts.port  # raises on a port that is not a number
+    except ValueError:
+        if "@" not in parts.netloc and "@" in url.partition("://")[2]:
+            # A / ? or # in the password ended the host part early: not echoed, it is
+            # part of the password.
+            return "cannot be parsed; percent-encode the password's / ? # @ (e.g. / as %2F)"
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        return f"the port {port!r} is not a number from 0 to 65535; write host:port"
+    return None
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ***, without parsing the rest (for a URL
+    that may not parse)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
 
 
 def first_line(exc: BaseException) -> str:

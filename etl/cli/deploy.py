@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.cli.common import EXIT_OK, EXIT_USAGE, CliError
+from etl.cli.display import add_json_flag, print_json
 from etl.config import Settings
 
 DEFAULT_TEMPLATE = "infra/rabbitmq/definitions.json"
@@ -23,6 +24,7 @@ def register(sub: Any) -> None:
     )
     definitions.add_argument("--template", default=DEFAULT_TEMPLATE, help="definitions to fill in")
     definitions.add_argument("--out", required=True, help="where to write the filled-in file")
+    add_json_flag(definitions)
     definitions.set_defaults(handler=cmd_rabbitmq_definitions)
 
 
@@ -51,6 +53,10 @@ def cmd_rabbitmq_definitions(args: argparse.Namespace, settings: Settings) -> in
         except BaseException:
             os.unlink(handle.name)
             raise
-    users = ", ".join(user["name"] for user in rendered.get("users", []))
-    print(f"wrote {out}: users {users}; {len(rendered.get('queues', []))} queues")
+    users = [user["name"] for user in rendered.get("users", [])]
+    queues = len(rendered.get("queues", []))
+    if args.json:
+        print_json({"out": str(out), "users": users, "queues": queues})
+    else:
+        print(f"wrote {out}: users {', '.join(users)}; {queues} queues")
     return EXIT_OK

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import TYPE_CHECKING, Any
 
-from etl.cli.common import EXIT_OK, Parser, open_services
+from etl.cli.common import EXIT_OK, Parser, open_services, reaching_broker
+from etl.cli.display import add_json_flag, count, print_json, print_table
 from etl.config import Settings
 
 if TYPE_CHECKING:
@@ -18,27 +18,34 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
     dlq = sub.add_parser("dlq", help="dead-lettered messages")
-    actions = dlq.add_subparsers(dest="dlq_action", required=True, parser_class=Parser)
+    actions = dlq.add_subparsers(
+        dest="dlq_action", required=True, parser_class=Parser, metavar="action", help="one of:"
+    )
 
     listing = actions.add_parser("list", help="messages parked in the dead-letter queues")
     listing.add_argument("--run", help="only those of one run")
     listing.add_argument("--all", action="store_true", help="include replayed and purged ones")
-    listing.add_argument("--json", action="store_true")
+    add_json_flag(listing)
     listing.set_defaults(handler=cmd_list)
 
-    show = actions.add_parser("show", help="one dead letter in full")
-    show.add_argument("id", type=int)
+    show = actions.add_parser("show", help="one dead letter in full, as JSON")
+    show.add_argument("id", type=int, help="the dead letter's id (`etl dlq list` shows them)")
+    show.add_argument(
+        "--json", action="store_true", help="accepted for scripts: show always prints JSON"
+    )
     show.set_defaults(handler=cmd_show)
 
     replay = actions.add_parser("replay", help="send parked work again (once)")
     target = replay.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", type=int, nargs="?")
+    target.add_argument("id", type=int, nargs="?", help="the dead letter's id")
     target.add_argument("--all", action="store_true", help="every dead letter (of --run, if given)")
     replay.add_argument("--run", help="with --all: only those of one run")
+    add_json_flag(replay)
     replay.set_defaults(handler=cmd_replay)
 
     purge = actions.add_parser("purge", help="mark dead letters purged (kept, never replayed)")
     purge.add_argument("--run", help="only those of one run")
+    add_json_flag(purge)
     purge.set_defaults(handler=cmd_purge)
 
 
@@ -47,24 +54,35 @@ def _service(settings: Settings) -> DeadLetterService:
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    letters = _service(settings).list_letters(run_id=args.run, include_handled=args.all)
+    service = _service(settings)
+    with reaching_broker(settings):  # the queues are drained into the ledger first
+        letters = service.list_letters(run_id=args.run, include_handled=args.all)
     if args.json:
-        print(json.dumps([_summary(letter) for letter in letters], indent=2))
+        print_json([_summary(letter) for letter in letters])
         return EXIT_OK
-    print(f"{'ID':>5}  {'QUEUE':14}  {'TASK':22}  {'RUN':36}  {'CHUNK':>5}  {'STATE':8}  REASON")
-    for letter in letters:
-        chunk = "" if letter.chunk_index is None else str(letter.chunk_index)
-        task, run = letter.task or "-", letter.run_id or "-"
-        print(
-            f"{letter.id:>5}  {letter.queue:14}  {task:22}  {run:36}  "
-            f"{chunk:>5}  {letter.state:8}  {letter.reason}"
-        )
+    print_table(
+        ["ID", "QUEUE", "TASK", "RUN", "CHUNK", "STATE", "REASON"],
+        [
+            [
+                str(letter.id),
+                letter.queue,
+                letter.task or "-",
+                letter.run_id or "-",
+                None if letter.chunk_index is None else str(letter.chunk_index),
+                letter.state,
+                letter.reason,
+            ]
+            for letter in letters
+        ],
+        right={"ID", "CHUNK"},
+    )
     return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    service.sync()
+    with reaching_broker(settings):
+        service.sync()
     letter = service.ledger.get_dead_letter(args.id)
     document = _summary(letter)
     document["headers"] = letter.headers
@@ -72,13 +90,19 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     # The ledger keeps at most the first 64 KiB of a body: its whole size and SHA-256.
     document["body_size"] = letter.body_size
     document["body_sha256"] = letter.body_sha256
-    print(json.dumps(document, indent=2))
+    print_json(document)
     return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(settings)
-    outcomes = service.replay_all(run_id=args.run) if args.all else [service.replay(args.id)]
+    with reaching_broker(settings):
+        outcomes = service.replay_all(run_id=args.run) if args.all else [service.replay(args.id)]
+    if args.json:
+        print_json(
+            [{"id": outcome.dead_letter_id, "action": outcome.action} for outcome in outcomes]
+        )
+        return EXIT_OK
     for outcome in outcomes:
         print(f"dead letter {outcome.dead_letter_id}: {outcome.action}")
     if not outcomes:
@@ -87,8 +111,13 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
-    purged = _service(settings).purge(run_id=args.run)
-    print(f"purged {purged} dead letters")
+    service = _service(settings)
+    with reaching_broker(settings):  # the queues are drained into the ledger first
+        purged = service.purge(run_id=args.run)
+    if args.json:
+        print_json({"purged": purged})
+    else:
+        print(f"purged {count(purged)} dead letters")
     return EXIT_OK
 
 

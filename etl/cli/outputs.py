@@ -8,7 +8,6 @@ pipeline's newest committed run.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,14 +19,16 @@ from etl.cli.common import (
     EXIT_USAGE,
     CliError,
     Parser,
+    first_line,
     load_pipelines,
     positive,
 )
+from etl.cli.display import add_json_flag, print_json, print_table
 from etl.config import Settings
 from etl.domain.outputs import RunOutput, choose_latest
 
 if TYPE_CHECKING:
-    from etl.service.outputs import CommittedRun, RunReader
+    from etl.service.outputs import CommittedRun, RunReader, Verification
 
 LATEST = "latest"
 
@@ -35,17 +36,19 @@ LATEST = "latest"
 def register(sub: Any) -> None:
     """Add this group's subcommands."""
     outputs = sub.add_parser("outputs", help="committed runs in S3: list, show, verify, prune")
-    actions = outputs.add_subparsers(dest="outputs_action", required=True, parser_class=Parser)
+    actions = outputs.add_subparsers(
+        dest="outputs_action", required=True, parser_class=Parser, metavar="action", help="one of:"
+    )
 
     listing = actions.add_parser("list", help="a pipeline's runs in S3, newest first")
-    listing.add_argument("pipeline")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("pipeline", help="the pipeline's name (`etl pipelines` lists them)")
+    add_json_flag(listing)
     listing.set_defaults(handler=cmd_list)
 
     show = actions.add_parser("show", help="a committed run and its manifest")
     show.add_argument("run_id", help=f"a run id, or {LATEST!r} with --pipeline")
     show.add_argument("--pipeline", help="look only under this pipeline (required for latest)")
-    show.add_argument("--json", action="store_true")
+    add_json_flag(show)
     show.set_defaults(handler=cmd_show)
 
     verify = actions.add_parser(
@@ -53,14 +56,22 @@ def register(sub: Any) -> None:
     )
     verify.add_argument("run_id", help=f"a run id, or {LATEST!r} with --pipeline")
     verify.add_argument("--pipeline", help="look only under this pipeline (required for latest)")
+    add_json_flag(verify)
     verify.set_defaults(handler=cmd_verify)
 
     prune = actions.add_parser(
         "prune", help="delete runs older than --keep-days, never a pipeline's latest committed run"
     )
-    prune.add_argument("--keep-days", type=positive, required=True)
+    prune.add_argument(
+        "--keep-days",
+        type=positive,
+        required=True,
+        metavar="DAYS",
+        help="keep runs whose logical date is within this many days",
+    )
     prune.add_argument("--pipeline", help="only this pipeline (default: every registered one)")
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    add_json_flag(prune)
     prune.set_defaults(handler=cmd_prune)
 
 
@@ -70,21 +81,24 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         runs = reader.runs(output_path)
     latest = choose_latest(runs)
     if args.json:
-        print(json.dumps([_run_summary(run, run is latest) for run in runs], indent=2))
+        print_json([_run_summary(run, run is latest) for run in runs])
         return EXIT_OK
-    width = max([len("PARTITION"), *(len(run.partition) for run in runs)])
-    print(
-        f"{'PARTITION':{width}}  {'RUN ID':36}  {'STATE':20}  {'OBJECTS':>7}  {'BYTES':>12}  "
-        "WRITTEN"
+    print_table(
+        ["PARTITION", "RUN ID", "STATE", "OBJECTS", "BYTES", "WRITTEN"],
+        [
+            [
+                run.partition,
+                run.run_id,
+                ("committed" if run.committed else "incomplete")
+                + (" (latest)" if run is latest else ""),
+                len(run.objects),
+                run.total_bytes,
+                _utc(run.committed_at or run.last_written),
+            ]
+            for run in runs
+        ],
+        right={"OBJECTS", "BYTES"},
     )
-    for run in runs:
-        state = "committed" if run.committed else "incomplete"
-        state += " (latest)" if run is latest else ""
-        written = _utc(run.committed_at or run.last_written)
-        print(
-            f"{run.partition:{width}}  {run.run_id:36}  {state:20}  {len(run.objects):>7}  "
-            f"{run.total_bytes:>12,}  {written}"
-        )
     return EXIT_OK
 
 
@@ -99,7 +113,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
             "manifest_uri": reader.uri(run.output.manifest_key),
             "manifest": document,
         }
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return EXIT_OK
     committed_at = run.output.committed_at
     print(f"run       {run.run_id}  {manifest.pipeline}  {run.output.partition}")
@@ -124,6 +138,43 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     with _reading(settings) as reader:
         run = _committed_run(reader, settings, args)
         verification = reader.verify(run)
+    bad = [check.part.key.rsplit("/", 1)[-1] for check in verification.parts if not check.ok]
+    if args.json:
+        print_json(
+            {
+                "run_id": run.run_id,
+                "ok": not bad,
+                "rows": run.manifest.total_rows,
+                "parts": [
+                    {
+                        "key": check.part.key,
+                        "rows": check.part.rows,
+                        "bytes": check.part.bytes,
+                        "ok": check.ok,
+                        "problems": list(check.problems),
+                    }
+                    for check in verification.parts
+                ],
+                "unlisted": list(verification.unlisted),
+            }
+        )
+    else:
+        _print_verification(verification)
+    if bad:
+        raise CliError(
+            f"run {run.run_id} failed verification: {len(bad)} of {len(verification.parts)} "
+            f"parts differ from the manifest: {', '.join(bad)}",
+            EXIT_FAILED,
+        )
+    if not args.json:
+        print(
+            f"run {run.run_id} verified: {len(verification.parts)} parts, "
+            f"{run.manifest.total_rows:,} rows match the manifest"
+        )
+    return EXIT_OK
+
+
+def _print_verification(verification: Verification) -> None:
     for check in verification.parts:
         if check.ok:
             print(f"ok   {check.part.key}  {check.part.rows:,} rows  {check.part.bytes:,} bytes")
@@ -131,18 +182,6 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
             print(f"BAD  {problem}")
     for key in verification.unlisted:
         print(f"note {key} is not in the manifest (readers ignore it)")
-    bad = [check.part.key.rsplit("/", 1)[-1] for check in verification.parts if not check.ok]
-    if bad:
-        raise CliError(
-            f"run {run.run_id} failed verification: {len(bad)} of {len(verification.parts)} "
-            f"parts differ from the manifest: {', '.join(bad)}",
-            EXIT_FAILED,
-        )
-    print(
-        f"run {run.run_id} verified: {len(verification.parts)} parts, "
-        f"{run.manifest.total_rows:,} rows match the manifest"
-    )
-    return EXIT_OK
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
@@ -151,18 +190,22 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     paths = _output_paths(settings, *([args.pipeline] if args.pipeline else []))
     now = datetime.now(UTC)
     verb = "would delete" if args.dry_run else "deleted"
-    total = 0
+    pruned = []
     with _reading(settings) as reader:
         for name, output_path in paths.items():
             for run in prune(
                 reader, output_path, keep_days=args.keep_days, now=now, dry_run=args.dry_run
             ):
-                total += 1
-                print(
-                    f"{verb} {name} dt={run.logical_date} run={run.run_id} "
-                    f"({len(run.objects)} objects, {run.total_bytes:,} bytes)"
-                )
-    print(f"{verb} {total} runs older than {args.keep_days} days")
+                pruned.append({"pipeline": name, **_run_summary(run, None)})
+                if not args.json:
+                    print(
+                        f"{verb} {name} dt={run.logical_date} run={run.run_id} "
+                        f"({len(run.objects):,} objects, {run.total_bytes:,} bytes)"
+                    )
+    if args.json:
+        print_json({"dry_run": args.dry_run, "keep_days": args.keep_days, "runs": pruned})
+    else:
+        print(f"{verb} {len(pruned):,} runs older than {args.keep_days} days")
     return EXIT_OK
 
 
@@ -190,7 +233,10 @@ def _reading(settings: Settings) -> Iterator[RunReader]:
         raise CliError(str(exc)) from None
     except STORAGE_ERRORS as exc:
         where = f"s3://{settings.s3_bucket}/{settings.s3_prefix}"
-        raise CliError(f"cannot read {where}: {exc}") from None
+        raise CliError(
+            f"cannot read {where}: {first_line(exc)}; check ETL_S3_BUCKET, ETL_S3_ENDPOINT_URL "
+            "and the AWS credentials"
+        ) from None
 
 
 def _committed_run(reader: RunReader, settings: Settings, args: argparse.Namespace) -> CommittedRun:

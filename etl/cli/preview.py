@@ -20,6 +20,7 @@ from etl.cli.common import (
     param,
     positive,
 )
+from etl.cli.display import add_json_flag
 from etl.config import Settings
 
 # A value is cut to this many characters in the table (not in --json).
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="read a few source rows, transform them and show the records and rejections "
         "(writes nothing)",
     )
-    preview.add_argument("pipeline")
+    preview.add_argument("pipeline", help="the pipeline's name (`etl pipelines` lists them)")
     preview.add_argument(
         "--interval",
         type=date_or_timestamp,
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     preview.add_argument(
         "--limit", type=positive, default=10, help="source rows to read (default 10)"
     )
-    preview.add_argument("--json", action="store_true", help="print one JSON document")
+    add_json_flag(preview)
     preview.set_defaults(handler=cmd_preview)
 
 

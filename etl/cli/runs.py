@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -22,7 +23,9 @@ from etl.cli.common import (
     open_services,
     param,
     positive,
+    reaching_broker,
 )
+from etl.cli.display import add_json_flag, count, print_json, print_table
 from etl.cli.progress import ProgressLine, run_progress
 from etl.config import Settings
 from etl.domain.runs import Chunk, ChunkState, Run, RunState
@@ -32,7 +35,7 @@ from etl.pipelines import explain_run, get_pipeline, interval_name
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this group's subcommands."""
     run = sub.add_parser("run", help="start a run of a pipeline")
-    run.add_argument("pipeline")
+    run.add_argument("pipeline", help="the pipeline's name (`etl pipelines` lists them)")
     run.add_argument(
         "--interval",
         "--date",
@@ -41,7 +44,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the run's data interval: its date YYYY-MM-DD (a daily pipeline) or the ISO "
         "timestamp that starts it (a finer one); default: the last interval that ended",
     )
-    run.add_argument("--param", type=param, action="append", default=[], metavar="K=V")
+    run.add_argument(
+        "--param",
+        type=param,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a run param (a field of the pipeline's params, e.g. chunk_size=20000); repeat "
+        "for more",
+    )
     run.add_argument("--idempotency-key", help="repeat-safe key: the same key returns the same run")
     run.add_argument(
         "--wait", action="store_true", help="wait for the run to end; exit 0 only if it succeeded"
@@ -49,39 +60,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--timeout", type=positive, default=3600, help="seconds to wait (default 3600)"
     )
+    add_json_flag(run)
     run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="show one run and its chunks")
-    status.add_argument("run_id")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("run_id", help="the run's id")
+    add_json_flag(status)
     status.set_defaults(handler=cmd_status)
 
     runs = sub.add_parser("runs", help="list recent runs")
-    runs.add_argument("--pipeline")
-    runs.add_argument("--state", choices=[state.value for state in RunState])
+    runs.add_argument("--pipeline", help="only this pipeline's runs")
+    runs.add_argument(
+        "--state", choices=[state.value for state in RunState], help="only runs in this state"
+    )
     runs.add_argument("--backfill", metavar="ID", help="the runs of one backfill, by date")
-    runs.add_argument("--limit", type=positive, default=20)
-    runs.add_argument("--json", action="store_true")
+    runs.add_argument(
+        "--limit", type=positive, default=20, help="at most this many, newest first (default 20)"
+    )
+    add_json_flag(runs)
     runs.set_defaults(handler=cmd_runs)
 
     pipelines = sub.add_parser("pipelines", help="list the registered pipelines")
+    add_json_flag(pipelines)
     pipelines.set_defaults(handler=cmd_pipelines)
 
     retry = sub.add_parser("retry", help="re-run a failed run's unfinished chunks and commit it")
-    retry.add_argument("run_id")
+    retry.add_argument("run_id", help="the failed run's id")
+    add_json_flag(retry)
     retry.set_defaults(handler=cmd_retry)
 
     cancel = sub.add_parser("cancel", help="stop a run: pending chunks skipped, nothing committed")
     target = cancel.add_mutually_exclusive_group(required=True)
-    target.add_argument("run_id", nargs="?")
+    target.add_argument("run_id", nargs="?", help="the run's id")
     target.add_argument(
         "--backfill", metavar="ID", help="cancel every unfinished run of a backfill"
     )
+    add_json_flag(cancel)
     cancel.set_defaults(handler=cmd_cancel)
 
     reconcile = sub.add_parser(
         "reconcile", help="finish runs whose commit was lost, fail runs past their deadline"
     )
+    add_json_flag(reconcile)
     reconcile.set_defaults(handler=cmd_reconcile)
 
 
@@ -95,22 +115,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # first, without asking S3.
         get_pipeline(args.pipeline).validate_params(dict(args.param))
         refuse_without_bucket(settings)
-        run, created = services.runs.start_run(
-            args.pipeline,
-            interval=args.interval,
-            params=dict(args.param),
-            idempotency_key=args.idempotency_key,
-        )
+        with reaching_broker(settings):
+            run, created = services.runs.start_run(
+                args.pipeline,
+                interval=args.interval,
+                params=dict(args.param),
+                idempotency_key=args.idempotency_key,
+            )
     except ValidationError as exc:
         raise CliError(describe_params_error(exc), EXIT_USAGE) from None
     except ValueError as exc:  # an interval this pipeline does not have
         raise CliError(str(exc), EXIT_USAGE) from None
-    verb = "started" if created else "already exists:"
-    named = interval_name(run.pipeline, run.interval)
-    print(f"run {run.id} {verb} {run.pipeline} for {named} ({run.state})")
+    if not args.json:
+        verb = "started" if created else "already exists:"
+        named = interval_name(run.pipeline, run.interval)
+        print(f"run {run.id} {verb} {run.pipeline} for {named} ({run.state})")
     if not args.wait:
+        if args.json:
+            print_json(run_document(run, created=created))
         return EXIT_OK
-    line = ProgressLine(sys.stdout)
+    # With --json, stdout holds only the document: progress goes to stderr.
+    line = ProgressLine(sys.stderr if args.json else sys.stdout)
     began = time.monotonic()
 
     def show(current: Run, counts: dict[ChunkState, int]) -> None:
@@ -131,7 +156,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         line.finish()
         raise CliError(str(exc)) from None
     line.finish()
-    print_run(final, services.ledger.get_chunks(final.id))
+    chunks = services.ledger.get_chunks(final.id)
+    if args.json:
+        print_json(run_document(final, chunks, created=created))
+    else:
+        print_run(final, chunks)
     return EXIT_OK if final.state is RunState.SUCCEEDED else EXIT_FAILED
 
 
@@ -151,11 +180,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     run = services.ledger.get_run(args.run_id)
     chunks = services.ledger.get_chunks(run.id)
     if args.json:
-        document = {**as_document(run), "chunks": [as_document(c) for c in chunks]}
-        print(json.dumps(document, indent=2))
+        print_json(run_document(run, chunks))
     else:
         print_run(run, chunks, with_chunks=True)
     return EXIT_OK
+
+
+def run_document(run: Run, chunks: list[Chunk] | None = None, **extra: Any) -> dict[str, Any]:
+    """A run as ``--json`` prints it (``etl status``'s document): its fields, ``extra``,
+    and its chunks when given."""
+    document = {**as_document(run), **extra}
+    if chunks is not None:
+        document["chunks"] = [as_document(chunk) for chunk in chunks]
+    return document
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
@@ -166,16 +203,24 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
     else:
         runs = services.ledger.list_runs(pipeline=args.pipeline, state=state, limit=args.limit)
     if args.json:
-        print(json.dumps([as_document(run) for run in runs], indent=2))
+        print_json([as_document(run) for run in runs])
         return EXIT_OK
-    print(f"{'RUN ID':36}  {'PIPELINE':16}  {'DATE':10}  {'STATE':10}  {'ROWS':>10}  CREATED")
-    for run in runs:
-        rows = "" if run.rows_written is None else str(run.rows_written)
-        created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        print(
-            f"{run.id:36}  {run.pipeline:16}  {run.logical_date}  {run.state:10}  "
-            f"{rows:>10}  {created}"
-        )
+    print_table(
+        ["RUN ID", "PIPELINE", "DATE", "STATE", "ROWS", "REJECTED", "CREATED"],
+        [
+            [
+                run.id,
+                run.pipeline,
+                run.logical_date,
+                run.state,
+                run.rows_written,
+                run.rows_rejected,
+                run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ]
+            for run in runs
+        ],
+        right={"ROWS", "REJECTED"},
+    )
     return EXIT_OK
 
 
@@ -186,24 +231,52 @@ def cmd_pipelines(args: argparse.Namespace, settings: Settings) -> int:
     load_pipelines(settings)
 
     moment = datetime.now(UTC)
+    listed = []
     for pipeline in PIPELINES.values():
-        when = summarize(pipeline.schedule)
         upcoming = pipeline.next_run_at(moment)
-        following = upcoming.isoformat(timespec="seconds") if upcoming else "-"
-        # What the next run covers, as its pipeline names it.
         next_interval = pipeline.next_interval(moment)
-        covers = pipeline.grain.name(next_interval) if next_interval else "-"
-        reads = f"{pipeline.source.mode}/{pipeline.grain.kind}"
-        print(
-            f"{pipeline.name:20} {when:28} next {following:25} for {covers:25} "
-            f"{reads:17} {pipeline.output_format:9} {pipeline.description}"
+        listed.append(
+            {
+                "name": pipeline.name,
+                "schedule": summarize(pipeline.schedule),
+                "next_run_at": upcoming.isoformat(timespec="seconds") if upcoming else None,
+                # What the next run covers, as its pipeline names it.
+                "next_interval": pipeline.grain.name(next_interval) if next_interval else None,
+                "mode": str(pipeline.source.mode),
+                "interval": str(pipeline.grain.kind),
+                "output_format": pipeline.output_format,
+                "description": pipeline.description,
+            }
         )
+    if args.json:
+        print_json(listed)
+        return EXIT_OK
+    print_table(
+        ["PIPELINE", "SCHEDULE", "NEXT RUN", "FOR", "READS", "FORMAT", "DESCRIPTION"],
+        [
+            [
+                entry["name"],
+                entry["schedule"],
+                entry["next_run_at"] or "-",
+                entry["next_interval"] or "-",
+                f"{entry['mode']}/{entry['interval']}",
+                entry["output_format"],
+                entry["description"],
+            ]
+            for entry in listed
+        ],
+    )
     return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    run = open_services(settings).runs.retry_run(args.run_id)
-    print(f"run {run.id} retrying ({run.state})")
+    services = open_services(settings)
+    with reaching_broker(settings):
+        run = services.runs.retry_run(args.run_id)
+    if args.json:
+        print_json(run_document(run))
+    else:
+        print(f"run {run.id} retrying ({run.state})")
     return EXIT_OK
 
 
@@ -212,12 +285,20 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     if args.backfill:
         from etl.service.backfills import cancel_backfill
 
-        runs = cancel_backfill(runs_service, args.backfill)
+        with reaching_broker(settings):
+            runs = cancel_backfill(runs_service, args.backfill)
+        if args.json:
+            print_json([run_document(run) for run in runs])
+            return EXIT_OK
         for run in runs:
             print(f"run {run.id} {run.logical_date} {run.state}")
         return EXIT_OK
-    run = runs_service.cancel_run(args.run_id)
-    print(f"run {run.id} {run.state}")
+    with reaching_broker(settings):
+        run = runs_service.cancel_run(args.run_id)
+    if args.json:
+        print_json(run_document(run))
+    else:
+        print(f"run {run.id} {run.state}")
     return EXIT_OK
 
 
@@ -226,14 +307,21 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from etl.service.reconcile import sync_and_reconcile
 
     services = open_services(settings)
-    done = sync_and_reconcile(
-        services.dead_letters,
-        services.runs,
-        now=utc_now(),
-        stale_after_s=settings.reconcile_stale_s,
-        deadline_s=settings.run_deadline_s,
+    with reaching_broker(settings):
+        done = sync_and_reconcile(
+            services.dead_letters,
+            services.runs,
+            now=utc_now(),
+            stale_after_s=settings.reconcile_stale_s,
+            deadline_s=settings.run_deadline_s,
+        )
+    if args.json:
+        print_json({"dead_letters_recorded": done.dead_letters_recorded, "actions": done.actions})
+        return EXIT_OK
+    print(
+        f"{count(done.dead_letters_recorded)} dead letters recorded; "
+        f"{count(len(done.actions))} runs acted on"
     )
-    print(f"{done.dead_letters_recorded} dead letters recorded; {len(done.actions)} runs acted on")
     for action in done.actions:
         print(f"  {action}")
     return EXIT_OK
@@ -254,26 +342,33 @@ def print_run(run: Run, chunks: list[Chunk], with_chunks: bool = False) -> None:
         print(f"params    {json.dumps(run.params)}")
     if run.chunk_count is not None:
         done = sum(1 for chunk in chunks if chunk.state is ChunkState.DONE)
-        print(f"chunks    {done}/{run.chunk_count} done")
+        print(f"chunks    {count(done)}/{count(run.chunk_count)} done")
     if run.rows_written is not None:
-        print(f"rows      {run.rows_written} written, {run.rows_rejected} rejected")
+        print(f"rows      {count(run.rows_written)} written, {count(run.rows_rejected)} rejected")
     if run.manifest_key:
         print(f"manifest  {run.manifest_key}")
     if with_chunks and chunks:
-        # As wide as the widest range: a UUID key's take 75 characters.
-        width = max(23, *(len(chunk.keys) for chunk in chunks))
-        print(
-            f"\n{'CHUNK':>5}  {'KEYS':>{width}}  {'STATE':8}  {'ROWS':>8}  {'REJECTED':>8}  "
-            f"{'SECONDS':>7}  {'TRIES':>5}  ERROR"
+        print()
+        print_table(
+            ["CHUNK", "KEYS", "STATE", "ROWS", "REJECTED", "SECONDS", "TRIES", "ERROR"],
+            [
+                [
+                    str(chunk.index),
+                    chunk.keys,
+                    chunk.state,
+                    chunk.rows,
+                    chunk.rows_rejected,
+                    _seconds(chunk),
+                    chunk.attempts,
+                    chunk.error,
+                ]
+                for chunk in chunks
+            ],
+            right={"CHUNK", "KEYS", "ROWS", "REJECTED", "SECONDS", "TRIES"},
         )
-        for chunk in chunks:
-            keys = chunk.keys
-            rows = "" if chunk.rows is None else str(chunk.rows)
-            rejected = "" if chunk.rows_rejected is None else str(chunk.rows_rejected)
-            seconds = ""
-            if chunk.state is ChunkState.DONE and chunk.started_at and chunk.finished_at:
-                seconds = f"{(chunk.finished_at - chunk.started_at).total_seconds():.2f}"
-            print(
-                f"{chunk.index:>5}  {keys:>{width}}  {chunk.state:8}  {rows:>8}  {rejected:>8}  "
-                f"{seconds:>7}  {chunk.attempts:>5}  {chunk.error or ''}"
-            )
+
+
+def _seconds(chunk: Chunk) -> str:
+    if chunk.state is ChunkState.DONE and chunk.started_at and chunk.finished_at:
+        return f"{(chunk.finished_at - chunk.started_at).total_seconds():.2f}"
+    return ""

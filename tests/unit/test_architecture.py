@@ -93,6 +93,10 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "zlib_ng": ("etl.formats",),
     "flask": ("api",),
     "werkzeug": ("api",),
+    # The API's server: its access log's redaction (loaded by gunicorn's master), and
+    # psycopg2 waiting as a greenlet in its gevent workers.
+    "gunicorn": ("etl.access_log",),
+    "gevent": ("etl.adapters.gevent_postgres",),
     "prometheus_client": ("etl.metrics", "api.metrics"),
     "pydantic": ANYWHERE,
     "pydantic_settings": ("etl.config",),

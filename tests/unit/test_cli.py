@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 
@@ -79,9 +80,27 @@ def test_pipelines_lists_orders_daily_with_its_schedule(capsys: pytest.CaptureFi
     assert main(["pipelines"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    [line] = [line for line in out.splitlines() if line.startswith("orders_daily ")]
-    assert 'cron "0 2 * * *" UTC' in line and " next 20" in line
+    header, *lines = out.splitlines()
+    assert header.split()[:5] == ["PIPELINE", "SCHEDULE", "NEXT", "RUN", "FOR"]
+    [line] = [line for line in lines if line.startswith("orders_daily ")]
+    assert 'cron "0 2 * * *" UTC' in line
+    assert line[header.index("NEXT RUN") :].startswith("20")  # the next slot, in its column
     assert "jsonl.gz" in line
+
+
+def test_pipelines_json_lists_each_pipeline_with_its_next_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["pipelines", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    [orders] = [entry for entry in listed if entry["name"] == "orders_daily"]
+    assert orders["schedule"] == 'cron "0 2 * * *" UTC'
+    assert orders["next_run_at"].endswith("T02:00:00+00:00")
+    assert (orders["mode"], orders["interval"], orders["output_format"]) == (
+        "snapshot",
+        "day",
+        "jsonl.gz",
+    )
 
 
 def test_db_upgrade_migrates_the_ledger(
