@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, abort, request
+from flask import Flask, Response, abort, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import backfills, dashboard, dead_letters, health, metrics, openapi, pipelines, runs
@@ -66,7 +66,10 @@ def create_app(settings: Settings | None = None, services: ApiServices | None = 
             writes = request.method not in {"GET", "HEAD", "OPTIONS"}
             browser = request.blueprint == dashboard.bp.name
             try:
-                require_bearer_token(tokens, read_tokens, writes=writes, allow_basic=browser)
+                # The dashboard shows its action buttons only to a token that may write.
+                g.etl_can_write = require_bearer_token(
+                    tokens, read_tokens, writes=writes, allow_basic=browser
+                )
             except ApiError as exc:
                 if browser and exc.status == 401:  # let the browser ask for the token
                     realm = 'Basic realm="nightly-etl (user: any, password: an API token)"'

@@ -16,11 +16,11 @@ def configured_tokens(raw: str) -> list[bytes]:
 
 def require_bearer_token(
     tokens: list[bytes], read_tokens: list[bytes], *, writes: bool, allow_basic: bool = False
-) -> None:
+) -> bool:
     """Raise 401 unless the request carries one of the tokens, and 403 when it carries
     a read-only token and the request would change something. With ``allow_basic`` (the
     dashboard: browsers cannot add a bearer header) HTTP Basic with the token as the
-    password is accepted too."""
+    password is accepted too. Returns True for a full token (one that may write)."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if allow_basic and scheme.lower() == "basic" and request.authorization is not None:
@@ -40,3 +40,4 @@ def require_bearer_token(
         raise ApiError(401, "invalid bearer token")
     if writes and not full:
         raise ApiError(403, "this token is read-only: it may not change anything")
+    return full

@@ -30,7 +30,7 @@ def _dead_letters() -> DeadLetterService:
 
 @bp.get("/dead-letters")
 def list_dead_letters() -> Response:
-    """Messages still parked (``?all=true`` adds replayed and purged), newest first."""
+    """Messages still parked (``?all=true`` adds replayed, purged and resolved), newest first."""
     try:
         query = DeadLetterQuery.model_validate(request.args.to_dict())
     except ValidationError as exc:

@@ -272,7 +272,7 @@ class DeadLetterQuery(BaseModel):
 
     run_id: str | None = Field(default=None, max_length=36)
     all: Literal["true", "false"] = Field(
-        default="false", description="true: also the replayed and purged ones"
+        default="false", description="true: also the replayed, purged and resolved ones"
     )
 
 

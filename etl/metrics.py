@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from etl.domain.dead_letters import DeadLetterState
 from etl.domain.schedules import latest_slot
 from etl.pipelines import PIPELINES
 
@@ -125,8 +126,13 @@ class LedgerCollector(Collector):
         letters = GaugeMetricFamily(
             "etl_dead_letters", "Dead letters recorded, by state", labels=["state"]
         )
-        for letter_state, count in sorted(self.ledger.dead_letter_counts().items()):
-            letters.add_metric([letter_state], count)
+        # Every state, zeros included: "none" must not look like "not scraped".
+        counts = self.ledger.dead_letter_counts()
+        for letter_state in DeadLetterState:
+            letters.add_metric([letter_state.value], counts.get(letter_state.value, 0))
+        for other, count in sorted(counts.items()):  # a state this code does not know
+            if other not in {known.value for known in DeadLetterState}:
+                letters.add_metric([other], count)
         yield letters
         messages = GaugeMetricFamily(
             "etl_queue_messages", "Messages ready in a queue", labels=["queue"]

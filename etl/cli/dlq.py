@@ -24,7 +24,9 @@ def register(sub: Any) -> None:
 
     listing = actions.add_parser("list", help="messages parked in the dead-letter queues")
     listing.add_argument("--run", help="only those of one run")
-    listing.add_argument("--all", action="store_true", help="include replayed and purged ones")
+    listing.add_argument(
+        "--all", action="store_true", help="include replayed, purged and resolved ones"
+    )
     add_json_flag(listing)
     listing.set_defaults(handler=cmd_list)
 

@@ -66,11 +66,12 @@ def sent_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class DeadLetterState(StrEnum):
-    """``dead`` until replayed or purged."""
+    """``dead`` until replayed, purged, or resolved (its run later succeeded)."""
 
     DEAD = "dead"
     REPLAYED = "replayed"
     PURGED = "purged"
+    RESOLVED = "resolved"
 
 
 @dataclass(frozen=True)

@@ -352,3 +352,63 @@ def summarize(schedule: Schedule | None) -> str:
     if described["kind"] == "interval":
         return f"every {described['seconds']}s"
     return f"{described['event']} at {described['latitude']},{described['longitude']}"
+
+
+_WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+
+
+def in_words(schedule: Schedule | None) -> str:
+    """The schedule for people: "every day at 02:00 Europe/Berlin", "every 60 seconds"."""
+    if schedule is None:
+        return "manual only"
+    if isinstance(schedule, Every):
+        return _every_in_words(schedule.seconds)
+    if isinstance(schedule, Solar):
+        return (
+            f"at {schedule.event.replace('_', ' ')} at "
+            f"{schedule.latitude:g}, {schedule.longitude:g} ({schedule.timezone} dates)"
+        )
+    return _cron_in_words(schedule)
+
+
+def _every_in_words(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"every {unit}" if count == 1 else f"every {count} {unit}s"
+    return "every second" if seconds == 1 else f"every {seconds} seconds"
+
+
+def _cron_in_words(cron: Cron) -> str:
+    minute, hour, day_of_month, month, day_of_week = cron.expression.split()
+    fields = cron._fields
+    if not (minute.isdigit() and (hour.isdigit() or hour == "*")):
+        return f"cron {cron.expression} {cron.timezone}"
+    if hour == "*":
+        when = f"every hour at minute {int(minute)}"
+    else:
+        when = f"at {int(hour):02d}:{int(minute):02d}"
+    days: list[str] = []
+    if day_of_week != "*":
+        days.append("on " + ", ".join(_WEEKDAYS[d] for d in sorted(fields.day_of_week)))
+    if day_of_month != "*":
+        days.append("on day " + ", ".join(str(d) for d in sorted(fields.day_of_month)))
+    if month != "*":
+        days.append("in " + ", ".join(_MONTHS[m - 1] for m in sorted(fields.month_of_year)))
+    if hour == "*":
+        return " ".join([when, *days, cron.timezone])
+    return " ".join(["every day" if not days else "", *days, when, cron.timezone]).strip()

@@ -100,9 +100,26 @@ class DeadLetterService:
         Raises only when the broker or the ledger is unreachable, never because of what
         a message holds."""
         signed = SignedBodies(self.cert_store) if self.cert_store else None
-        return drain_dead_letter_queues(
+        recorded = drain_dead_letter_queues(
             self.broker_url, lambda message: self._record(message, signed), ssl=self.broker_ssl
         )
+        # A backstop for the runs that succeeded since (RunService.run_succeeded resolves
+        # its own run's letters at once): every sync, so the alert clears by itself.
+        self.resolve_succeeded()
+        return recorded
+
+    def resolve_run(self, run_id: str) -> int:
+        """resolve_dead_letters of ``run_id`` on this service's ledger."""
+        return resolve_dead_letters(self.ledger, run_id)
+
+    def resolve_succeeded(self) -> int:
+        """resolve_run for every run with dead letters that has succeeded; returns how many."""
+        run_ids = {
+            letter.run_id
+            for letter in self.ledger.list_dead_letters(limit=100_000)
+            if letter.run_id is not None
+        }
+        return sum(self.resolve_run(run_id) for run_id in sorted(run_ids))
 
     def _record(self, message: ParkedMessage, signed: SignedBodies | None) -> None:
         try:
@@ -288,6 +305,26 @@ class DeadLetterService:
             return self.ledger.get_run(run_id).state
         except RunNotFound:
             return None
+
+
+def resolve_dead_letters(ledger: LedgerPort, run_id: str) -> int:
+    """Mark resolved (kept for the record) the dead letters of ``run_id`` that died
+    before it succeeded; returns how many. Called when a run succeeds.
+
+    A letter that died after the success (a late duplicate, or a forged message naming
+    the run) stays dead: the success did not answer it."""
+    try:
+        run = ledger.get_run(run_id)
+    except RunNotFound:
+        return 0
+    if run.state is not RunState.SUCCEEDED or run.finished_at is None:
+        return 0
+    letters = ledger.list_dead_letters(run_id=run_id, limit=100_000)
+    return sum(
+        ledger.mark_dead_letter(letter.id, DeadLetterState.RESOLVED)
+        for letter in letters
+        if letter.last_seen_at <= run.finished_at
+    )
 
 
 def _record_of(message: ParkedMessage, verdict: Verdict, reason: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from api.models import DeadLetterQuery, RunListQuery
 from etl.access_log import MASK, SHOWN_PARAMETERS, RedactingLogger, redact_query
 from etl.adapters.ledger import Ledger
 
-from builders import GOOD_BODY, api_app, auth, new_run
+from builders import GOOD_BODY, api_app, auth, failed_planned_run, new_run
 from fakes import RecordingEnqueue
 
 # -- security headers ----------------------------------------------------------------------
@@ -119,8 +119,10 @@ def test_the_dashboard_pages_load_only_what_the_policy_allows(
 ) -> None:
     run_id = new_run(ledger)
     basic = BASIC
+    failed = failed_planned_run(ledger)  # its page has the Retry form (a full token)
     pages = ["/dashboard/", f"/dashboard/runs/{run_id}", "/dashboard/pipelines",
-             "/dashboard/dead-letters"]  # fmt: skip
+             "/dashboard/dead-letters", f"/dashboard/runs/{failed}",
+             "/dashboard/pipelines/orders_daily", "/dashboard/dead-letters?all=1"]  # fmt: skip
     styled = 0
     for page in pages:
         response = client.get(page, headers=basic)

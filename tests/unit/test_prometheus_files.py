@@ -120,3 +120,15 @@ def test_promtool_passes_the_config(tmp_path: Path) -> None:
         [promtool(), "check", "config", str(local)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_dead_letter_state_is_exported_zeros_included() -> None:
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(_EmptyLedger(), dict))  # type: ignore[arg-type]
+    samples = {
+        sample.labels["state"]: sample.value
+        for family in registry.collect()
+        if family.name == "etl_dead_letters"
+        for sample in family.samples
+    }
+    assert samples == {"dead": 0, "replayed": 0, "purged": 0, "resolved": 0}
