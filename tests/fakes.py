@@ -191,6 +191,15 @@ class FakeLedger:
         self.runs[run_id] = dataclasses.replace(run, **changes)
         return True
 
+    def claim_commit(self, run_id: str) -> bool:
+        """A running run whose every chunk is done to committing; False otherwise."""
+        run = self.get_run(run_id)
+        if run.state is not RunState.RUNNING or run.chunk_count is None:
+            return False
+        if any(chunk.state is not ChunkState.DONE for chunk in self.get_chunks(run_id)):
+            return False
+        return self.move_run(run_id, RunState.COMMITTING)
+
     def fail_run(self, run_id: str, reason: str) -> bool:
         """Fail a run that has not ended; False if it had."""
         return self.move_run(run_id, RunState.FAILED, reason=reason[:_TEXT_KEPT])

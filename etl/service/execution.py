@@ -51,8 +51,9 @@ READ_BATCH_ROWS = 5000
 MAX_CHUNK_ATTEMPTS = 10
 # A part is spooled in memory up to this size, then on disk, before it is uploaded.
 SPOOL_MAX_BYTES = 32 * 1024 * 1024
-# Chunk messages go out this many at a time, and the run is read again between batches,
-# so a cancel stops the publishing within one batch (about 0.6 s of publishing here).
+# Chunk messages go out this many at a time, with one wait for the broker's confirms per
+# batch, and the run is read again between batches, so a cancel stops the publishing
+# within one batch (about 0.2 s of publishing here).
 DISPATCH_BATCH = 500
 
 
@@ -179,7 +180,8 @@ class ChunkDispatch:
 
     Between batches the run is read again, and iteration stops once it is no longer
     running (cancelled, failed by a chunk, or finished by a twin dispatch), so a cancel
-    stops the publishing of a large plan. ``sent`` counts the chunks handed out.
+    stops the publishing of a large plan. ``sent`` counts the chunks handed out; the
+    publisher waits for the broker's confirms once per batch (``batches``).
     """
 
     def __init__(
@@ -195,7 +197,8 @@ class ChunkDispatch:
         self.batch_size = batch_size
         self.sent = 0
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def batches(self) -> Iterator[list[Chunk]]:
+        """The chunks in batches of ``batch_size``, while the run is running."""
         for start in range(0, len(self.chunks), self.batch_size):
             if start:
                 state = self._run_state()
@@ -208,9 +211,13 @@ class ChunkDispatch:
                         len(self.chunks),
                     )
                     return
-            for chunk in self.chunks[start : start + self.batch_size]:
-                self.sent += 1
-                yield chunk
+            batch = self.chunks[start : start + self.batch_size]
+            self.sent += len(batch)
+            yield batch
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for batch in self.batches():
+            yield from batch
 
     def _run_state(self) -> RunState | None:
         try:

@@ -19,7 +19,7 @@ from etl import metrics
 from etl.domain.clock import utc_now
 from etl.domain.errors import EnqueueFailed, RunNotCancellable, RunNotRetryable, UnknownPipeline
 from etl.domain.runs import ChunkState, Run, RunState, Trigger
-from etl.domain.task_messages import TASK_PLAN_RUN
+from etl.domain.task_messages import TASK_COMMIT_RUN, TASK_PLAN_RUN
 from etl.pipelines import get_pipeline
 from etl.service.ports import Enqueue, LedgerPort
 
@@ -181,7 +181,35 @@ class RunService:
         if run.started_at and run.finished_at:
             seconds = (run.finished_at - run.started_at).total_seconds()
             metrics.RUN_DURATION.labels(run.pipeline).observe(seconds)
+        # Its dead letters (a chunk that died before a retry succeeded) are resolved now,
+        # so the alert on them clears with the success (the reconciler's sync is the
+        # backstop). Imported here: etl.service.dead_letters imports this module.
+        from etl.service.dead_letters import resolve_dead_letters
+
+        try:
+            resolve_dead_letters(self.ledger, run.id)
+        except Exception:
+            logger.warning("could not resolve the dead letters of run %s", run.id, exc_info=True)
         self._admit_after_end({run.pipeline})
+
+    def commit_if_complete(self, run_id: str, *, again: bool = False) -> bool:
+        """Send ``commit_run`` for a run whose every chunk is done, once: the call whose
+        claim moves the run from running to committing sends it (of any number at once,
+        one claims). With ``again`` (a redelivered chunk message, whose first delivery may
+        have died between its claim and its send) a run already committing is sent its
+        commit again, which is harmless. Returns whether a commit was sent. A send the
+        broker refuses is logged, not raised: the chunk's work is recorded, and the
+        reconciler sends the commit of a run left committing."""
+        if not self.ledger.claim_commit(run_id) and (
+            not again or self.ledger.get_run(run_id).state is not RunState.COMMITTING
+        ):
+            return False
+        try:
+            self.enqueue(TASK_COMMIT_RUN, [run_id])
+        except Exception:
+            logger.exception("could not send the commit of run %s: the reconciler will", run_id)
+            return False
+        return True
 
     def admit_waiting(self, pipeline_name: str) -> list[str]:
         """Send ``plan_run`` for the queued runs of a pipeline that have a free place

@@ -55,6 +55,11 @@ class RunLedger(Protocol):
         """Move a run to ``to`` if its state allows it; False if it did not move."""
         ...
 
+    def claim_commit(self, run_id: str) -> bool:
+        """Move a running run whose every chunk is done to committing; True for the one
+        call of any number at once that moved it."""
+        ...
+
     def fail_run(self, run_id: str, reason: str) -> bool:
         """Fail a run that has not ended; False if it had."""
         ...

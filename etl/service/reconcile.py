@@ -43,11 +43,12 @@ def reconcile(runs: RunService, *, now: datetime, stale_after_s: int, deadline_s
     - past its deadline: failed, with the number of chunks that did not finish (a run
       already committing is not failed: its commit may be writing _SUCCESS; it is sent
       its commit again instead, below);
-    - every chunk done but no commit for ``stale_after_s`` (the chord callback was lost,
-      or the result backend restarted): commit_run is sent again;
+    - every chunk done but no commit for ``stale_after_s`` (the worker of the last chunk
+      died between recording it and claiming the commit): commit_run is sent again;
     - chunks pending, none running, nothing moving for that long (their messages were
       lost): plan_run again, which dispatches the unfinished chunks and a commit;
-    - committing for that long (the commit crashed): commit_run is sent again;
+    - committing for that long (the commit crashed, or the commit message the last
+      chunk sent was lost): commit_run is sent again;
     - planning for that long (the plan message was lost): plan_run again;
     - queued for that long with a free place (see ``max_active_runs``): plan_run again.
     Sending again is safe: every step skips what the ledger shows as done.
@@ -82,7 +83,7 @@ def reconcile(runs: RunService, *, now: datetime, stale_after_s: int, deadline_s
             elif counts[ChunkState.RUNNING] == 0 and counts[ChunkState.PENDING] > 0:
                 # Nothing has moved for a while and no chunk is being worked on: their
                 # messages were lost (a purged queue, a broker that lost them). plan_run
-                # on a running run dispatches its unfinished chunks again, with a commit.
+                # on a running run publishes its unfinished chunks again.
                 enqueue(TASK_PLAN_RUN, [run.id])
                 actions.append(
                     f"sent plan for run {run.id}: {counts[ChunkState.PENDING]} chunks "

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any, NoReturn, TypedDict
 
-from celery import Task, chord, current_app, shared_task
+from celery import Task, current_app, shared_task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from etl import metrics
 from etl.adapters.errors import is_transient
+from etl.adapters.s3 import make_s3_client
 from etl.bootstrap import Services, build_services
 from etl.config import MAX_RETRY_BACKOFF_S
 from etl.domain.clock import utc_now
 from etl.domain.errors import ChunkNotFound, PlanTooLarge, RunNotFound
+from etl.domain.failures import failure_text
 from etl.domain.retry import backoff_seconds
 from etl.domain.runs import RunState, Trigger
 from etl.domain.task_messages import InvalidTaskMessage, check_arguments
+from etl.pipelines import load_pipeline_modules
 from etl.service import execution as steps
 from etl.service.reconcile import sync_and_reconcile
 from etl.worker.app import (
@@ -36,6 +41,7 @@ from etl.worker.app import (
     TASK_TRANSFORM_CHUNK,
     EtlCelery,
     celery_enqueue,
+    task_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -63,20 +69,64 @@ def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
     metrics.forget_process(pid or os.getpid())
 
 
-@worker_process_init.connect
-def _start_pool_process(**_: Any) -> None:
-    # A forked pool process must not reuse the parent's pooled connections...
-    _services.clear()
-    # ...and builds its own now, before it takes work, as it loads the fast path's
-    # libraries: a night's first chunks should not each pay for that. (Building opens
-    # no connection; the first chunk does.)
+def _load_fast_path_libraries() -> None:
     import pyarrow.compute
     import pyarrow.csv
     import pyarrow.parquet  # noqa: F401
 
+
+@worker_init.connect
+def _load_before_forking(sender: Any = None, **_: Any) -> None:
+    # In the worker's main process, before its pool processes fork: what each of them
+    # needs is loaded once, here, and shared by the fork (the fast path's libraries, the
+    # pipeline modules, botocore's S3 model: about 0.4 s a process, which a fresh worker's
+    # pool processes used to spend beside its first chunks). Nothing connects.
+    _load_fast_path_libraries()
+    app = getattr(sender, "app", None)
+    if isinstance(app, EtlCelery):
+        settings = app.settings
+        load_pipeline_modules(settings.pipeline_modules, settings.pipeline_path)
+        # boto3's default session keeps the model it loads for a client; a client
+        # opens no connection, and each pool process builds its own.
+        make_s3_client(settings.s3_endpoint_url, settings.s3_region)
+
+
+@worker_process_init.connect
+def _start_pool_process(**_: Any) -> None:
+    # A forked pool process must not reuse the parent's pooled connections...
+    _services.clear()
+    # ...and builds its own now, before it takes work (the libraries are loaded already,
+    # unless the main process did not run worker_init).
+    _load_fast_path_libraries()
     app = current_app._get_current_object()
     if isinstance(app, EtlCelery):
-        _services_for(app)
+        services = _services_for(app)
+        # Its first connections are opened beside, so its first chunk does not wait for
+        # them; a thread, because Celery kills a pool process that is not up in 4 s, and
+        # a database or broker away at start must not stop the worker (the first task then
+        # connects, or fails and is retried, as it always could).
+        threading.Thread(
+            target=_open_first_connections, args=(services, app), name="etl-warm-up", daemon=True
+        ).start()
+
+
+def _open_first_connections(services: Services, app: EtlCelery) -> None:
+    """The pool's first database connections (ledger and source) and the broker
+    connection the process publishes on, each left open in its pool; a failure is logged."""
+    engines = {"ledger": services.ledger.engine, "source": services.source_engine}
+    if services.source_engine is services.ledger.engine:
+        del engines["source"]
+    for name, engine in engines.items():
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:
+            logger.warning("could not open a first %s database connection: %s", name, exc)
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+    except Exception as exc:
+        logger.warning("could not open a first broker connection: %s", exc)
 
 
 class PlanResult(TypedDict):
@@ -121,7 +171,9 @@ def give_up(svc: Services, run_id: str, why: str, chunk_index: int | None = None
     """A task gave up on its run: the chunk (if one) is failed, then the run, through
     the lifecycle (counted once, and the runs waiting for its place admitted)."""
     if chunk_index is not None:
-        svc.ledger.fail_chunk(run_id, chunk_index, why)
+        # Called in the task's except block: the chunk keeps the traceback's innermost
+        # frames (trimmed), which the dashboard's run page shows.
+        svc.ledger.fail_chunk(run_id, chunk_index, failure_text(why, sys.exc_info()[1]))
     svc.runs.end_run(run_id, RunState.FAILED, why)
 
 
@@ -158,7 +210,8 @@ def _retry_or_reject(task: Task, exc: BaseException, on_give_up: Callable[[str],
 
 @shared_task(name=TASK_PLAN_RUN, bind=True)
 def plan_run(self: Task, run_id: str) -> PlanResult:
-    """Plan a run and dispatch its chunks as a chord whose callback commits the run."""
+    """Plan a run and publish its chunk messages; the chunk that completes the run sends
+    its commit."""
     _check_arguments(self, run_id)
     svc = services(self)
     try:
@@ -173,32 +226,35 @@ def plan_run(self: Task, run_id: str) -> PlanResult:
         _retry_or_reject(self, exc, lambda why: give_up(svc, run_id, f"planning failed: {why}"))
     if pending is None:
         return {"run_id": run_id, "dispatched": 0}
-    commit = self.app.signature(TASK_COMMIT_RUN, args=[run_id], immutable=True)
-    if not pending:
-        commit.apply_async()
+    if not pending:  # nothing to transform (no rows, or every chunk done): commit now
+        svc.runs.commit_if_complete(run_id)
         return {"run_id": run_id, "dispatched": 0}
-    # The header is a generator, so the chord is published as it is iterated: Celery
-    # sends each header task as it is yielded and records the chord's size with the last
-    # one (group._apply_tasks; lazy headers since Celery 5.2, #6576). ChunkDispatch reads
-    # the run between batches and ends early once it is no longer running: the chord
-    # then counts only what was sent, and its commit finds the run ended and does
-    # nothing. (Dropping the chord for "the last chunk sends the commit" would work too,
-    # but moves the run's completion out of one place for no gain.)
+    # No chord: the ledger knows when the last chunk is done (see transform_chunk), so the
+    # chunk messages are plain ones, published a batch at a time with one wait for the
+    # broker's confirms per batch. ChunkDispatch reads the run between batches and stops
+    # once it is no longer running (a cancel). A batch the broker does not confirm is
+    # published again whole; if it never is, the error ends this task as a refused
+    # publish always did, and the reconciler sends the plan of the run (chunks pending,
+    # none moving) again, which re-publishes the chunks not done (duplicates are safe).
     dispatch = steps.ChunkDispatch(svc, run_id, pending)
-    chord(
-        self.app.signature(TASK_TRANSFORM_CHUNK, args=[run_id, chunk.index], immutable=True)
-        for chunk in dispatch
-    )(commit)
+    with task_batches(self.app, TASK_TRANSFORM_CHUNK) as publisher:
+        for batch in dispatch.batches():
+            publisher.publish([[run_id, chunk.index] for chunk in batch])
     return {"run_id": run_id, "dispatched": dispatch.sent}
 
 
-@shared_task(name=TASK_TRANSFORM_CHUNK, bind=True)
+@shared_task(name=TASK_TRANSFORM_CHUNK, bind=True, ignore_result=True)
 def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any] | None:
-    """Transform one chunk into one part; returns only its key, rows, bytes and sha256."""
+    """Transform one chunk into one part; returns only its key, rows, bytes and sha256.
+    The delivery whose chunk completes the run sends the run's commit."""
     _check_arguments(self, run_id, chunk_index)
     svc = services(self)
     try:
-        return steps.transform_chunk(svc, run_id, chunk_index)
+        result = steps.transform_chunk(svc, run_id, chunk_index)
+        if result is not None:  # the chunk is done: was it the run's last?
+            redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+            svc.runs.commit_if_complete(run_id, again=redelivered or self.request.retries > 0)
+        return result
     except (RunNotFound, ChunkNotFound) as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:

@@ -236,9 +236,10 @@ def test_an_operator_sees_the_grid_a_failure_retries_it_and_a_cross_site_post_is
 
             # The schedule in words; a pipeline's charts of durations and rows, in SVG.
             browser.open(f"{dashboard}/pipelines?refresh=0")
-            assert browser.evaluate("document.querySelector('td.schedule').textContent") == (
-                "every day at 02:00 UTC"
-            )
+            assert browser.evaluate(
+                "document.querySelector('tr[data-pipeline=\"orders_daily\"] td.schedule')"
+                ".textContent"
+            ) == ("every day at 02:00 UTC")
             browser.open(f"{dashboard}/pipelines/orders_daily?refresh=0")
             charts = browser.evaluate(
                 "[...document.querySelectorAll('svg.chart')].map(svg => [svg.querySelectorAll("

@@ -487,14 +487,15 @@ def _worker_backends(services: Services, condition: str, *, terminate: bool = Fa
 def test_a_crash_between_the_last_chunk_and_the_commit_is_recovered_by_the_reconciler(
     rig: FaultRig,
 ) -> None:
-    # No worker consumes etl.commit yet: the chord's callback waits there, and is lost.
+    # No worker consumes etl.commit yet: the commit the last chunk sent waits there, and
+    # is lost. The run stays committing, claimed by that chunk, with nothing written.
     rig.start_worker(concurrency=2, queues=f"{PLAN_QUEUE},{TRANSFORM_QUEUE}")
     run = rig.start("orders_daily", 5_000)
     wait_done(rig.services, run.id, 4)
     waitqueue_depth(rig.vhost, COMMIT_QUEUE, 1, timeout_s=30)
     rabbitmqctl("purge_queue", "-p", rig.vhost, COMMIT_QUEUE)
 
-    assert rig.services.ledger.get_run(run.id).state is RunState.RUNNING
+    assert rig.services.ledger.get_run(run.id).state is RunState.COMMITTING
     assert_unpublished(rig.services, "orders_daily", run)
 
     rig.start_worker(concurrency=1, queues=COMMIT_QUEUE)
@@ -504,7 +505,7 @@ def test_a_crash_between_the_last_chunk_and_the_commit_is_recovered_by_the_recon
 
 
 def test_chunk_messages_lost_from_the_queue_are_sent_again_by_the_reconciler(rig: FaultRig) -> None:
-    # Only the planner runs: the chord's chunk messages wait in etl.transform, and are lost.
+    # Only the planner runs: the chunk messages wait in etl.transform, and are lost.
     rig.start_worker(concurrency=1, queues=PLAN_QUEUE)
     run = rig.start("orders_daily", 2_500)
     waitqueue_depth(rig.vhost, TRANSFORM_QUEUE, 8)
@@ -649,14 +650,13 @@ def test_losing_the_result_backend_mid_run_never_loses_the_run(rig: FaultRig) ->
         what="two chunks done",
     )
 
-    # The chord's counter is gone. The database is this session's own (fault_redis_url).
+    # Everything on the result backend is gone. The database is this session's own
+    # (fault_redis_url).
     redis.Redis.from_url(rig.settings.result_backend).flushdb()
 
-    wait_done(rig.services, run.id, 8, timeout_s=120)
-    # Celery keeps the chord's size in Redis: without it the callback never fires.
-    assert rig.services.ledger.get_run(run.id).state is RunState.RUNNING
-    reconcile_when_idle(rig.services, rig.settings, run.id, f"sent commit for run {run.id}")
-    assert_succeeds(rig.services, run.id, timeout_s=60)
+    # Nothing of a run is kept there (no chord: the ledger tells the last chunk that the
+    # run is complete), so it commits by itself, without the reconciler.
+    assert_succeeds(rig.services, run.id, timeout_s=120)
 
 
 def test_a_run_on_quorum_queues_completes(rig: FaultRig, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -142,6 +143,38 @@ def _waits_for_a_lock(engine: Engine, query_start: str) -> bool:
             {"start": query_start + "%"},
         ).scalar_one()
     return bool(waiting)
+
+
+def test_of_the_last_chunks_finishing_at_once_exactly_one_claims_the_commit(
+    services: Services,
+) -> None:
+    # Each finisher commits its chunk, then asks: whatever the interleaving, the last to
+    # commit sees every chunk done, and the row lock lets one claim through.
+    ledger = services.ledger
+    for attempt in range(10):
+        run_id = planned_run(
+            ledger, chunks=8, pipeline=f"p_{uuid.uuid4().hex[:8]}", day=date(2033, 1, attempt + 1)
+        )
+        for index in range(8):
+            assert ledger.start_chunk(run_id, index) is not None
+        barrier = threading.Barrier(8)
+
+        def finish_and_claim(
+            index: int, run_id: str = run_id, barrier: threading.Barrier = barrier
+        ) -> bool:
+            barrier.wait()
+            key = f"k/part-{index:05d}"
+            stats, none = STATS, {}
+            assert ledger.finish_chunk(
+                run_id, index, s3_key=key, stats=stats, rejected_by_reason=none
+            )
+            return ledger.claim_commit(run_id)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            claims = list(pool.map(finish_and_claim, range(8)))
+
+        assert claims.count(True) == 1, claims
+        assert ledger.get_run(run_id).state is RunState.COMMITTING
 
 
 def test_state_moves_forward_only_on_postgres(services: Services) -> None:

@@ -153,15 +153,18 @@ def test_an_empty_source_plans_no_chunks_and_commits_an_empty_manifest() -> None
 # -- dispatch ------------------------------------------------------------------------------
 
 
-def test_dispatch_hands_out_every_chunk_in_order_while_the_run_runs(fakes: FakeServices) -> None:
+def test_dispatch_hands_out_every_chunk_in_order_in_batches_while_the_run_runs(
+    fakes: FakeServices,
+) -> None:
     run_id = create_run(fakes)
     pending = steps.plan_run(fakes, run_id)
     assert pending is not None
 
     dispatch = steps.ChunkDispatch(fakes, run_id, pending, batch_size=3)
 
-    assert [chunk.index for chunk in dispatch] == [0, 1, 2, 3]
+    assert [[chunk.index for chunk in batch] for batch in dispatch.batches()] == [[0, 1, 2], [3]]
     assert dispatch.sent == 4
+    assert [chunk.index for chunk in steps.ChunkDispatch(fakes, run_id, pending)] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("ended", [RunState.CANCELLED, RunState.FAILED])
@@ -171,13 +174,15 @@ def test_dispatch_stops_at_the_next_batch_once_the_run_is_cancelled_or_failed(
     run_id = create_run(fakes)
     pending = steps.plan_run(fakes, run_id)
     assert pending is not None
-    dispatch = iter(steps.ChunkDispatch(fakes, run_id, pending, batch_size=2))
-    handed_out = [next(dispatch).index, next(dispatch).index]  # the first batch
+    dispatch = steps.ChunkDispatch(fakes, run_id, pending, batch_size=2)
+    batches = dispatch.batches()
+    first = next(batches)
 
     assert fakes.ledger.move_run(run_id, ended)
-    handed_out += [chunk.index for chunk in dispatch]
 
-    assert handed_out == [0, 1]
+    assert [chunk.index for chunk in first] == [0, 1]
+    assert list(batches) == []
+    assert dispatch.sent == 2
 
 
 def test_dispatch_keeps_going_when_the_run_cannot_be_read(fakes: FakeServices) -> None:

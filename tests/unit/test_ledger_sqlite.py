@@ -14,7 +14,16 @@ from etl.domain.runs import ChunkState, RunState, Trigger
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
-from builders import DAY, dense_plan, new_run, planned_run, utc_day, with_orders
+from builders import (
+    DAY,
+    dense_plan,
+    finish_chunk,
+    new_run,
+    planned_run,
+    run_in_state,
+    utc_day,
+    with_orders,
+)
 
 STATS = PartStats(rows=98, bytes=2048, sha256="a" * 64)
 
@@ -348,6 +357,44 @@ def test_a_chunk_of_a_committing_run_neither_starts_nor_finishes(ledger: Ledger)
 
     assert ledger.start_chunk(run_id, 1) is None
     assert not ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+
+
+def test_the_commit_is_claimed_once_and_only_when_every_chunk_is_done(ledger: Ledger) -> None:
+    run_id = planned_run(ledger, chunks=3, done=1)
+    finish_chunk(ledger, run_id, 2)  # the last chunk first: chunk 1 is still pending
+
+    assert not ledger.claim_commit(run_id)
+    assert ledger.get_run(run_id).state is RunState.RUNNING
+    finish_chunk(ledger, run_id, 1)
+    assert ledger.claim_commit(run_id)
+    assert not ledger.claim_commit(run_id)
+    assert ledger.get_run(run_id).state is RunState.COMMITTING
+
+
+def test_a_run_of_no_chunks_is_claimed_and_an_unplanned_or_ended_one_is_not(
+    ledger: Ledger,
+) -> None:
+    empty = planned_run(ledger, chunks=0)
+    assert ledger.claim_commit(empty)
+    planning = run_in_state(ledger, RunState.PLANNING)
+    assert not ledger.claim_commit(planning)
+    cancelled = planned_run(ledger, chunks=2, done=2)
+    assert ledger.move_run(cancelled, RunState.CANCELLED)
+    assert not ledger.claim_commit(cancelled)
+    assert ledger.get_run(cancelled).state is RunState.CANCELLED
+
+
+def test_a_chunk_invalidated_by_the_commit_is_not_done_for_the_next_claim(ledger: Ledger) -> None:
+    run_id = planned_run(ledger, chunks=2, done=2)
+    assert ledger.invalidate_chunk(run_id, 0, "part of chunk 0 is missing")
+    assert ledger.move_run(run_id, RunState.FAILED)
+    assert ledger.reopen_run(run_id) is not None
+    assert ledger.move_run(run_id, RunState.PLANNING)
+    assert ledger.move_run(run_id, RunState.RUNNING)
+
+    assert not ledger.claim_commit(run_id)
+    finish_chunk(ledger, run_id, 0)
+    assert ledger.claim_commit(run_id)
 
 
 def test_advisory_lock_ids_are_distinct() -> None:

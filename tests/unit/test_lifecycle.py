@@ -18,7 +18,7 @@ from etl.domain.errors import (
 from etl.domain.runs import ChunkState, RunState
 from etl.service.lifecycle import RunService
 
-from builders import failed_planned_run, run_in_state
+from builders import failed_planned_run, finish_chunk, planned_run, run_in_state
 from fakes import FakeLedger, FakeServices, RecordingEnqueue
 
 
@@ -176,6 +176,62 @@ def test_a_run_that_ended_or_is_committing_is_not_cancellable_and_unchanged(
 def test_cancelling_an_unknown_run_is_run_not_found(service: RunService) -> None:
     with pytest.raises(RunNotFound, match="no-such-run"):
         service.cancel_run("no-such-run")
+
+
+# -- commit_if_complete --------------------------------------------------------------------
+
+
+def test_the_chunk_that_completes_a_run_sends_its_commit_once(
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = planned_run(ledger, chunks=3, done=2)
+
+    assert not service.commit_if_complete(run_id)  # chunk 2 is not done yet
+    assert ledger.get_run(run_id).state is RunState.RUNNING
+    finish_chunk(ledger, run_id, 2)
+    assert service.commit_if_complete(run_id)
+    # Every other delivery, at once or later, finds the run committing: nothing more sent.
+    assert not service.commit_if_complete(run_id)
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+    assert ledger.get_run(run_id).state is RunState.COMMITTING
+
+
+def test_a_redelivered_chunk_sends_the_commit_of_a_committing_run_again(
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
+) -> None:
+    # The first delivery claimed the commit and died before sending it.
+    run_id = planned_run(ledger, chunks=2, done=2)
+    assert ledger.claim_commit(run_id)
+
+    assert not service.commit_if_complete(run_id)
+    assert service.commit_if_complete(run_id, again=True)
+
+    assert enqueue.calls == [("etl.commit_run", [run_id])]
+
+
+@pytest.mark.parametrize("state", [RunState.CANCELLED, RunState.FAILED])
+def test_a_run_that_ended_is_not_committed_when_its_chunks_are_done(
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue, state: RunState
+) -> None:
+    run_id = planned_run(ledger, chunks=2, done=2)
+    assert ledger.move_run(run_id, state)
+
+    assert not service.commit_if_complete(run_id, again=True)
+    assert enqueue.calls == []
+    assert ledger.get_run(run_id).state is state
+
+
+def test_a_commit_the_broker_refuses_is_left_to_the_reconciler(
+    service: RunService, ledger: FakeLedger, enqueue: RecordingEnqueue
+) -> None:
+    run_id = planned_run(ledger, chunks=1, done=1)
+    enqueue.error = ConnectionRefusedError("broker down")
+
+    # Not raised: the chunk's work is recorded; the run waits, committing, for the
+    # reconciler to send its commit (reconcile: "stuck committing").
+    assert not service.commit_if_complete(run_id)
+    assert ledger.get_run(run_id).state is RunState.COMMITTING
 
 
 def test_a_request_without_a_date_repeated_after_midnight_finds_its_run(

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 
-from etl.adapters.ledger.rows import load_chunk, load_chunks, load_run
+from etl.adapters.ledger.rows import chunk_from_row, load_chunk, load_chunks, load_run
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.chunks import ChunkRange
 from etl.domain.clock import utc_now
@@ -82,26 +82,37 @@ class ChunksLedger:
         done. One transaction: it is on every chunk's path. Raises ChunkNotFound."""
         moment = utc_now()
         with self.engine.begin() as conn:
-            started = conn.execute(
-                update(chunks_table)
-                .where(
-                    chunks_table.c.run_id == run_id,
-                    chunks_table.c.idx == index,
-                    chunks_table.c.state != ChunkState.DONE.value,
-                    _run_is_working(run_id),
+            if conn.dialect.name == "postgresql":
+                # Not waiting for the disk takes a write (3 ms here) off every chunk's
+                # path. Only a crash of the server itself can lose this attempt, and
+                # then the chunk shows pending and is done again, which is safe; the
+                # chunk's finish waits for the disk, which writes this before it.
+                conn.execute(text("SET LOCAL synchronous_commit = off"))
+            started = (
+                conn.execute(
+                    update(chunks_table)
+                    .where(
+                        chunks_table.c.run_id == run_id,
+                        chunks_table.c.idx == index,
+                        chunks_table.c.state != ChunkState.DONE.value,
+                        _run_is_working(run_id),
+                    )
+                    .values(
+                        state=ChunkState.RUNNING.value,
+                        attempts=chunks_table.c.attempts + 1,
+                        updated_at=moment,
+                        started_at=moment,
+                        error=None,
+                    )
+                    .returning(*chunks_table.c)
                 )
-                .values(
-                    state=ChunkState.RUNNING.value,
-                    attempts=chunks_table.c.attempts + 1,
-                    updated_at=moment,
-                    started_at=moment,
-                    error=None,
-                )
-            ).rowcount
+                .mappings()
+                .one_or_none()
+            )
+            if started is not None:  # the common case: one statement, no second read
+                return chunk_from_row(started)
             chunk = load_chunk(conn, run_id, index)
-        if started == 1 or chunk.state is ChunkState.DONE:
-            return chunk
-        return None
+        return chunk if chunk.state is ChunkState.DONE else None
 
     def finish_chunk(
         self,

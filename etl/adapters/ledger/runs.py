@@ -186,6 +186,34 @@ class RunsLedger:
             ).rowcount
         return moved == 1
 
+    def claim_commit(self, run_id: str) -> bool:
+        """Move a running run whose every chunk is done to committing; True for the one
+        call that moved it, however many ask at once (the row lock lets one through, and
+        the others find it committing). A chunk's ``finish_chunk`` commits before its
+        task asks, so the last of them to finish sees every chunk done."""
+        # Chunks go out and mostly finish in index order: read from the top, a chunk not
+        # done is found at once until the very end (a scalar subquery keeps the order,
+        # where EXISTS would drop it and read from the bottom, past every done chunk).
+        unfinished = (
+            select(chunks_table.c.idx)
+            .where(chunks_table.c.run_id == run_id, chunks_table.c.state != ChunkState.DONE.value)
+            .order_by(chunks_table.c.idx.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        with self.engine.begin() as conn:
+            moved = conn.execute(
+                update(runs_table)
+                .where(
+                    runs_table.c.id == run_id,
+                    runs_table.c.state == RunState.RUNNING.value,
+                    runs_table.c.chunk_count.is_not(None),
+                    unfinished.is_(None),
+                )
+                .values(state=RunState.COMMITTING.value, updated_at=utc_now())
+            ).rowcount
+        return moved == 1
+
     def fail_run(self, run_id: str, reason: str) -> bool:
         """Mark a run failed with a reason, unless it already ended."""
         return self.move_run(run_id, RunState.FAILED, reason=reason[:2000])
