@@ -1,4 +1,4 @@
-"""nightly-etl: PostgreSQL chunks -> Celery chord over RabbitMQ -> parts and a manifest on S3.
+"""nightly-etl: PostgreSQL chunks -> Celery tasks over RabbitMQ -> parts and a manifest on S3.
 
 This package is the whole surface a pipeline author needs (docs/pipelines.md)::
 

@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     )
 
     broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
-    # Redis, not rpc:// (which cannot run chords) nor the database backend: a 1,000-task
-    # chord took 2.6 s on Redis and 16.7 s on PostgreSQL here. The ledger, not this
-    # backend, is the source of truth for a run.
+    # Task results only (a plan's count, a commit's state), small and expiring: no run
+    # depends on them since the ledger claims each run's commit (issue 16). The ledger,
+    # not this backend, is the source of truth for a run.
     result_backend: str = "redis://127.0.0.1:6379/0"
     result_expires_s: int = Field(default=24 * 3600, ge=60)
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

@@ -330,6 +330,10 @@ def _example(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# A type a field's table of converters does not name (Schema.conform's fast path).
+_NOT_IN_TABLE: Any = object()
+
+
 class Schema:
     """A pipeline's parsed schema: its fields in order, and the record check."""
 
@@ -369,34 +373,66 @@ class Schema:
         and CSV carry (the table above; a json field as its JSON text), its fields in
         schema order. SchemaMismatch for a record with a field too many or too few, or a
         value of another type."""
-        expected = self._name_set
+        names = self.names
         checks = self._checks
         conformed: list[dict[str, Any]] = []
         for record in records:
+            if type(record) is dict and tuple(record) == names:
+                # The common case: a dict with the schema's fields in its order. It is
+                # kept as it is unless a value must be converted (the table above), so a
+                # record already as JSON Lines carries it costs no copy.
+                copied: dict[str, Any] | None = None
+                for name, kind, accepts in checks:
+                    value = record[name]
+                    convert = accepts.get(type(value), _NOT_IN_TABLE)
+                    if convert is None:  # taken as it is
+                        continue
+                    if convert is _NOT_IN_TABLE:  # a subclass, or refused
+                        converted = self._conform_value(name, kind, accepts, value)
+                    else:
+                        try:
+                            converted = convert(value)
+                        except _Refused as refused:
+                            raise self.mismatch(
+                                name, f"({kind}) {refused}", value, with_type=False
+                            ) from None
+                    if converted is not value:
+                        if copied is None:
+                            copied = dict(record)
+                        copied[name] = converted
+                conformed.append(record if copied is None else copied)
+                continue
             try:
-                matches = record.keys() == expected
+                matches = record.keys() == self._name_set
             except AttributeError:
                 raise self.mismatch(
                     "(a record)", "is not a dict of field names to values", record
                 ) from None
             if not matches:
                 raise self._keys_mismatch(record)
-            values: dict[str, Any] = {}
-            for name, kind, accepts in checks:
-                value = record[name]
-                try:
-                    try:
-                        convert = accepts[type(value)]
-                    except KeyError:  # not a type of the table: a subclass, or refused
-                        values[name] = self._subclass(kind, accepts, value)
-                        continue
-                    values[name] = value if convert is None else convert(value)
-                except _Refused as refused:
-                    raise self.mismatch(
-                        name, f"({kind}) {refused}", value, with_type=False
-                    ) from None
-            conformed.append(values)
+            conformed.append(
+                {
+                    name: self._conform_value(name, kind, accepts, record[name])
+                    for name, kind, accepts in checks
+                }
+            )
         return conformed
+
+    def _conform_value(
+        self,
+        name: str,
+        kind: LogicalType,
+        accepts: dict[type, Callable[[Any], Any] | None],
+        value: Any,
+    ) -> Any:
+        try:
+            try:
+                convert = accepts[type(value)]
+            except KeyError:  # not a type of the table: a subclass, or refused
+                return self._subclass(kind, accepts, value)
+            return value if convert is None else convert(value)
+        except _Refused as refused:
+            raise self.mismatch(name, f"({kind}) {refused}", value, with_type=False) from None
 
     def _subclass(
         self, kind: LogicalType, accepts: dict[type, Callable[[Any], Any] | None], value: Any

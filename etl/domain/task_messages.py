@@ -28,8 +28,7 @@ TASK_COMMIT_RUN = "etl.commit_run"
 TASK_START_SCHEDULED_RUN = "etl.start_scheduled_run"
 TASK_RECONCILE = "etl.reconcile"
 
-# Our messages are a few hundred bytes (a chord member carries its callback): anything
-# near these sizes is not ours.
+# Our messages are a few hundred bytes: anything near these sizes is not ours.
 MAX_BODY_BYTES = 256 * 1024
 MAX_HEADERS_BYTES = 64 * 1024
 MAX_HEADER_TEXT = 1_000  # ids, names, origin
