@@ -293,7 +293,7 @@ class FakeLedger:
         except KeyError:
             raise ChunkNotFound(f"run {run_id} has no chunk {index}") from None
 
-    def start_chunk(self, run_id: str, index: int) -> Chunk | None:
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
         """An attempt at a chunk not done, only while its run works; None if it ended."""
         chunk = self.get_chunk(run_id, index)
         if chunk.state is ChunkState.DONE:
@@ -308,6 +308,7 @@ class FakeLedger:
             attempts=chunk.attempts + 1,
             started_at=moment,
             error=None,
+            worker=worker,
         )
 
     def finish_chunk(

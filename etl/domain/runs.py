@@ -120,6 +120,8 @@ class Chunk:
     etag: str | None = None
     # The last chunk of a plan reads up to its window's largest key, that key included.
     key_hi_inclusive: bool = False
+    # The worker process of its last attempt ("node (pid N)"), when the ledger knows it.
+    worker: str | None = None
 
     @property
     def keys(self) -> str:

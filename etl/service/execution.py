@@ -230,7 +230,9 @@ class ChunkDispatch:
             return None
 
 
-def transform_chunk(services: RunPorts, run_id: str, index: int) -> dict[str, Any] | None:
+def transform_chunk(
+    services: RunPorts, run_id: str, index: int, worker: str | None = None
+) -> dict[str, Any] | None:
     """Read a chunk's key range, transform it and write its part; returns the part's
     key, rows, bytes and sha256. A chunk already done returns its recorded part; a chunk
     of a run that is not planning or running starts nothing and returns None."""
@@ -239,7 +241,7 @@ def transform_chunk(services: RunPorts, run_id: str, index: int) -> dict[str, An
     began = time.monotonic()
     # An attempt, unless the chunk is done; None once the run is no longer planning or
     # running (failed, cancelled, queued again): then no new work and nothing counted.
-    chunk = ledger.start_chunk(run_id, index)
+    chunk = ledger.start_chunk(run_id, index, worker)
     if chunk is None:
         logger.info("run %s is not running: chunk %d not started", run_id, index)
         return None

@@ -104,7 +104,7 @@ class ChunkLedger(Protocol):
         """One chunk; raises ChunkNotFound."""
         ...
 
-    def start_chunk(self, run_id: str, index: int) -> Chunk | None:
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
         """Count an attempt at a chunk not done, only while its run is active; the chunk
         as it is now, or None when the run has ended and the chunk is not done."""
         ...

@@ -250,7 +250,9 @@ def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any]
     _check_arguments(self, run_id, chunk_index)
     svc = services(self)
     try:
-        result = steps.transform_chunk(svc, run_id, chunk_index)
+        # The worker process, as the run page shows it: Celery's node name and our pid.
+        worker = f"{self.request.hostname or 'worker'} (pid {os.getpid()})"
+        result = steps.transform_chunk(svc, run_id, chunk_index, worker)
         if result is not None:  # the chunk is done: was it the run's last?
             redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
             svc.runs.commit_if_complete(run_id, again=redelivered or self.request.retries > 0)

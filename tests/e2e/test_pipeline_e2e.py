@@ -88,6 +88,9 @@ def test_a_run_through_the_cli_writes_every_row_once(
     assert_run_output_matches_source(services, run)
     # Both workers took part: chunks were spread over the two processes.
     assert all("etl.transform_chunk" in worker.log() for worker in workers)
+    # Each chunk names the worker process that made it (the dashboard's run page).
+    made_by = {chunk.worker for chunk in services.ledger.get_chunks(run_id)}
+    assert None not in made_by and len(made_by) == 2, made_by
 
 
 def test_a_run_through_the_api_writes_every_row_once(

@@ -249,6 +249,14 @@ def test_starting_a_chunk_counts_an_attempt(ledger: Ledger) -> None:
     assert chunk.state is ChunkState.RUNNING
 
 
+def test_a_chunk_keeps_the_worker_of_its_last_attempt(ledger: Ledger) -> None:
+    run_id = planned_run(ledger)
+    assert ledger.start_chunk(run_id, 1, "celery@a (pid 10)").worker == "celery@a (pid 10)"
+    ledger.start_chunk(run_id, 1, "celery@b (pid 20)")
+    assert ledger.get_chunk(run_id, 1).worker == "celery@b (pid 20)"
+    assert ledger.get_chunk(run_id, 0).worker is None  # not started: no worker yet
+
+
 def test_finish_chunk_records_the_part_once(ledger: Ledger) -> None:
     run_id = planned_run(ledger)
     ledger.start_chunk(run_id, 0)

@@ -75,11 +75,12 @@ class ChunksLedger:
         with self.engine.connect() as conn:
             return load_chunk(conn, run_id, index)
 
-    def start_chunk(self, run_id: str, index: int) -> Chunk | None:
-        """Count an attempt at a chunk that is not done yet, only while its run is active
-        (planning or running); returns the chunk as it is now (done, and not counted, if
-        another delivery finished it), or None if the run has ended and the chunk is not
-        done. One transaction: it is on every chunk's path. Raises ChunkNotFound."""
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
+        """Count an attempt at a chunk that is not done yet, by ``worker`` (kept, for the
+        run page), only while its run is active (planning or running); returns the chunk
+        as it is now (done, and not counted, if another delivery finished it), or None if
+        the run has ended and the chunk is not done. One transaction: it is on every
+        chunk's path. Raises ChunkNotFound."""
         moment = utc_now()
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -103,6 +104,7 @@ class ChunksLedger:
                         updated_at=moment,
                         started_at=moment,
                         error=None,
+                        worker=None if worker is None else worker[:200],
                     )
                     .returning(*chunks_table.c)
                 )

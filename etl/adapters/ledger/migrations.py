@@ -140,6 +140,13 @@ def _migrate_to_7(conn: Connection) -> None:
     conn.execute(text("DROP TABLE etl_watermarks_v6"))
 
 
+def _migrate_to_8(conn: Connection) -> None:
+    # The worker of each chunk's last attempt, for the dashboard's run page (#17).
+    columns = {column["name"] for column in inspect(conn).get_columns(chunks_table.name)}
+    if "worker" not in columns:
+        conn.execute(text("ALTER TABLE etl_chunks ADD COLUMN worker VARCHAR(200)"))
+
+
 # Later schema changes go here as (version, callable(conn)); a fresh database is created
 # from the current metadata and stamped with SCHEMA_VERSION directly.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
@@ -149,6 +156,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _migrate_to_5),
     (6, _migrate_to_6),
     (7, _migrate_to_7),
+    (8, _migrate_to_8),
 ]
 
 

@@ -81,6 +81,7 @@ def chunk_from_row(row: RowMapping) -> Chunk:
         started_at=aware_utc(row["started_at"]),
         finished_at=aware_utc(row["finished_at"]),
         etag=row["etag"],
+        worker=row["worker"],
     )
 
 

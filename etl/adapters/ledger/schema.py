@@ -28,7 +28,7 @@ from sqlalchemy.engine import Dialect
 from etl.domain.chunks import ChunkKey
 from etl.domain.runs import Trigger
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # JSONB on PostgreSQL, JSON text on SQLite.
 JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
@@ -114,6 +114,8 @@ chunks_table = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("etag", String(100)),
+    # Which worker process took the chunk's last attempt ("node (pid N)"), for the run page.
+    Column("worker", String(200)),
 )
 
 dead_letters_table = Table(
