@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from api import create_app
+from etl.adapters.ledger import SCHEMA_VERSION
 from etl.adapters.probe import SettingsProbes
 from etl.adapters.topology import all_queues, declare_topology
 from etl.bootstrap import Services
@@ -116,7 +117,7 @@ def test_etl_check_names_a_ledger_a_version_behind(deployed: Settings) -> None:
         result = check_ledger(SettingsProbes(deployed.model_copy(update={"database_url": url})))
 
     assert result.status == "failed"
-    assert result.detail.endswith("is at schema version 6, this code needs 7")
+    assert result.detail.endswith(f"is at schema version 6, this code needs {SCHEMA_VERSION}")
     assert result.fix == "run `etl db upgrade`"
 
 
