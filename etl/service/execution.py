@@ -215,10 +215,6 @@ class ChunkDispatch:
             self.sent += len(batch)
             yield batch
 
-    def __iter__(self) -> Iterator[Chunk]:
-        for batch in self.batches():
-            yield from batch
-
     def _run_state(self) -> RunState | None:
         try:
             return self.services.ledger.get_run(self.run_id).state

@@ -164,7 +164,8 @@ def test_dispatch_hands_out_every_chunk_in_order_in_batches_while_the_run_runs(
 
     assert [[chunk.index for chunk in batch] for batch in dispatch.batches()] == [[0, 1, 2], [3]]
     assert dispatch.sent == 4
-    assert [chunk.index for chunk in steps.ChunkDispatch(fakes, run_id, pending)] == [0, 1, 2, 3]
+    whole = steps.ChunkDispatch(fakes, run_id, pending)
+    assert [chunk.index for batch in whole.batches() for chunk in batch] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("ended", [RunState.CANCELLED, RunState.FAILED])
@@ -193,7 +194,7 @@ def test_dispatch_keeps_going_when_the_run_cannot_be_read(fakes: FakeServices) -
     # A run id the ledger does not know: every read between batches fails.
     dispatch = steps.ChunkDispatch(fakes, "no-such-run", pending, batch_size=1)
 
-    assert [chunk.index for chunk in dispatch] == [0, 1, 2, 3]
+    assert [chunk.index for batch in dispatch.batches() for chunk in batch] == [0, 1, 2, 3]
 
 
 # -- transform and commit ------------------------------------------------------------------
