@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kombu import Connection
 
+import etl.worker.tasks  # noqa: F401  (defines the tasks, as a worker's start does)
 from etl.adapters.topology import TRANSFORM_QUEUE
 from etl.config import Settings
 from etl.worker.app import TASK_TRANSFORM_CHUNK, EtlCelery, task_batches
