@@ -97,13 +97,19 @@ def scratch_ledger(postgres_url: str) -> Iterator[tuple[Engine, Ledger]]:
             engine.dispose()
 
 
-def queue_depth(vhost: str, queue: str) -> int:
-    """How many messages ``queue`` of ``vhost`` holds (0 if there is no such queue)."""
+def list_queues(vhost: str) -> dict[str, int]:
+    """The queues of ``vhost``, each with how many messages it holds."""
+    depths = {}
     for line in rabbitmqctl("list_queues", "-p", vhost, "name", "messages").splitlines():
         name, _, count = line.partition("\t")
-        if name == queue:
-            return int(count)
-    return 0
+        if count.isdigit():
+            depths[name] = int(count)
+    return depths
+
+
+def queue_depth(vhost: str, queue: str) -> int:
+    """How many messages ``queue`` of ``vhost`` holds (0 if there is no such queue)."""
+    return list_queues(vhost).get(queue, 0)
 
 
 @contextmanager

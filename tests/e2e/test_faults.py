@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from api import create_app
 from etl.adapters.sample_orders import seed_orders
-from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE
+from etl.adapters.topology import COMMIT_QUEUE, PLAN_QUEUE, TRANSFORM_QUEUE, WORK_QUEUES
 from etl.bootstrap import Services, build_services
 from etl.config import Settings
 from etl.domain.dead_letters import DeadLetter
@@ -46,6 +46,7 @@ from support import (
     ChildProcess,
     RabbitMQNode,
     assert_run_output_matches_source,
+    list_queues,
     queue_depth,
     rabbitmqctl,
     run_etl,
@@ -179,6 +180,11 @@ def rig(
     faults_dir: Path,
     start_worker: Callable[..., ChildProcess],
 ) -> FaultRig:
+    # The vhost is the session's: a message an earlier test left in a work queue (its
+    # workers stopped before they took it) would be counted, or run, in this one.
+    for queue in list_queues(rabbitmq_vhost):
+        if queue in WORK_QUEUES:
+            rabbitmqctl("purge_queue", "-p", rabbitmq_vhost, queue)
     return FaultRig(fault_services, fault_settings, rabbitmq_vhost, app, faults_dir, start_worker)
 
 
@@ -268,11 +274,16 @@ def _etl(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProc
 
 def waitqueue_depth(vhost: str, queue: str, depth: int, *, timeout_s: float = 60) -> None:
     """Wait until ``queue`` holds ``depth`` messages."""
-    wait_until(
-        lambda: queue_depth(vhost, queue) == depth,
-        timeout_s=timeout_s,
-        what=f"{depth} message(s) in {queue}",
-    )
+    seen: list[int] = []
+
+    def reached() -> bool:
+        seen.append(queue_depth(vhost, queue))
+        return seen[-1] == depth
+
+    try:
+        wait_until(reached, timeout_s=timeout_s, what=f"{depth} message(s) in {queue}")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; it last held {seen[-1]}") from None
 
 
 # A fault marked so runs on both read paths: the row path (a server-side cursor and the
