@@ -23,6 +23,7 @@ import multiprocessing
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
@@ -255,6 +256,11 @@ def _peer_start(where: Where) -> None:
     _peer["s3"] = _s3(where)
 
 
+def _utc(moment: datetime) -> str:
+    """The row transform's timestamps (datetimes in UTC) as the pipeline writes them."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _peer_chunk(chunk: ChunkRange) -> dict[str, Any]:
     """One chunk: a server-side cursor, a dict per row, the row transform a batch at a
     time, json.dumps per record, gzip 6, one PUT."""
@@ -273,7 +279,8 @@ def _peer_chunk(chunk: ChunkRange) -> dict[str, Any]:
                 batch = [dict(zip(ORDERS_COLUMNS, row, strict=True)) for row in rows]
                 result = transform_orders(batch)
                 lines = [
-                    json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+                    json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=_utc)
+                    + "\n"
                     for record in result.records
                 ]
                 text = "".join(lines).encode()

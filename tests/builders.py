@@ -39,6 +39,7 @@ from etl.domain.chunks import ChunkRange, KeySpan, pick_boundaries, plan_chunks
 from etl.domain.intervals import DataInterval, Grain
 from etl.domain.layout import part_key, partition_path, run_prefix
 from etl.domain.runs import RunState, Trigger
+from etl.domain.schema import utc_text
 from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
@@ -133,7 +134,9 @@ def finish_chunk(ledger: LedgerPort, run_id: str, index: int) -> None:
     """Start and finish a chunk as a worker would, with STATS and no rejections."""
     assert ledger.start_chunk(run_id, index) is not None
     key = f"etl/run={run_id}/part-{index:05d}.jsonl.gz"
-    assert ledger.finish_chunk(run_id, index, s3_key=key, stats=STATS, rejected_by_reason={})
+    assert ledger.finish_chunk(
+        run_id, index, s3_key=key, stats=STATS, rejected_by_reason={}
+    ).recorded
 
 
 def failed_planned_run(ledger: LedgerPort) -> str:
@@ -458,3 +461,15 @@ def auth(token: str = "t1", **headers: str) -> dict[str, str]:
 def field_names(response: Any) -> list[str]:
     """The fields a 400 response names, in its order."""
     return [detail["field"] for detail in response.get_json()["details"]]
+
+
+def as_read(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row transform's records as a reader of their part gets them: a timestamp (a
+    datetime in the record) as its text in UTC ending in Z."""
+    return [
+        {
+            name: utc_text(value) if isinstance(value, datetime) else value
+            for name, value in r.items()
+        }
+        for r in records
+    ]

@@ -41,6 +41,7 @@ from etl.domain.runs import (
     RUN_STATE_ENTERED_FROM,
     TERMINAL_RUN_STATES,
     Chunk,
+    ChunkFinish,
     ChunkState,
     Run,
     RunState,
@@ -320,11 +321,12 @@ class FakeLedger:
         stats: PartStats,
         rejected_by_reason: dict[str, int],
         etag: str | None = None,
-    ) -> bool:
-        """Record a chunk's part once, while its run works; False otherwise."""
+    ) -> ChunkFinish:
+        """Record a chunk's part once, while its run works; whether that left no chunk
+        of the run undone."""
         chunk = self.get_chunk(run_id, index)
         if chunk.state is ChunkState.DONE or not self._run_works(run_id):
-            return False
+            return ChunkFinish(recorded=False)
         moment = self.clock()
         self._set_chunk(
             chunk,
@@ -340,7 +342,8 @@ class FakeLedger:
             error=None,
             finished_at=moment,
         )
-        return True
+        undone = [c for c in self.get_chunks(run_id) if c.state is not ChunkState.DONE]
+        return ChunkFinish(recorded=True, completes_run=not undone)
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
         """Put a running chunk of an ended run back to pending; False otherwise."""

@@ -37,6 +37,8 @@ from etl.formats.encoding import read_part
 from etl.pipelines import get_pipeline
 from etl.pipelines.orders import transform_orders
 
+from builders import as_read
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SESSION_TAG = uuid.uuid4().hex[:8]
 
@@ -327,7 +329,7 @@ def expected_records(services: Services, pipeline_name: str) -> tuple[list[dict[
     with services.source_engine.connect() as conn:
         rows = [dict(row) for row in conn.execute(query).mappings()]
     result = transform(rows)
-    return result.records, len(result.rejections)
+    return as_read(result.records), len(result.rejections)
 
 
 def assert_run_output_matches_source(services: Services, run: Run) -> dict[str, Any]:

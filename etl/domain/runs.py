@@ -129,6 +129,16 @@ class Chunk:
         return describe_key_range(self.key_lo, self.key_hi, self.key_hi_inclusive)
 
 
+@dataclass(frozen=True)
+class ChunkFinish:
+    """What recording a chunk's part did: whether this call recorded it (the run was
+    active and no other delivery had), and whether that made every chunk of the run done,
+    so that its commit is this caller's to claim."""
+
+    recorded: bool
+    completes_run: bool = False
+
+
 def chunk_result(chunk: Chunk) -> dict[str, Any]:
     """The small payload a chunk task returns: S3 key, counts and checksum only."""
     return part_result(chunk.s3_key, chunk.rows, chunk.bytes, chunk.sha256)

@@ -71,8 +71,9 @@ def arrow_schema(schema: SchemaLike) -> pa.Schema:
 
 
 # The logical types JSON Lines and CSV carry as text (Schema.conform's values), and so a
-# batch of conformed records holds as strings before its cast to the Arrow types.
-_AS_TEXT = ("decimal", "date", "timestamp", "timestamp_ntz", "json")
+# batch of conformed records holds as strings before its cast to the Arrow types (a
+# timestamp is a datetime in UTC there, read by Arrow as it is).
+_AS_TEXT = ("decimal", "date", "timestamp_ntz", "json")
 
 
 def records_table(records: list[dict[str, Any]], schema: SchemaLike) -> pa.Table:

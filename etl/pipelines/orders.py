@@ -87,8 +87,14 @@ def mask_email(value: Any) -> str:
     return f"{local[0]}***@{domain.lower()}"
 
 
-def to_utc_iso(value: Any) -> str:
-    """A timestamp (datetime or ISO text; naive means UTC) as ISO 8601 in UTC with 'Z'."""
+def to_utc(value: Any) -> datetime:
+    """A timestamp (datetime or ISO text; naive means UTC) as a datetime in UTC.
+
+    A datetime, not its text: the schema's ``timestamp`` keeps it as it is to the writer,
+    which prints it in C ("2026-01-01T00:00:07Z"); text would cost a format here and a
+    parse in the schema check, about 1.3 us a value."""
+    if type(value) is datetime and value.tzinfo is UTC:
+        return value  # the driver's timestamptz, as it is
     if isinstance(value, datetime):
         moment = value
     else:
@@ -98,9 +104,9 @@ def to_utc_iso(value: Any) -> str:
             raise RowRejected("invalid_timestamp") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    elif moment.tzinfo is not UTC:  # the driver's timestamptz is in UTC already
+    elif moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
-    return moment.isoformat().replace("+00:00", "Z")
+    return moment
 
 
 def transform_order(row: Row) -> Record:
@@ -111,8 +117,8 @@ def transform_order(row: Row) -> Record:
         "amount_cents": to_cents(row["amount"]),
         "currency": normalise_currency(row["currency"]),
         "status": normalise_status(row["status"]),
-        "created_at": to_utc_iso(row["created_at"]),
-        "updated_at": to_utc_iso(row["updated_at"]),
+        "created_at": to_utc(row["created_at"]),
+        "updated_at": to_utc(row["updated_at"]),
     }
 
 

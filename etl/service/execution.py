@@ -227,11 +227,21 @@ class ChunkDispatch:
 
 
 def transform_chunk(
-    services: RunPorts, run_id: str, index: int, worker: str | None = None
+    services: RunPorts,
+    run_id: str,
+    index: int,
+    worker: str | None = None,
+    *,
+    redelivered: bool = False,
 ) -> dict[str, Any] | None:
     """Read a chunk's key range, transform it and write its part; returns the part's
     key, rows, bytes and sha256. A chunk already done returns its recorded part; a chunk
-    of a run that is not planning or running starts nothing and returns None."""
+    of a run that is not planning or running starts nothing and returns None.
+
+    The delivery whose part completes the run sends its commit. So does one that finds
+    its chunk already done (another delivery, or its own first one that died before it
+    sent the commit): with ``redelivered`` (a message delivered again, or a retry) a run
+    already committing is sent its commit again, which is harmless."""
     ledger = services.ledger
     run = ledger.get_run(run_id)
     began = time.monotonic()
@@ -242,6 +252,7 @@ def transform_chunk(
         logger.info("run %s is not running: chunk %d not started", run_id, index)
         return None
     if chunk.state is ChunkState.DONE:
+        services.runs.commit_if_complete(run_id, again=redelivered)
         return chunk_result(chunk)
     if chunk.attempts > MAX_CHUNK_ATTEMPTS:
         raise ChunkAttemptsExhausted(
@@ -306,20 +317,24 @@ def transform_chunk(
             sha256=stats.sha256,
             rows=stats.rows,
         )
-    if ledger.finish_chunk(
+    finish = ledger.finish_chunk(
         run_id, index, s3_key=key, stats=stats, rejected_by_reason=dict(rejected), etag=etag
-    ):  # counted once, by the delivery that recorded the chunk while its run was active
+    )
+    if finish.recorded:  # counted once, by the delivery that recorded the chunk
         rejected_rows = sum(rejected.values())
         metrics.ROWS_READ.labels(pipeline.name).inc(stats.rows + rejected_rows)
         metrics.ROWS_WRITTEN.labels(pipeline.name).inc(stats.rows)
         metrics.ROWS_REJECTED.labels(pipeline.name).inc(rejected_rows)
         metrics.CHUNK_DURATION.labels(pipeline.name).observe(time.monotonic() - began)
+        if finish.completes_run:
+            services.runs.commit_if_complete(run_id)
         return part_result(key, stats.rows, stats.bytes, stats.sha256)
     # Another delivery recorded the chunk first and wins (both wrote the same bytes), or
     # the run ended meanwhile and the part is named by no manifest: the chunk goes back to
     # pending (a retry of a failed run transforms it again), never left "running".
     recorded = ledger.get_chunk(run_id, index)
     if recorded.state is ChunkState.DONE:
+        services.runs.commit_if_complete(run_id, again=redelivered)
         return chunk_result(recorded)
     ledger.release_chunk(run_id, index, "the run ended before this chunk's part was recorded")
     logger.info("run %s ended while chunk %d was transformed: part not recorded", run_id, index)

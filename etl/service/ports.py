@@ -18,7 +18,7 @@ from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.intervals import DataInterval
 from etl.domain.outputs import StoredObject
-from etl.domain.runs import Chunk, ChunkState, Run, RunState, Trigger
+from etl.domain.runs import Chunk, ChunkFinish, ChunkState, Run, RunState, Trigger
 from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
@@ -118,9 +118,10 @@ class ChunkLedger(Protocol):
         stats: PartStats,
         rejected_by_reason: dict[str, int],
         etag: str | None = None,
-    ) -> bool:
-        """Record a chunk's part; True only for the delivery that recorded it while its
-        run was active."""
+    ) -> ChunkFinish:
+        """Record a chunk's part; ``recorded`` only for the delivery that recorded it while
+        its run was active, and ``completes_run`` for the one whose record left no chunk
+        of the run undone (exactly one, however many finish at once)."""
         ...
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
@@ -336,6 +337,10 @@ class RunEndings(Protocol):
 
     def run_succeeded(self, run: Run) -> None:
         """Count a run the commit just recorded succeeded, and admit those waiting."""
+        ...
+
+    def commit_if_complete(self, run_id: str, *, again: bool = False) -> bool:
+        """Send the commit of a run whose every chunk is done, once; whether it was sent."""
         ...
 
 

@@ -246,17 +246,22 @@ def plan_run(self: Task, run_id: str) -> PlanResult:
 @shared_task(name=TASK_TRANSFORM_CHUNK, bind=True, ignore_result=True)
 def transform_chunk(self: Task, run_id: str, chunk_index: int) -> dict[str, Any] | None:
     """Transform one chunk into one part; returns only its key, rows, bytes and sha256.
-    The delivery whose chunk completes the run sends the run's commit."""
+    The delivery whose chunk completes the run sends the run's commit (steps)."""
     _check_arguments(self, run_id, chunk_index)
     svc = services(self)
     try:
         # The worker process, as the run page shows it: Celery's node name and our pid.
         worker = f"{self.request.hostname or 'worker'} (pid {os.getpid()})"
-        result = steps.transform_chunk(svc, run_id, chunk_index, worker)
-        if result is not None:  # the chunk is done: was it the run's last?
-            redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-            svc.runs.commit_if_complete(run_id, again=redelivered or self.request.retries > 0)
-        return result
+        # A message delivered again, or a retry: its first try may have died between
+        # claiming the run's commit and sending it.
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        return steps.transform_chunk(
+            svc,
+            run_id,
+            chunk_index,
+            worker,
+            redelivered=redelivered or self.request.retries > 0,
+        )
     except (RunNotFound, ChunkNotFound) as exc:
         raise Reject(str(exc), requeue=False) from exc
     except Exception as exc:

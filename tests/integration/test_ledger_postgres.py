@@ -103,7 +103,9 @@ def test_a_chunk_of_an_ended_run_neither_starts_nor_finishes_on_postgres(
 
     assert ledger.start_chunk(run_id, 1) is None
     assert ledger.get_chunk(run_id, 1).attempts == 0
-    assert not ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    assert not ledger.finish_chunk(
+        run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}
+    ).recorded
     assert ledger.get_chunk(run_id, 0).state is ChunkState.RUNNING
 
 
@@ -148,8 +150,8 @@ def _waits_for_a_lock(engine: Engine, query_start: str) -> bool:
 def test_of_the_last_chunks_finishing_at_once_exactly_one_claims_the_commit(
     services: Services,
 ) -> None:
-    # Each finisher commits its chunk, then asks: whatever the interleaving, the last to
-    # commit sees every chunk done, and the row lock lets one claim through.
+    # Each finisher commits its chunk, then asks: whatever the interleaving, exactly one
+    # finish sees every chunk done, and the row lock lets one claim through.
     ledger = services.ledger
     for attempt in range(10):
         run_id = planned_run(
@@ -161,19 +163,27 @@ def test_of_the_last_chunks_finishing_at_once_exactly_one_claims_the_commit(
 
         def finish_and_claim(
             index: int, run_id: str = run_id, barrier: threading.Barrier = barrier
-        ) -> bool:
+        ) -> tuple[bool, bool]:
+            """Whether the finish saw the run complete, and whether a claim right after
+            it won (a chunk task claims only after a completing finish)."""
             barrier.wait()
             key = f"k/part-{index:05d}"
             stats, none = STATS, {}
-            assert ledger.finish_chunk(
+            finish = ledger.finish_chunk(
                 run_id, index, s3_key=key, stats=stats, rejected_by_reason=none
             )
-            return ledger.claim_commit(run_id)
+            assert finish.recorded
+            return finish.completes_run, ledger.claim_commit(run_id)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            claims = list(pool.map(finish_and_claim, range(8)))
+            outcomes = list(pool.map(finish_and_claim, range(8)))
 
-        assert claims.count(True) == 1, claims
+        completing = [completes for completes, _ in outcomes]
+        claims = [claimed for _, claimed in outcomes]
+        # Exactly one finish saw the run complete (the finishes take turns on the run's
+        # row: none can miss another's), and however the claims interleave, one won.
+        assert completing.count(True) == 1, outcomes
+        assert claims.count(True) == 1, outcomes
         assert ledger.get_run(run_id).state is RunState.COMMITTING
 
 

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import io
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from etl.domain.runs import Chunk, ChunkState, chunk_result
-from etl.formats.encoding import JsonLinesGzipWriter, PartStats
+from etl.domain.schema import utc_text
+from etl.formats.encoding import JsonLinesGzipWriter, PartStats, make_writer, read_part
 
 from builders import read_json_lines_gzip
 
@@ -250,3 +252,27 @@ def test_flat_records_are_one_json_object_a_line_whatever_their_text(
     lines = _flat_json_lines(records).split(b"\n")
     assert lines[-1] == b""
     assert [json.loads(line) for line in lines[:-1]] == records
+
+
+# Any instant, in any fixed offset from UTC (Schema.conform hands the writers a datetime in
+# UTC; a transform may hand it one in any zone).
+INSTANTS = st.builds(
+    lambda moment, minutes: moment.replace(tzinfo=timezone(timedelta(minutes=minutes))),
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 30)),
+    st.integers(min_value=-23 * 60, max_value=23 * 60),
+)
+
+
+@given(moments=st.lists(INSTANTS, min_size=1, max_size=5))
+def test_a_timestamp_is_written_as_utc_text_in_every_format(moments: list[datetime]) -> None:
+    schema = [("at", "timestamp")]
+    records = [{"at": moment} for moment in moments]
+    expected = [utc_text(moment) for moment in moments]
+
+    for fmt in ("jsonl.gz", "csv.gz", "parquet"):
+        buffer = io.BytesIO()
+        writer = make_writer(fmt, buffer, schema)
+        writer.write_records(records)
+        writer.close()
+        read = [record["at"] for record in read_part(buffer.getvalue(), fmt, schema)]
+        assert read == expected, fmt

@@ -21,6 +21,7 @@ from etl.service import execution as steps
 
 from builders import (
     PIPELINE,
+    as_read,
     chunk_key,
     fake_services,
     keys_under,
@@ -54,7 +55,7 @@ def run_every_chunk(services: FakeServices, run_id: str) -> list[dict[str, Any] 
 def transformed_source(services: FakeServices) -> tuple[list[dict[str, Any]], int]:
     rows = sorted(services.sources[PIPELINE].rows, key=lambda row: row["id"])
     result = transform_orders(rows)
-    return result.records, len(result.rejections)
+    return as_read(result.records), len(result.rejections)
 
 
 # -- plan ----------------------------------------------------------------------------------

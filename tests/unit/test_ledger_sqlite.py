@@ -10,7 +10,7 @@ from etl.adapters.ledger import SCHEMA_VERSION, Ledger, upgrade
 from etl.bootstrap import Services
 from etl.domain.chunks import ChunkRange
 from etl.domain.errors import IdempotencyConflict, RunNotFound
-from etl.domain.runs import ChunkState, RunState, Trigger
+from etl.domain.runs import ChunkFinish, ChunkState, RunState, Trigger
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
@@ -262,11 +262,11 @@ def test_finish_chunk_records_the_part_once(ledger: Ledger) -> None:
     ledger.start_chunk(run_id, 0)
     assert ledger.finish_chunk(
         run_id, 0, s3_key="k/part-00000", stats=STATS, rejected_by_reason={"invalid_email": 2}
-    )
+    ).recorded
     other = PartStats(rows=1, bytes=1, sha256="b" * 64)
     assert not ledger.finish_chunk(
         run_id, 0, s3_key="k/elsewhere", stats=other, rejected_by_reason={}
-    )
+    ).recorded
     chunk = ledger.get_chunk(run_id, 0)
     assert chunk.state is ChunkState.DONE
     assert (chunk.s3_key, chunk.rows, chunk.bytes, chunk.sha256) == (
@@ -315,7 +315,7 @@ def test_a_chunk_of_a_run_queued_again_for_a_retry_does_not_start(ledger: Ledger
 def test_a_done_chunk_of_an_ended_run_is_returned_as_it_is(ledger: Ledger) -> None:
     run_id = planned_run(ledger)
     ledger.start_chunk(run_id, 0)
-    assert ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    assert ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}).recorded
     end_run(ledger, run_id, RunState.FAILED)
 
     chunk = ledger.start_chunk(run_id, 0)
@@ -331,7 +331,9 @@ def test_a_chunk_finishing_after_its_run_ended_is_not_recorded(
     assert ledger.start_chunk(run_id, 2) is not None
     end_run(ledger, run_id, state)
 
-    assert not ledger.finish_chunk(run_id, 2, s3_key="k", stats=STATS, rejected_by_reason={})
+    assert not ledger.finish_chunk(
+        run_id, 2, s3_key="k", stats=STATS, rejected_by_reason={}
+    ).recorded
     chunk = ledger.get_chunk(run_id, 2)
     assert chunk.state is ChunkState.RUNNING
     assert chunk.s3_key is None and chunk.rows is None
@@ -364,7 +366,9 @@ def test_a_chunk_of_a_committing_run_neither_starts_nor_finishes(ledger: Ledger)
     assert ledger.move_run(run_id, RunState.COMMITTING)
 
     assert ledger.start_chunk(run_id, 1) is None
-    assert not ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
+    assert not ledger.finish_chunk(
+        run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}
+    ).recorded
 
 
 def test_the_commit_is_claimed_once_and_only_when_every_chunk_is_done(ledger: Ledger) -> None:
@@ -377,6 +381,25 @@ def test_the_commit_is_claimed_once_and_only_when_every_chunk_is_done(ledger: Le
     assert ledger.claim_commit(run_id)
     assert not ledger.claim_commit(run_id)
     assert ledger.get_run(run_id).state is RunState.COMMITTING
+
+
+def test_only_the_finish_that_leaves_no_chunk_undone_says_it_completes_the_run(
+    ledger: Ledger,
+) -> None:
+    run_id = planned_run(ledger, chunks=3)
+    for index in range(3):
+        assert ledger.start_chunk(run_id, index) is not None
+
+    def finish(index: int) -> ChunkFinish:
+        return ledger.finish_chunk(
+            run_id, index, s3_key=f"k/part-{index:05d}", stats=STATS, rejected_by_reason={}
+        )
+
+    assert finish(2) == ChunkFinish(recorded=True, completes_run=False)
+    assert finish(0) == ChunkFinish(recorded=True, completes_run=False)
+    assert finish(1) == ChunkFinish(recorded=True, completes_run=True)
+    # A second delivery of a chunk records nothing, so it completes nothing either.
+    assert finish(1) == ChunkFinish(recorded=False, completes_run=False)
 
 
 def test_a_run_of_no_chunks_is_claimed_and_an_unplanned_or_ended_one_is_not(

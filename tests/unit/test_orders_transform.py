@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from etl.adapters.sample_orders import sample_orders
+from etl.domain.schema import utc_text
 from etl.domain.transform import RowRejected
 from etl.pipelines.orders import (
     ORDERS_COLUMNS,
@@ -16,7 +17,7 @@ from etl.pipelines.orders import (
     normalise_currency,
     normalise_status,
     to_cents,
-    to_utc_iso,
+    to_utc,
     transform_orders,
 )
 
@@ -165,8 +166,10 @@ def test_mask_email_rejects_invalid_addresses(value: Any) -> None:
         ("2026-01-01T02:00:07+02:00", "2026-01-01T00:00:07Z"),
     ],
 )
-def test_to_utc_iso_gives_utc_with_a_z_suffix(value: Any, iso: str) -> None:
-    assert to_utc_iso(value) == iso
+def test_to_utc_gives_the_instant_in_utc(value: Any, iso: str) -> None:
+    moment = to_utc(value)
+    assert moment.tzinfo is UTC
+    assert utc_text(moment) == iso
 
 
 def test_transform_orders_cleans_a_good_row() -> None:
@@ -179,8 +182,8 @@ def test_transform_orders_cleans_a_good_row() -> None:
             "amount_cents": 1230,
             "currency": "USD",
             "status": "cancelled",
-            "created_at": "2026-03-01T11:00:00Z",
-            "updated_at": "2026-03-01T11:30:00Z",
+            "created_at": datetime(2026, 3, 1, 11, 0, tzinfo=UTC),
+            "updated_at": datetime(2026, 3, 1, 11, 30, tzinfo=UTC),
         }
     ]
 

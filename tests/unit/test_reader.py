@@ -18,7 +18,7 @@ from etl.service import execution as steps
 from etl.service.outputs import IntegrityError, RunNotCommitted, RunNotFound, RunReader
 from etl.service.retention import prune
 
-from builders import keys_under, utc_day, with_orders
+from builders import as_read, keys_under, utc_day, with_orders
 
 SEEDED = 1500
 CHUNK_SIZE = 500
@@ -64,7 +64,7 @@ def expected_rows(services: Services) -> list[dict[str, object]]:
     with services.source_engine.connect() as conn:
         query = select(ORDERS_TABLE).order_by(ORDERS_TABLE.c.id)
         rows = [dict(row) for row in conn.execute(query).mappings()]
-    return transform_orders(rows).records
+    return as_read(transform_orders(rows).records)
 
 
 def overwrite(services: Services, key: str, data: bytes) -> None:

@@ -16,7 +16,7 @@ from etl.adapters.ledger.rows import chunk_from_row, load_chunk, load_chunks, lo
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.chunks import ChunkRange
 from etl.domain.clock import utc_now
-from etl.domain.runs import CHUNK_WORK_RUN_STATES, Chunk, ChunkState
+from etl.domain.runs import CHUNK_WORK_RUN_STATES, Chunk, ChunkFinish, ChunkState
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
@@ -125,26 +125,62 @@ class ChunksLedger:
         stats: PartStats,
         rejected_by_reason: dict[str, int],
         etag: str | None = None,
-    ) -> bool:
-        """Record a chunk's part once, only while its run is active (planning or running);
-        False if another delivery recorded it first or the run has ended."""
+    ) -> ChunkFinish:
+        """Record a chunk's part once, only while its run is active (planning or running):
+        not recorded if another delivery recorded it first or the run has ended. In the
+        same transaction, whether no chunk of the run is left undone: the one finish that
+        completes the run says so, and only it need claim the commit (the others save a
+        transaction each, on every chunk's path).
+
+        On PostgreSQL the finishes of a run take turns on its row (FOR NO KEY UPDATE, held
+        to the commit), so the last of them reads every other finish as committed: two
+        chunks finishing at once cannot each see the other undone. SQLite has one writer
+        at a time anyway. The run's row is locked before the chunk's, the order every
+        other writer of both takes (the chunk updates lock the run in their condition)."""
         moment = utc_now()
-        return self._update_chunk(
-            run_id,
-            index,
-            (chunks_table.c.state != ChunkState.DONE.value) & _run_is_working(run_id),
-            state=ChunkState.DONE.value,
-            s3_key=s3_key,
-            etag=etag,
-            rows=stats.rows,
-            bytes=stats.bytes,
-            sha256=stats.sha256,
-            rows_rejected=sum(rejected_by_reason.values()),
-            rejected_by_reason=rejected_by_reason,
-            error=None,
-            moment=moment,
-            finished_at=moment,
-        )
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    select(runs_table.c.id)
+                    .where(runs_table.c.id == run_id)
+                    .with_for_update(key_share=True)
+                )
+            recorded = conn.execute(
+                update(chunks_table)
+                .where(
+                    chunks_table.c.run_id == run_id,
+                    chunks_table.c.idx == index,
+                    chunks_table.c.state != ChunkState.DONE.value,
+                    _run_is_working(run_id),
+                )
+                .values(
+                    updated_at=moment,
+                    state=ChunkState.DONE.value,
+                    s3_key=s3_key,
+                    etag=etag,
+                    rows=stats.rows,
+                    bytes=stats.bytes,
+                    sha256=stats.sha256,
+                    rows_rejected=sum(rejected_by_reason.values()),
+                    rejected_by_reason=rejected_by_reason,
+                    error=None,
+                    finished_at=moment,
+                )
+            ).rowcount
+            if recorded != 1:
+                return ChunkFinish(recorded=False)
+            # Chunks mostly finish in index order: from the top, an undone one is found at
+            # once until the very end.
+            undone = conn.execute(
+                select(chunks_table.c.idx)
+                .where(
+                    chunks_table.c.run_id == run_id,
+                    chunks_table.c.state != ChunkState.DONE.value,
+                )
+                .order_by(chunks_table.c.idx.desc())
+                .limit(1)
+            ).first()
+        return ChunkFinish(recorded=True, completes_run=undone is None)
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
         """Put back to pending a chunk whose run ended while it worked (its part is not
