@@ -285,3 +285,32 @@ def test_a_version_5_ledger_keeps_its_integer_chunks_after_the_migration(
         ledger.record_plan(other, [ChunkRange(0, *uuids, key_hi_inclusive=True)], WINDOW)
         [chunk] = ledger.get_chunks(other)
         assert (chunk.key_lo, chunk.key_hi, chunk.key_hi_inclusive) == (*uuids, True)
+
+
+def test_a_pooled_connection_is_reused_and_one_whose_backend_was_ended_is_replaced(
+    services: Services,
+) -> None:
+    # The pool checks a connection at checkout without asking the server (no ping): its
+    # socket has something to read only once the server has ended it.
+    engine = make_engine(services.settings.database_url, pool_size=1)
+    admin = make_engine(services.settings.database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == first
+
+        with admin.connect() as conn:  # the pooled connection's backend is ended
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+            conn.execute(
+                text(
+                    "DO $$ BEGIN WHILE EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = "
+                    f"{int(first)}) LOOP PERFORM pg_sleep(0.01); END LOOP; END $$"
+                )
+            )
+        with engine.connect() as conn:  # a new connection, and no error
+            second = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert second != first
+    finally:
+        engine.dispose()
+        admin.dispose()

@@ -133,25 +133,20 @@ class ChunksLedger:
         transaction each, on every chunk's path).
 
         On PostgreSQL the finishes of a run take turns on its row (FOR NO KEY UPDATE, held
-        to the commit), so the last of them reads every other finish as committed: two
-        chunks finishing at once cannot each see the other undone. SQLite has one writer
-        at a time anyway. The run's row is locked before the chunk's, the order every
-        other writer of both takes (the chunk updates lock the run in their condition)."""
+        to the commit), so the last of them reads, in its next statement, every other
+        finish as committed: two chunks finishing at once cannot each see the other
+        undone. SQLite has one writer at a time anyway. The run's row is locked (in the
+        condition, evaluated once before any chunk row is read) before the chunk's, the
+        order every other writer of both takes."""
         moment = utc_now()
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    select(runs_table.c.id)
-                    .where(runs_table.c.id == run_id)
-                    .with_for_update(key_share=True)
-                )
             recorded = conn.execute(
                 update(chunks_table)
                 .where(
                     chunks_table.c.run_id == run_id,
                     chunks_table.c.idx == index,
                     chunks_table.c.state != ChunkState.DONE.value,
-                    _run_is_working(run_id),
+                    _run_is_working(run_id, exclusive=True),
                 )
                 .values(
                     updated_at=moment,
@@ -243,18 +238,19 @@ class ChunksLedger:
         return counts
 
 
-def _run_is_working(run_id: str) -> Any:
+def _run_is_working(run_id: str, *, exclusive: bool = False) -> Any:
     """A condition true while the run is planning or running: a chunk of a run that has
     ended (or is queued again for a retry) must neither start nor record its part.
 
     On PostgreSQL the run's row is share-locked, so a concurrent fail or cancel either
-    waits for this statement or is seen by it; SQLite has one writer at a time anyway."""
-    return (
-        select(runs_table.c.id)
-        .where(
-            runs_table.c.id == run_id,
-            runs_table.c.state.in_([state.value for state in CHUNK_WORK_RUN_STATES]),
-        )
-        .with_for_update(read=True)
-        .exists()
+    waits for this statement or is seen by it; SQLite has one writer at a time anyway.
+    ``exclusive`` locks it FOR NO KEY UPDATE instead, to the end of the transaction:
+    one such transaction of a run at a time (the chunks' finishes)."""
+    working = select(runs_table.c.id).where(
+        runs_table.c.id == run_id,
+        runs_table.c.state.in_([state.value for state in CHUNK_WORK_RUN_STATES]),
     )
+    locked = (
+        working.with_for_update(key_share=True) if exclusive else working.with_for_update(read=True)
+    )
+    return locked.exists()

@@ -122,8 +122,9 @@ class RunsLedger:
         return run_from_row(row), False
 
     def get_run(self, run_id: str) -> Run:
-        """The run with that id; raises RunNotFound."""
-        with self.engine.connect() as conn:
+        """The run with that id; raises RunNotFound. One statement, outside a transaction
+        (no BEGIN and ROLLBACK around it): it is on every chunk's path."""
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return load_run(conn, run_id)
 
     def list_runs(
