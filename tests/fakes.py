@@ -197,9 +197,12 @@ class FakeLedger:
         run = self.get_run(run_id)
         if run.state is not RunState.RUNNING or run.chunk_count is None:
             return False
-        if any(chunk.state is not ChunkState.DONE for chunk in self.get_chunks(run_id)):
+        if not self._every_chunk_done(run_id):
             return False
         return self.move_run(run_id, RunState.COMMITTING)
+
+    def _every_chunk_done(self, run_id: str) -> bool:
+        return all(chunk.state is ChunkState.DONE for chunk in self.get_chunks(run_id))
 
     def fail_run(self, run_id: str, reason: str) -> bool:
         """Fail a run that has not ended; False if it had."""
@@ -342,8 +345,7 @@ class FakeLedger:
             error=None,
             finished_at=moment,
         )
-        undone = [c for c in self.get_chunks(run_id) if c.state is not ChunkState.DONE]
-        return ChunkFinish(recorded=True, completes_run=not undone)
+        return ChunkFinish(recorded=True, completes_run=self._every_chunk_done(run_id))
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:
         """Put a running chunk of an ended run back to pending; False otherwise."""

@@ -12,7 +12,13 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, text, update
 
-from etl.adapters.ledger.rows import chunk_from_row, load_chunk, load_chunks, load_run
+from etl.adapters.ledger.rows import (
+    chunk_from_row,
+    load_chunk,
+    load_chunks,
+    load_run,
+    undone_chunk,
+)
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.chunks import ChunkRange
 from etl.domain.clock import utc_now
@@ -164,17 +170,7 @@ class ChunksLedger:
             ).rowcount
             if recorded != 1:
                 return ChunkFinish(recorded=False)
-            # Chunks mostly finish in index order: from the top, an undone one is found at
-            # once until the very end.
-            undone = conn.execute(
-                select(chunks_table.c.idx)
-                .where(
-                    chunks_table.c.run_id == run_id,
-                    chunks_table.c.state != ChunkState.DONE.value,
-                )
-                .order_by(chunks_table.c.idx.desc())
-                .limit(1)
-            ).first()
+            undone = conn.execute(undone_chunk(run_id)).first()
         return ChunkFinish(recorded=True, completes_run=undone is None)
 
     def release_chunk(self, run_id: str, index: int, reason: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Select, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
@@ -131,6 +131,18 @@ def load_chunk(conn: Connection, run_id: str, index: int) -> Chunk:
     if row is None:
         raise ChunkNotFound(f"run {run_id} has no chunk {index}")
     return chunk_from_row(row)
+
+
+def undone_chunk(run_id: str) -> Select[tuple[int]]:
+    """The index of a chunk of the run that is not done, if any: read from the top, as
+    chunks go out and mostly finish in index order, so one is found at once until the
+    very end (the claim of a run's commit, and the finish that completes a run)."""
+    return (
+        select(chunks_table.c.idx)
+        .where(chunks_table.c.run_id == run_id, chunks_table.c.state != ChunkState.DONE.value)
+        .order_by(chunks_table.c.idx.desc())
+        .limit(1)
+    )
 
 
 def load_chunks(conn: Connection, run_id: str) -> list[Chunk]:

@@ -15,7 +15,13 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select, update
 
-from etl.adapters.ledger.rows import aware_utc, insert_ignoring_conflicts, load_run, run_from_row
+from etl.adapters.ledger.rows import (
+    aware_utc,
+    insert_ignoring_conflicts,
+    load_run,
+    run_from_row,
+    undone_chunk,
+)
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.clock import utc_now
 from etl.domain.errors import IdempotencyConflict
@@ -192,16 +198,9 @@ class RunsLedger:
         call that moved it, however many ask at once (the row lock lets one through, and
         the others find it committing). A chunk's ``finish_chunk`` commits before its
         task asks, so the last of them to finish sees every chunk done."""
-        # Chunks go out and mostly finish in index order: read from the top, a chunk not
-        # done is found at once until the very end (a scalar subquery keeps the order,
-        # where EXISTS would drop it and read from the bottom, past every done chunk).
-        unfinished = (
-            select(chunks_table.c.idx)
-            .where(chunks_table.c.run_id == run_id, chunks_table.c.state != ChunkState.DONE.value)
-            .order_by(chunks_table.c.idx.desc())
-            .limit(1)
-            .scalar_subquery()
-        )
+        # A scalar subquery keeps undone_chunk's order (from the top), where EXISTS would
+        # drop it and read from the bottom, past every done chunk.
+        unfinished = undone_chunk(run_id).scalar_subquery()
         with self.engine.begin() as conn:
             moved = conn.execute(
                 update(runs_table)
