@@ -39,7 +39,7 @@ from etl.domain.chunks import ChunkRange, KeySpan, pick_boundaries, plan_chunks
 from etl.domain.intervals import DataInterval, Grain
 from etl.domain.layout import part_key, partition_path, run_prefix
 from etl.domain.runs import RunState, Trigger
-from etl.domain.schema import utc_text
+from etl.domain.schema import as_carried
 from etl.domain.task_messages import TASK_PLAN_RUN
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
@@ -466,10 +466,4 @@ def field_names(response: Any) -> list[str]:
 def as_read(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A row transform's records as a reader of their part gets them: a timestamp (a
     datetime in the record) as its text in UTC ending in Z."""
-    return [
-        {
-            name: utc_text(value) if isinstance(value, datetime) else value
-            for name, value in r.items()
-        }
-        for r in records
-    ]
+    return [as_carried(record) for record in records]

@@ -201,6 +201,15 @@ def utc_text(moment: datetime) -> str:
     return moment.isoformat()[:-6] + "Z"  # "+00:00" -> "Z"
 
 
+def as_carried(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A conformed record as JSON Lines and CSV carry it: its timestamps (datetimes in
+    UTC after Schema.conform) as their ``utc_text``."""
+    return {
+        name: utc_text(value) if isinstance(value, datetime) else value
+        for name, value in record.items()
+    }
+
+
 def _timestamp(value: datetime) -> datetime:
     """An instant as a plain datetime in UTC: the value itself when it is one already."""
     if value.tzinfo is UTC and type(value) is datetime:

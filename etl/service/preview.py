@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from etl.domain.intervals import DataInterval
-from etl.domain.schema import utc_text
+from etl.domain.schema import as_carried
 from etl.domain.transform import BatchResult, Record, Rejection
 from etl.domain.windows import CursorValue, ReadScope
 from etl.pipelines import Pipeline
@@ -71,14 +70,7 @@ def preview(
     try:
         result = pipeline.row_transform(rows)  # a SQL-only pipeline's: its columns as typed
         # Checked against the schema as a run writes them: a mismatch shows here.
-        records = [
-            # Each as a part carries it: a timestamp (a datetime here) as its text.
-            {
-                name: utc_text(value) if type(value) is datetime else value
-                for name, value in r.items()
-            }
-            for r in pipeline.record_schema.conform(result.records)
-        ]
+        records = [as_carried(record) for record in pipeline.record_schema.conform(result.records)]
     except Exception as exc:
         raise TransformRaised(pipeline.name, exc) from exc
     result = BatchResult(records=records, rejections=result.rejections)
