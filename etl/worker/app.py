@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "TASK_TRANSFORM_CHUNK",
     "EtlCelery",
     "celery_enqueue",
+    "kept_task_batches",
     "make_celery",
     "task_batches",
 ]
@@ -67,6 +69,9 @@ TASK_ROUTES = {
 
 EMBEDDED_BROKER_URL = "memory://localhost/"
 EMBEDDED_RESULT_BACKEND = "cache+memory://"
+# How long a worker thread keeps its publishing connection between two plans: well under
+# RabbitMQ's heartbeat timeout (60 s), as nothing is sent on it meanwhile.
+KEEP_PUBLISHING_CONNECTION_S = 20.0
 
 
 class EtlCelery(Celery):  # type: ignore[misc]
@@ -75,6 +80,8 @@ class EtlCelery(Celery):  # type: ignore[misc]
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__("nightly_etl", **kwargs)
         self.settings = settings
+        # Each worker thread's kept publishers by task name (kept_task_batches).
+        self.thread_publishers = threading.local()
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
@@ -169,7 +176,9 @@ def celery_enqueue(app: EtlCelery) -> Callable[[str, list[Any]], None]:
     return enqueue
 
 
-def task_batches(app: EtlCelery, name: str) -> ConfirmedBatches[list[Any]]:
+def task_batches(
+    app: EtlCelery, name: str, *, keep_open_s: float | None = None
+) -> ConfirmedBatches[list[Any]]:
     """Publishes ``name`` tasks, one message per list of positional arguments, a batch at
     a time, on a connection of their own with one wait for the broker's confirms per
     batch. Each message is the one ``send_task`` makes (routed, serialized or signed by
@@ -188,7 +197,27 @@ def task_batches(app: EtlCelery, name: str) -> ConfirmedBatches[list[Any]]:
         interval_start=float(policy.get("interval_start", 0.2)),
         interval_step=float(policy.get("interval_step", 0.5)),
         interval_max=float(policy.get("interval_max", 3.0)),
+        keep_open_s=keep_open_s,
     )
+
+
+def kept_task_batches(app: EtlCelery, name: str) -> ConfirmedBatches[list[Any]]:
+    """``task_batches(app, name)``, kept by the calling thread and used again by its next
+    call within KEEP_PUBLISHING_CONNECTION_S: the connection is opened once for the
+    runs a worker process plans back to back. A thread's own, as a connection is not
+    thread-safe (the embedded worker runs tasks on threads)."""
+    kept: dict[str, ConfirmedBatches[list[Any]]] = app.thread_publishers.__dict__
+    if name not in kept:
+        kept[name] = task_batches(app, name, keep_open_s=KEEP_PUBLISHING_CONNECTION_S)
+    return kept[name]
+
+
+def close_kept_publishers(app: EtlCelery) -> None:
+    """Close the calling thread's kept publishers (a worker process that exits)."""
+    kept: dict[str, ConfirmedBatches[list[Any]]] = app.thread_publishers.__dict__
+    for publisher in kept.values():
+        publisher.close()
+    kept.clear()
 
 
 def _message_sender(app: EtlCelery, name: str) -> Callable[[Any, list[Any]], None]:

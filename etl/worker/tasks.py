@@ -41,7 +41,8 @@ from etl.worker.app import (
     TASK_TRANSFORM_CHUNK,
     EtlCelery,
     celery_enqueue,
-    task_batches,
+    close_kept_publishers,
+    kept_task_batches,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,11 @@ def _services_for(app: EtlCelery) -> Services:
 
 
 @worker_process_shutdown.connect
-def _forget_process_metrics(pid: int | None = None, **_: Any) -> None:
+def _end_pool_process(pid: int | None = None, **_: Any) -> None:
     metrics.forget_process(pid or os.getpid())
+    app = current_app._get_current_object()
+    if isinstance(app, EtlCelery):
+        close_kept_publishers(app)
 
 
 def _load_fast_path_libraries() -> None:
@@ -236,10 +240,11 @@ def plan_run(self: Task, run_id: str) -> PlanResult:
     # published again whole; if it never is, the error ends this task as a refused
     # publish always did, and the reconciler sends the plan of the run (chunks pending,
     # none moving) again, which re-publishes the chunks not done (duplicates are safe).
+    # The publishing connection is kept for this thread's next plan.
     dispatch = steps.ChunkDispatch(svc, run_id, pending)
-    with task_batches(self.app, TASK_TRANSFORM_CHUNK) as publisher:
-        for batch in dispatch.batches():
-            publisher.publish([[run_id, chunk.index] for chunk in batch])
+    publisher = kept_task_batches(self.app, TASK_TRANSFORM_CHUNK)
+    for batch in dispatch.batches():
+        publisher.publish([[run_id, chunk.index] for chunk in batch])
     return {"run_id": run_id, "dispatched": dispatch.sent}
 
 

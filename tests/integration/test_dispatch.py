@@ -4,6 +4,7 @@ queue once the batches return (the broker confirmed them). No worker consumes he
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,14 @@ from kombu import Connection
 import etl.worker.tasks  # noqa: F401  (defines the tasks, as a worker's start does)
 from etl.adapters.topology import TRANSFORM_QUEUE
 from etl.config import Settings
-from etl.worker.app import TASK_TRANSFORM_CHUNK, EtlCelery, task_batches
+from etl.worker.app import (
+    TASK_TRANSFORM_CHUNK,
+    EtlCelery,
+    close_kept_publishers,
+    kept_task_batches,
+    task_batches,
+)
+from tests.support import rabbitmqctl
 
 pytestmark = pytest.mark.integration
 
@@ -81,3 +89,43 @@ def test_every_message_of_every_batch_is_queued_once_the_batches_return(
         repr([run_id, index]) for index in range(2000)
     )
     assert len({message.headers["id"] for message in queued}) == 2000
+
+
+def connections_on(vhost: str) -> int:
+    return len(rabbitmqctl("list_connections", "-p", vhost, "pid").split())
+
+
+def test_a_worker_thread_keeps_its_publishing_connection_between_plans_until_it_is_closed(
+    celery_app: EtlCelery, rabbitmq_vhost: str
+) -> None:
+    # Its own connection to read the queue with: the broker closes every one of the vhost.
+    with Connection(celery_app.settings.broker_url) as connection:
+        connection.channel().queue_purge(TRANSFORM_QUEUE)
+    run_id = str(uuid.uuid4())
+    before = connections_on(rabbitmq_vhost)
+    publisher = kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK)
+    try:
+        publisher.publish([[run_id, 0]])  # one plan's chunks...
+        assert kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK) is publisher
+        publisher.publish([[run_id, 1]])  # ...and the next plan's, on the same connection
+        assert connections_on(rabbitmq_vhost) == before + 1
+        others: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: others.append(kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK))
+        )
+        thread.start()
+        thread.join()
+        assert others[0] is not publisher  # a connection is not shared between threads
+
+        # The broker closes it (a restart, an operator): the next plan's batch goes on a
+        # new connection, and arrives.
+        rabbitmqctl("close_all_connections", "-p", rabbitmq_vhost, "test: kept publisher")
+        publisher.publish([[run_id, 2]])
+    finally:
+        close_kept_publishers(celery_app)
+
+    with Connection(celery_app.settings.broker_url) as connection:
+        queued = take_all(connection.channel())
+    assert sorted(message.headers["argsrepr"] for message in queued) == [
+        repr([run_id, index]) for index in range(3)
+    ]

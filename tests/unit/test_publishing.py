@@ -176,3 +176,36 @@ def test_a_transport_without_confirms_publishes_and_returns() -> None:
     [connection] = broker.connections
     assert connection.published == [1, 2]
     assert not connection.channel_.confirming
+
+
+def test_a_kept_connection_serves_the_batches_that_come_within_its_idle_limit_and_no_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(publishing.time, "monotonic", lambda: clock[0])
+    broker = Broker(ack_at_once)
+    batches = broker.batches(keep_open_s=20.0)
+
+    batches.publish([1])
+    clock[0] += 19.9
+    batches.publish([2])  # within 20 s of the last batch: the same connection
+    clock[0] += 20.1
+    batches.publish([3])  # idle longer: the broker may have dropped it, so a new one
+
+    assert [c.published for c in broker.connections] == [[1, 2], [3]]
+    assert broker.connections[0].released
+    assert not broker.connections[1].released  # kept for the next batch
+
+
+def test_without_an_idle_limit_the_connection_serves_every_batch_until_it_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(publishing.time, "monotonic", lambda: clock[0])
+    broker = Broker(ack_at_once)
+    with broker.batches() as batches:
+        batches.publish([1])
+        clock[0] += 3600.0  # a run's dispatch is read between its batches, however long
+        batches.publish([2])
+
+    assert [c.published for c in broker.connections] == [[1, 2]]
