@@ -91,24 +91,32 @@ def test_every_message_of_every_batch_is_queued_once_the_batches_return(
     assert len({message.headers["id"] for message in queued}) == 2000
 
 
-def connections_on(vhost: str) -> int:
-    return len(rabbitmqctl("list_connections", "-p", vhost, "pid").split())
-
-
 def test_a_worker_thread_keeps_its_publishing_connection_between_plans_until_it_is_closed(
-    celery_app: EtlCelery, rabbitmq_vhost: str
+    celery_app: EtlCelery, rabbitmq_vhost: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its own connection to read the queue with: the broker closes every one of the vhost.
     with Connection(celery_app.settings.broker_url) as connection:
         connection.channel().queue_purge(TRANSFORM_QUEUE)
     run_id = str(uuid.uuid4())
-    before = connections_on(rabbitmq_vhost)
+    close_kept_publishers(celery_app)
+    opened: list[Any] = []
+    connection_for_write = celery_app.connection_for_write
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        connection = connection_for_write(*args, **kwargs)  # the real one
+        # The publisher's own (not Celery's lazy event dispatcher's): it asks for
+        # channels that do not wait for each confirm.
+        if kwargs.get("transport_options") == {"confirm_publish": False}:
+            opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(celery_app, "connection_for_write", counted)
     publisher = kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK)
     try:
         publisher.publish([[run_id, 0]])  # one plan's chunks...
         assert kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK) is publisher
         publisher.publish([[run_id, 1]])  # ...and the next plan's, on the same connection
-        assert connections_on(rabbitmq_vhost) == before + 1
+        assert len(opened) == 1
         others: list[Any] = []
         thread = threading.Thread(
             target=lambda: others.append(kept_task_batches(celery_app, TASK_TRANSFORM_CHUNK))
@@ -121,6 +129,7 @@ def test_a_worker_thread_keeps_its_publishing_connection_between_plans_until_it_
         # new connection, and arrives.
         rabbitmqctl("close_all_connections", "-p", rabbitmq_vhost, "test: kept publisher")
         publisher.publish([[run_id, 2]])
+        assert len(opened) == 2
     finally:
         close_kept_publishers(celery_app)
 
