@@ -189,9 +189,10 @@ def chunk_key(services: Any, run_id: str, index: int) -> str:
 
 
 def read_json_lines_gzip(data: bytes) -> list[dict[str, Any]]:
-    """Decode a whole jsonl.gz part."""
+    """Decode a whole jsonl.gz part: a record a line, lines ending in "\\n" (only: a
+    value's U+2028 or U+0085 is written as it is, and str.splitlines would cut there)."""
     text = gzip.decompress(data).decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line]
+    return [json.loads(line) for line in text.split("\n") if line]
 
 
 def keys_under(parts: PartStore, prefix: str) -> list[str]:
