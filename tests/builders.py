@@ -132,7 +132,7 @@ def planned_run(ledger: LedgerPort, *, chunks: int = 3, done: int = 0, **run_fie
 
 def finish_chunk(ledger: LedgerPort, run_id: str, index: int) -> None:
     """Start and finish a chunk as a worker would, with STATS and no rejections."""
-    assert ledger.start_chunk(run_id, index) is not None
+    assert ledger.start_chunk(run_id, index).chunk is not None
     key = f"etl/run={run_id}/part-{index:05d}.jsonl.gz"
     assert ledger.finish_chunk(
         run_id, index, s3_key=key, stats=STATS, rejected_by_reason={}

@@ -42,6 +42,7 @@ from etl.domain.runs import (
     TERMINAL_RUN_STATES,
     Chunk,
     ChunkFinish,
+    ChunkStart,
     ChunkState,
     Run,
     RunState,
@@ -297,22 +298,26 @@ class FakeLedger:
         except KeyError:
             raise ChunkNotFound(f"run {run_id} has no chunk {index}") from None
 
-    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> ChunkStart:
         """An attempt at a chunk not done, only while its run works; None if it ended."""
+        run = self.get_run(run_id)
         chunk = self.get_chunk(run_id, index)
         if chunk.state is ChunkState.DONE:
-            return chunk
+            return ChunkStart(run, chunk)
         if not self._run_works(run_id):
-            return None
+            return ChunkStart(run, None)
         moment = self.clock()
-        return self._set_chunk(
-            chunk,
-            moment,
-            state=ChunkState.RUNNING,
-            attempts=chunk.attempts + 1,
-            started_at=moment,
-            error=None,
-            worker=worker,
+        return ChunkStart(
+            run,
+            self._set_chunk(
+                chunk,
+                moment,
+                state=ChunkState.RUNNING,
+                attempts=chunk.attempts + 1,
+                started_at=moment,
+                error=None,
+                worker=worker,
+            ),
         )
 
     def finish_chunk(

@@ -130,6 +130,17 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class ChunkStart:
+    """What starting a chunk found: its run, read with it (a chunk's work needs the
+    pipeline and window), and the chunk as it is now: counting a new attempt, or done
+    already (another delivery finished it), or None when the run has ended and the
+    chunk is not done."""
+
+    run: Run
+    chunk: Chunk | None
+
+
+@dataclass(frozen=True)
 class ChunkFinish:
     """What recording a chunk's part did: whether this call recorded it (the run was
     active and no other delivery had), and whether that made every chunk of the run done,

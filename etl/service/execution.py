@@ -243,11 +243,11 @@ def transform_chunk(
     sent the commit): with ``redelivered`` (a message delivered again, or a retry) a run
     already committing is sent its commit again, which is harmless."""
     ledger = services.ledger
-    run = ledger.get_run(run_id)
     began = time.monotonic()
     # An attempt, unless the chunk is done; None once the run is no longer planning or
     # running (failed, cancelled, queued again): then no new work and nothing counted.
-    chunk = ledger.start_chunk(run_id, index, worker)
+    started = ledger.start_chunk(run_id, index, worker)
+    run, chunk = started.run, started.chunk
     if chunk is None:
         logger.info("run %s is not running: chunk %d not started", run_id, index)
         return None

@@ -18,7 +18,7 @@ from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.intervals import DataInterval
 from etl.domain.outputs import StoredObject
-from etl.domain.runs import Chunk, ChunkFinish, ChunkState, Run, RunState, Trigger
+from etl.domain.runs import Chunk, ChunkFinish, ChunkStart, ChunkState, Run, RunState, Trigger
 from etl.domain.windows import CursorValue, CursorWindow, ReadScope, RunWindow
 from etl.formats.encoding import PartStats
 from etl.pipelines import Pipeline
@@ -104,9 +104,10 @@ class ChunkLedger(Protocol):
         """One chunk; raises ChunkNotFound."""
         ...
 
-    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
-        """Count an attempt at a chunk not done, only while its run is active; the chunk
-        as it is now, or None when the run has ended and the chunk is not done."""
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> ChunkStart:
+        """Count an attempt at a chunk not done, only while its run is active; the run,
+        and the chunk as it is now (None when the run has ended and the chunk is not
+        done). Raises RunNotFound, ChunkNotFound."""
         ...
 
     def finish_chunk(

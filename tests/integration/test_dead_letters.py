@@ -162,7 +162,7 @@ def new_run(ledger: Ledger, state: RunState, *, running_chunk: int | None = None
         return ledger.get_run(run_in_state(ledger, state))
     run_id = planned_run(ledger, chunks=2)
     if running_chunk is not None:
-        assert ledger.start_chunk(run_id, running_chunk) is not None
+        assert ledger.start_chunk(run_id, running_chunk).chunk is not None
     if state is RunState.COMMITTING:
         assert ledger.move_run(run_id, RunState.COMMITTING)
     return ledger.get_run(run_id)

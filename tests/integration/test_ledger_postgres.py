@@ -92,16 +92,31 @@ def test_two_planners_record_one_plan(services: Services) -> None:
     assert services.ledger.get_run(run_id).chunk_count == len(recorded[0])
 
 
+def test_a_chunk_start_returns_its_run_as_a_read_of_it_does_on_postgres(
+    services: Services,
+) -> None:
+    """One statement starts the chunk and returns the run's row with it (UPDATE ... FROM),
+    every column as get_run reads it."""
+    ledger = services.ledger
+    run_id = running_run(services)
+    started = ledger.start_chunk(run_id, 0, "celery@a (pid 10)")
+
+    assert started.run == ledger.get_run(run_id)
+    assert started.run.window is not None and started.run.chunk_count is not None
+    assert started.chunk == ledger.get_chunk(run_id, 0)
+    assert started.chunk.attempts == 1 and started.chunk.worker == "celery@a (pid 10)"
+
+
 @pytest.mark.parametrize("state", [RunState.FAILED, RunState.CANCELLED])
 def test_a_chunk_of_an_ended_run_neither_starts_nor_finishes_on_postgres(
     services: Services, state: RunState
 ) -> None:
     ledger = services.ledger
     run_id = running_run(services)
-    assert ledger.start_chunk(run_id, 0) is not None
+    assert ledger.start_chunk(run_id, 0).chunk is not None
     assert ledger.move_run(run_id, state, reason="ended by the test")
 
-    assert ledger.start_chunk(run_id, 1) is None
+    assert ledger.start_chunk(run_id, 1).chunk is None
     assert ledger.get_chunk(run_id, 1).attempts == 0
     assert not ledger.finish_chunk(
         run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}
@@ -131,7 +146,7 @@ def test_a_chunk_start_waits_for_a_failing_run_and_then_does_not_start(
             )
             assert not started.done()
             failing.commit()
-            assert started.result(timeout=10) is None
+            assert started.result(timeout=10).chunk is None
     assert ledger.get_chunk(run_id, 1).attempts == 0
 
 
@@ -158,7 +173,7 @@ def test_of_the_last_chunks_finishing_at_once_exactly_one_claims_the_commit(
             ledger, chunks=8, pipeline=f"p_{uuid.uuid4().hex[:8]}", day=date(2033, 1, attempt + 1)
         )
         for index in range(8):
-            assert ledger.start_chunk(run_id, index) is not None
+            assert ledger.start_chunk(run_id, index).chunk is not None
         barrier = threading.Barrier(8)
 
         def finish_and_claim(

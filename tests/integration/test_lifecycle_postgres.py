@@ -203,7 +203,7 @@ def test_a_chunk_message_rabbitmq_parked_ends_its_run_once_and_admits_the_waitin
     # A worker started chunk 1, then rejected its message without recording why (its
     # ledger was down): RabbitMQ parks the message in etl.transform.dlq. Here a real
     # chunk message is taken and rejected by hand, no worker involved.
-    assert recorded.ledger.start_chunk(holder, 1) is not None
+    assert recorded.ledger.start_chunk(holder, 1).chunk is not None
     app = make_celery(recorded.settings.model_copy(update={"broker_url": idle_broker}))
     celery_enqueue(app)(TASK_TRANSFORM_CHUNK, [holder, 1])
     with Connection(idle_broker) as connection:

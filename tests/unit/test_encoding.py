@@ -200,7 +200,7 @@ def test_json_lines_from_an_arrow_table_are_the_bytes_of_json_dumps(
 # character goes through Python's encoder whole, so half the columns have none.
 CONTROL = "\x00\x1f\n\t"
 ESCAPED = st.sampled_from('"\\' + CONTROL)
-OTHER = st.one_of(st.sampled_from(" é中😀\u2028\x85"), st.characters())
+OTHER = st.one_of(st.sampled_from(" é中😀\u2028\x85"), st.characters(exclude_categories=["Cs"]))
 TEXT_COLUMNS = st.one_of(
     st.lists(st.one_of(st.none(), st.text(st.one_of(ESCAPED, OTHER))), min_size=1, max_size=12),
     st.lists(

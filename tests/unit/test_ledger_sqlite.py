@@ -241,17 +241,20 @@ def test_an_empty_plan_is_recorded_once_as_zero_chunks(ledger: Ledger) -> None:
     assert ledger.get_run(run_id).chunk_count == 0
 
 
-def test_starting_a_chunk_counts_an_attempt(ledger: Ledger) -> None:
+def test_starting_a_chunk_counts_an_attempt_and_returns_the_run(ledger: Ledger) -> None:
     run_id = planned_run(ledger)
-    assert ledger.start_chunk(run_id, 1).attempts == 1
-    chunk = ledger.start_chunk(run_id, 1)
+    first = ledger.start_chunk(run_id, 1)
+    assert first.chunk is not None and first.chunk.attempts == 1
+    assert first.run == ledger.get_run(run_id)
+    chunk = ledger.start_chunk(run_id, 1).chunk
+    assert chunk is not None
     assert chunk.attempts == 2
     assert chunk.state is ChunkState.RUNNING
 
 
 def test_a_chunk_keeps_the_worker_of_its_last_attempt(ledger: Ledger) -> None:
     run_id = planned_run(ledger)
-    assert ledger.start_chunk(run_id, 1, "celery@a (pid 10)").worker == "celery@a (pid 10)"
+    assert ledger.start_chunk(run_id, 1, "celery@a (pid 10)").chunk.worker == "celery@a (pid 10)"
     ledger.start_chunk(run_id, 1, "celery@b (pid 20)")
     assert ledger.get_chunk(run_id, 1).worker == "celery@b (pid 20)"
     assert ledger.get_chunk(run_id, 0).worker is None  # not started: no worker yet
@@ -283,7 +286,7 @@ def test_a_done_chunk_is_not_restarted(ledger: Ledger) -> None:
     run_id = planned_run(ledger)
     ledger.start_chunk(run_id, 0)
     ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={})
-    chunk = ledger.start_chunk(run_id, 0)
+    chunk = ledger.start_chunk(run_id, 0).chunk
     assert chunk.state is ChunkState.DONE
     assert chunk.attempts == 1
 
@@ -298,7 +301,7 @@ def test_a_chunk_of_an_ended_run_does_not_start(ledger: Ledger, state: RunState)
     run_id = planned_run(ledger)
     end_run(ledger, run_id, state)
 
-    assert ledger.start_chunk(run_id, 1) is None
+    assert ledger.start_chunk(run_id, 1).chunk is None
     chunk = ledger.get_chunk(run_id, 1)
     assert (chunk.state, chunk.attempts, chunk.started_at) == (ChunkState.PENDING, 0, None)
 
@@ -308,7 +311,7 @@ def test_a_chunk_of_a_run_queued_again_for_a_retry_does_not_start(ledger: Ledger
     end_run(ledger, run_id, RunState.FAILED)
     assert ledger.reopen_run(run_id) is not None  # queued: it waits for admission again
 
-    assert ledger.start_chunk(run_id, 0) is None
+    assert ledger.start_chunk(run_id, 0).chunk is None
     assert ledger.get_chunk(run_id, 0).attempts == 0
 
 
@@ -318,7 +321,7 @@ def test_a_done_chunk_of_an_ended_run_is_returned_as_it_is(ledger: Ledger) -> No
     assert ledger.finish_chunk(run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}).recorded
     end_run(ledger, run_id, RunState.FAILED)
 
-    chunk = ledger.start_chunk(run_id, 0)
+    chunk = ledger.start_chunk(run_id, 0).chunk
     assert chunk is not None
     assert (chunk.state, chunk.attempts, chunk.s3_key) == (ChunkState.DONE, 1, "k")
 
@@ -328,7 +331,7 @@ def test_a_chunk_finishing_after_its_run_ended_is_not_recorded(
     ledger: Ledger, state: RunState
 ) -> None:
     run_id = planned_run(ledger)
-    assert ledger.start_chunk(run_id, 2) is not None
+    assert ledger.start_chunk(run_id, 2).chunk is not None
     end_run(ledger, run_id, state)
 
     assert not ledger.finish_chunk(
@@ -348,12 +351,12 @@ def test_a_late_release_leaves_alone_a_chunk_a_retry_has_started_again(ledger: L
     # The run ended while chunk 2 was transformed; it was retried and chunk 2 started
     # again before the first delivery released it: that release must not touch it.
     run_id = planned_run(ledger)
-    assert ledger.start_chunk(run_id, 2) is not None
+    assert ledger.start_chunk(run_id, 2).chunk is not None
     end_run(ledger, run_id, RunState.FAILED)
     assert ledger.reopen_run(run_id) is not None
     assert ledger.move_run(run_id, RunState.PLANNING)
     assert ledger.move_run(run_id, RunState.RUNNING)
-    assert ledger.start_chunk(run_id, 2) is not None
+    assert ledger.start_chunk(run_id, 2).chunk is not None
 
     assert not ledger.release_chunk(run_id, 2, "the run ended")
     assert ledger.get_chunk(run_id, 2).state is ChunkState.RUNNING
@@ -362,10 +365,10 @@ def test_a_late_release_leaves_alone_a_chunk_a_retry_has_started_again(ledger: L
 def test_a_chunk_of_a_committing_run_neither_starts_nor_finishes(ledger: Ledger) -> None:
     # The commit has checked the chunks: nothing may change under it.
     run_id = planned_run(ledger, chunks=2)
-    assert ledger.start_chunk(run_id, 0) is not None
+    assert ledger.start_chunk(run_id, 0).chunk is not None
     assert ledger.move_run(run_id, RunState.COMMITTING)
 
-    assert ledger.start_chunk(run_id, 1) is None
+    assert ledger.start_chunk(run_id, 1).chunk is None
     assert not ledger.finish_chunk(
         run_id, 0, s3_key="k", stats=STATS, rejected_by_reason={}
     ).recorded
@@ -388,7 +391,7 @@ def test_only_the_finish_that_leaves_no_chunk_undone_says_it_completes_the_run(
 ) -> None:
     run_id = planned_run(ledger, chunks=3)
     for index in range(3):
-        assert ledger.start_chunk(run_id, index) is not None
+        assert ledger.start_chunk(run_id, index).chunk is not None
 
     def finish(index: int) -> ChunkFinish:
         return ledger.finish_chunk(

@@ -17,12 +17,20 @@ from etl.adapters.ledger.rows import (
     load_chunk,
     load_chunks,
     load_run,
+    run_from_row,
     undone_chunk,
 )
 from etl.adapters.ledger.schema import chunks_table, runs_table
 from etl.domain.chunks import ChunkRange
 from etl.domain.clock import utc_now
-from etl.domain.runs import CHUNK_WORK_RUN_STATES, Chunk, ChunkFinish, ChunkState
+from etl.domain.runs import (
+    CHUNK_WORK_RUN_STATES,
+    Chunk,
+    ChunkFinish,
+    ChunkStart,
+    ChunkState,
+    Run,
+)
 from etl.domain.windows import RunWindow
 from etl.formats.encoding import PartStats
 
@@ -81,46 +89,52 @@ class ChunksLedger:
         with self.engine.connect() as conn:
             return load_chunk(conn, run_id, index)
 
-    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> Chunk | None:
+    def start_chunk(self, run_id: str, index: int, worker: str | None = None) -> ChunkStart:
         """Count an attempt at a chunk that is not done yet, by ``worker`` (kept, for the
-        run page), only while its run is active (planning or running); returns the chunk
-        as it is now (done, and not counted, if another delivery finished it), or None if
-        the run has ended and the chunk is not done. One transaction: it is on every
-        chunk's path. Raises ChunkNotFound."""
+        run page), only while its run is active (planning or running); returns the run
+        and the chunk as it is now (done, and not counted, if another delivery finished
+        it; None if the run has ended and the chunk is not done). One transaction, and
+        on PostgreSQL one statement that returns the run too: it is on every chunk's
+        path. Raises RunNotFound, ChunkNotFound."""
         moment = utc_now()
+        start = (
+            update(chunks_table)
+            .where(
+                chunks_table.c.run_id == run_id,
+                chunks_table.c.idx == index,
+                chunks_table.c.state != ChunkState.DONE.value,
+                _run_is_working(run_id),
+            )
+            .values(
+                state=ChunkState.RUNNING.value,
+                attempts=chunks_table.c.attempts + 1,
+                updated_at=moment,
+                started_at=moment,
+                error=None,
+                worker=None if worker is None else worker[:200],
+            )
+            .returning(*chunks_table.c)
+        )
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
+            on_postgres = conn.dialect.name == "postgresql"
+            if on_postgres:
                 # Not waiting for the disk takes a write (3 ms here) off every chunk's
                 # path. Only a crash of the server itself can lose this attempt, and
                 # then the chunk shows pending and is done again, which is safe; the
                 # chunk's finish waits for the disk, which writes this before it.
                 conn.execute(text("SET LOCAL synchronous_commit = off"))
-            started = (
-                conn.execute(
-                    update(chunks_table)
-                    .where(
-                        chunks_table.c.run_id == run_id,
-                        chunks_table.c.idx == index,
-                        chunks_table.c.state != ChunkState.DONE.value,
-                        _run_is_working(run_id),
-                    )
-                    .values(
-                        state=ChunkState.RUNNING.value,
-                        attempts=chunks_table.c.attempts + 1,
-                        updated_at=moment,
-                        started_at=moment,
-                        error=None,
-                        worker=None if worker is None else worker[:200],
-                    )
-                    .returning(*chunks_table.c)
+                # The run's row comes back with the chunk's (UPDATE ... FROM): no read
+                # of its own. (SQLite's RETURNING takes the updated table's columns only.)
+                start = start.where(runs_table.c.id == chunks_table.c.run_id).returning(
+                    *(column.label(_RUN_COLUMN + column.name) for column in runs_table.c)
                 )
-                .mappings()
-                .one_or_none()
-            )
-            if started is not None:  # the common case: one statement, no second read
-                return chunk_from_row(started)
+            started = conn.execute(start).mappings().one_or_none()
+            if started is not None:  # the common case: no second read on PostgreSQL
+                run = _run_returned(started) if on_postgres else load_run(conn, run_id)
+                return ChunkStart(run, chunk_from_row(started))
+            run = load_run(conn, run_id)
             chunk = load_chunk(conn, run_id, index)
-        return chunk if chunk.state is ChunkState.DONE else None
+        return ChunkStart(run, chunk if chunk.state is ChunkState.DONE else None)
 
     def finish_chunk(
         self,
@@ -242,6 +256,16 @@ class ChunksLedger:
         counts = {state: 0 for state in ChunkState}
         counts.update({ChunkState(state): int(count) for state, count in rows})
         return counts
+
+
+# The run's columns returned beside the chunk's by start_chunk, as run__<name>.
+_RUN_COLUMN = "run__"
+
+
+def _run_returned(row: Any) -> Run:
+    return run_from_row(
+        {name[len(_RUN_COLUMN) :]: row[name] for name in row if name.startswith(_RUN_COLUMN)}
+    )
 
 
 _WORKING_STATES = ", ".join(f"'{state.value}'" for state in sorted(CHUNK_WORK_RUN_STATES))

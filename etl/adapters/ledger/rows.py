@@ -3,6 +3,7 @@ and the few SQL helpers every aggregate module shares."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ def aware_utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else as_utc(moment)
 
 
-def run_from_row(row: RowMapping) -> Run:
+def run_from_row(row: Mapping[Any, Any]) -> Run:
     return Run(
         id=row["id"],
         pipeline=row["pipeline"],
