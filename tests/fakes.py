@@ -22,7 +22,7 @@ from typing import IO, TYPE_CHECKING, Any
 from etl.config import Settings
 from etl.domain.admission import Candidate, admissible, waits_for_a_place
 from etl.domain.backfills import Backfill, Reprocess
-from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan, pick_boundaries
+from etl.domain.chunks import ChunkKey, ChunkRange, KeySpan, count_chunks, pick_boundaries
 from etl.domain.dead_letters import DeadLetter, DeadLetterState
 from etl.domain.errors import (
     BackfillConflict,
@@ -713,6 +713,15 @@ class ListSource:
         return pick_boundaries(
             [key for key in self._keys(window) if low <= key <= high], chunk_size
         )
+
+    def plan_keys(
+        self, chunk_size: int, max_chunks: int, window: ReadScope | None = None
+    ) -> tuple[KeySpan, list[ChunkKey]]:
+        """The span, and its boundaries unless they would be more than max_chunks chunks."""
+        span = self.key_span(window)
+        if not span.rows or count_chunks(span.rows, chunk_size) > max_chunks:
+            return span, []
+        return span, self.key_boundaries(chunk_size, span, window)
 
     def _keys(self, window: ReadScope | None) -> list[Any]:
         return sorted(

@@ -171,6 +171,67 @@ class SqlSource:
             keys = conn.execute(text(query), {**bounds, **params}).scalars()
             return [as_chunk_key(key) for key in keys]
 
+    def plan_keys(
+        self, chunk_size: int, max_chunks: int, window: ReadScope | None = None
+    ) -> tuple[KeySpan, list[ChunkKey]]:
+        """The span of the window's keys and the boundaries of the chunks that share its
+        rows evenly (key_span, then key_boundaries); no boundaries when the rows would
+        make more than ``max_chunks`` chunks (a plan the caller refuses, whose boundaries
+        are not worth a pass).
+
+        A query on PostgreSQL is run once for both, in one statement: its keys kept,
+        counted and numbered in key order. Run twice (the span, then the boundaries) it
+        cost two passes over its source, a query that filters costing most of a plan
+        (1.9 s against 1.0 s at 1,000,000 orders, 18.7 s against 10 at 10,000,000)."""
+        if self._source.query is not None and self._engine.dialect.name == "postgresql":
+            return self._plan_query_keys(chunk_size, max_chunks, window)
+        span = self.key_span(window)
+        if not span.rows or count_chunks(span.rows, chunk_size) > max_chunks:
+            return span, []
+        return span, self.key_boundaries(chunk_size, span, window)
+
+    def _plan_query_keys(
+        self, chunk_size: int, max_chunks: int, window: ReadScope | None
+    ) -> tuple[KeySpan, list[ChunkKey]]:
+        """plan_keys for a query on PostgreSQL. Its first row (the smallest key) and last
+        (the largest) are always returned, with the row count; the rows that start a chunk
+        (etl.domain.chunks.chunk_starts' test) only when the chunks are not too many."""
+        where, params = self._window_filter(window)
+        keyed = f" WHERE {self._key} IS NOT NULL" + (
+            " AND " + where[len(" WHERE ") :] if where else ""
+        )
+        chunks = "((etl_rows + :etl_chunk_size - 1) / :etl_chunk_size)"  # ceil, in SQL
+        # Identifiers only, validated by Source and quoted; values are bound.
+        statement = (
+            f"WITH etl_keys AS MATERIALIZED (SELECT {self._key} AS etl_key "  # nosec B608
+            f"FROM {self._from}{keyed}), "
+            # The count a scalar subquery: computed once (an InitPlan), never per row.
+            "etl_numbered AS (SELECT etl_key, "
+            "row_number() OVER (ORDER BY etl_key) AS etl_row, "
+            "(SELECT COUNT(*) FROM etl_keys) AS etl_rows FROM etl_keys), "
+            "etl_marked AS (SELECT etl_key, etl_row, etl_rows, "
+            f"({chunks} <= :etl_max_chunks AND ((etl_row - 1) * {chunks}) % etl_rows "
+            f"< {chunks}) AS etl_starts FROM etl_numbered) "
+            "SELECT etl_key, etl_rows, etl_starts FROM etl_marked "
+            "WHERE etl_starts OR etl_row = 1 OR etl_row = etl_rows ORDER BY etl_row"
+        )
+        bounds = {"etl_chunk_size": chunk_size, "etl_max_chunks": max_chunks}
+        with self._engine.connect() as conn:
+            found = conn.execute(text(statement), {**bounds, **params}).all()
+        if not found:
+            return KeySpan(rows=0), []
+        span = KeySpan(
+            rows=int(found[0].etl_rows),
+            key_min=as_chunk_key(found[0].etl_key),
+            key_max=as_chunk_key(found[-1].etl_key),
+        )
+        boundaries: list[ChunkKey] = []
+        for row in found:
+            key = as_chunk_key(row.etl_key)
+            if row.etl_starts and (not boundaries or boundaries[-1] != key):
+                boundaries.append(key)
+        return span, boundaries
+
     def cursor_upper_bound(self, lag_s: int) -> datetime:
         """The database's clock less the lag: the upper end of a window planned now.
 

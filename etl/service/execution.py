@@ -129,20 +129,19 @@ def plan_run(services: RunPorts, run_id: str) -> list[Chunk] | None:
             pipeline, source, read_scope(pipeline, run, None), ledger.watermark(pipeline.name)
         )
         cursor_window = scope.cursor
-        span = source.key_span(scope)
-        key_min, key_max = span.key_min, span.key_max
         chunk_size = pipeline.chunk_size_for(run.params)
+        max_chunks = services.settings.max_chunks_per_run
+        # The rows and their keys, and the boundaries of chunks that share the rows evenly
+        # (chunk_size at most), bounded by keys in the data; none if they are too many.
+        span, boundaries = source.plan_keys(chunk_size, max_chunks, scope)
+        key_min, key_max = span.key_min, span.key_max
         try:
-            check_chunk_count(
-                pipeline.name, span.rows, chunk_size, services.settings.max_chunks_per_run
-            )
+            check_chunk_count(pipeline.name, span.rows, chunk_size, max_chunks)
         except PlanTooLarge as refused:
-            # Counted from the rows: no boundary computed, not one chunk recorded or sent.
+            # Counted from the rows: not one chunk recorded or sent.
             logger.warning("run %s refused: %s", run_id, refused)
             services.runs.end_run(run_id, RunState.FAILED, f"plan refused: {refused}")
             raise
-        # Chunks that share the rows evenly (chunk_size at most), bounded by keys in the data.
-        boundaries = source.key_boundaries(chunk_size, span, scope) if span.rows else []
         planned = plan_chunks(span, boundaries)
         window = RunWindow(pipeline.source.key_column, key_min, key_max, cursor_window)
         chunks = ledger.record_plan(run_id, planned, window)

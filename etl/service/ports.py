@@ -282,12 +282,13 @@ class SourceReader(Protocol):
         """How many rows with a key (in the window), and their smallest and largest key."""
         ...
 
-    def key_boundaries(
-        self, chunk_size: int, span: KeySpan, window: ReadScope | None = None
-    ) -> list[ChunkKey]:
-        """The first key of each chunk when ``ceil(rows / chunk_size)`` chunks share the
-        rows (in the window) with keys in ``[span.key_min, span.key_max]`` evenly, in key
-        order, once each (etl.domain.chunks.chunk_starts)."""
+    def plan_keys(
+        self, chunk_size: int, max_chunks: int, window: ReadScope | None = None
+    ) -> tuple[KeySpan, list[ChunkKey]]:
+        """The span of the keys (in the window), and the first key of each chunk when
+        ``ceil(rows / chunk_size)`` chunks share the rows evenly, in key order, once each
+        (etl.domain.chunks.chunk_starts); no boundaries when those would be more than
+        ``max_chunks`` chunks."""
         ...
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:

@@ -165,3 +165,44 @@ def test_a_timestamp_key_that_repeats_is_read_once_per_row(
     sizes = [chunk.rows or 0 for chunk in chunks]
     print(f"rows per chunk: {sizes}")
     assert len(chunks) == 11 and all(abs(size - rows / 11) < 21 for size in sizes), sizes
+
+
+@pytest.mark.parametrize(
+    ("query", "key", "columns"),
+    [
+        # repeated text keys, a quarter of them one code; a filter that drops some
+        (
+            "SELECT row_no, code FROM etl_test_text_keys WHERE row_no % 7 <> 3",
+            "code",
+            ("row_no", "code"),
+        ),
+        # sparse integer keys (a gap of a million), filtered
+        (
+            "SELECT id, row_no FROM etl_test_sparse_ids WHERE row_no % 5 <> 0",
+            "id",
+            ("id", "row_no"),
+        ),
+    ],
+    ids=["text keys that repeat", "sparse integer keys"],
+)
+def test_a_query_is_planned_in_one_pass_as_in_two(
+    services: Services, key_table: Any, query: str, key: str, columns: tuple[str, ...]
+) -> None:
+    """plan_keys runs a query once for its span and its boundaries: the same as key_span
+    and then key_boundaries, each a pass over the query; and no boundaries for a plan of
+    too many chunks."""
+    from etl.adapters.db import SqlSource
+    from etl.pipelines import Source
+
+    key_table(TEXT_PIPELINE, TEXT_KEYS, lambda engine: seed_text_keys(engine, 20_000))
+    key_table(SPARSE_PIPELINE, SPARSE_IDS, seed_sparse_ids)
+    source = SqlSource(services.source_engine, Source(query=query, key_column=key, columns=columns))
+
+    for chunk_size in (1_000, 7_777, 1_000_000):
+        span = source.key_span()
+        in_two = (span, source.key_boundaries(chunk_size, span))
+        assert source.plan_keys(chunk_size, 10_000) == in_two, chunk_size
+        assert len(in_two[1]) >= 2 or chunk_size == 1_000_000
+
+    span, boundaries = source.plan_keys(1_000, max_chunks=2)  # more than 2 chunks: refused
+    assert span == source.key_span() and boundaries == []
