@@ -22,7 +22,8 @@ from etl.worker.app import (
     kept_task_batches,
     task_batches,
 )
-from tests.support import rabbitmqctl
+
+from support import rabbitmqctl
 
 pytestmark = pytest.mark.integration
 
