@@ -94,7 +94,8 @@ def chunk_starts(rows: int, chunk_size: int) -> list[int]:
     by one row at most and none exceeds ``chunk_size``.
 
     Row ``r`` starts a chunk exactly when ``r * chunks % rows < chunks``: the test a
-    source's SQL applies to its numbered rows (etl.adapters.db.SqlSource.key_boundaries).
+    source's SQL applies to its numbered rows (etl.adapters.db.SqlSource.key_boundaries,
+    and plan_keys for a query).
     """
     chunks = count_chunks(rows, chunk_size)
     return [-(-index * rows // chunks) for index in range(chunks)]
