@@ -153,11 +153,10 @@ class ChunksLedger:
         transaction each, on every chunk's path).
 
         On PostgreSQL the finishes of a run take turns on its row (FOR NO KEY UPDATE, held
-        to the commit), so the last of them reads, in its next statement, every other
-        finish as committed: two chunks finishing at once cannot each see the other
-        undone. SQLite has one writer at a time anyway. The run's row is locked (in the
-        condition, evaluated once before any chunk row is read) before the chunk's, the
-        order every other writer of both takes."""
+        to the commit, taken before the chunk's row: the order every other writer of both
+        takes), so the last of them reads, in its next statement, every other finish as
+        committed: two chunks finishing at once cannot each see the other undone. SQLite
+        has one writer at a time anyway."""
         moment = utc_now()
         values = {
             "updated_at": moment,
@@ -188,7 +187,7 @@ class ChunksLedger:
                     chunks_table.c.run_id == run_id,
                     chunks_table.c.idx == index,
                     chunks_table.c.state != ChunkState.DONE.value,
-                    _run_is_working(run_id, exclusive=True),
+                    _run_is_working(run_id),
                 )
                 .values(**values)
             ).rowcount
@@ -273,7 +272,9 @@ _WORKING_STATES = ", ".join(f"'{state.value}'" for state in sorted(CHUNK_WORK_RU
 # (FOR NO KEY UPDATE, to the end of the transaction: the run's finishes take turns); the
 # second, with a snapshot taken once it holds it, records the part only while the run is
 # working (its row locked again, in case it was not working a moment before) and reads
-# whether a chunk other than this one is left undone.
+# whether a chunk other than this one is left undone: as undone_chunk reads it, from the
+# top, in a scalar subquery that keeps the order (EXISTS would drop it and read from the
+# bottom, past every done chunk: 5.2 ms against 0.02 at chunk 9,000 of 10,000).
 _FINISH_ON_POSTGRES = text(
     f"""
 SELECT 1 FROM etl_runs WHERE id = :run_id AND state IN ({_WORKING_STATES}) FOR NO KEY UPDATE;
@@ -292,10 +293,11 @@ WITH recorded AS (
 )
 SELECT
     EXISTS (SELECT 1 FROM recorded) AS recorded,
-    EXISTS (
-        SELECT 1 FROM etl_chunks
+    (
+        SELECT idx FROM etl_chunks
         WHERE run_id = :run_id AND state <> :state AND idx <> :idx
-    ) AS undone
+        ORDER BY idx DESC LIMIT 1
+    ) IS NOT NULL AS undone
 """  # nosec B608: the states are the enum's own values
 ).bindparams(
     bindparam("rejected_by_reason", type_=chunks_table.c.rejected_by_reason.type),
@@ -304,19 +306,18 @@ SELECT
 )
 
 
-def _run_is_working(run_id: str, *, exclusive: bool = False) -> Any:
+def _run_is_working(run_id: str) -> Any:
     """A condition true while the run is planning or running: a chunk of a run that has
     ended (or is queued again for a retry) must neither start nor record its part.
 
     On PostgreSQL the run's row is share-locked, so a concurrent fail or cancel either
-    waits for this statement or is seen by it; SQLite has one writer at a time anyway.
-    ``exclusive`` locks it FOR NO KEY UPDATE instead, to the end of the transaction:
-    one such transaction of a run at a time (the chunks' finishes)."""
-    working = select(runs_table.c.id).where(
-        runs_table.c.id == run_id,
-        runs_table.c.state.in_([state.value for state in CHUNK_WORK_RUN_STATES]),
+    waits for this statement or is seen by it; SQLite has one writer at a time anyway."""
+    return (
+        select(runs_table.c.id)
+        .where(
+            runs_table.c.id == run_id,
+            runs_table.c.state.in_([state.value for state in CHUNK_WORK_RUN_STATES]),
+        )
+        .with_for_update(read=True)
+        .exists()
     )
-    locked = (
-        working.with_for_update(key_share=True) if exclusive else working.with_for_update(read=True)
-    )
-    return locked.exists()
