@@ -102,10 +102,7 @@ class SqlSource:
     def key_span(self, window: ReadScope | None = None) -> KeySpan:
         """How many rows (with a key) the source holds now, or the window does, and their
         smallest and largest key."""
-        where, params = self._window_filter(window)
-        keyed = f" WHERE {self._key} IS NOT NULL" + (
-            " AND " + where[len(" WHERE ") :] if where else ""
-        )
+        keyed, params = self._keyed_filter(window)
         # The ends by ORDER BY, not MIN/MAX: PostgreSQL has no MIN(uuid), and the order is
         # the one the chunks' ranges compare in (the column's collation, a type's own).
         # Identifiers only, validated by Source and quoted; values are bound.
@@ -196,10 +193,7 @@ class SqlSource:
         """plan_keys for a query on PostgreSQL. Its first row (the smallest key) and last
         (the largest) are always returned, with the row count; the rows that start a chunk
         (etl.domain.chunks.chunk_starts' test) only when the chunks are not too many."""
-        where, params = self._window_filter(window)
-        keyed = f" WHERE {self._key} IS NOT NULL" + (
-            " AND " + where[len(" WHERE ") :] if where else ""
-        )
+        keyed, params = self._keyed_filter(window)
         chunks = "((etl_rows + :etl_chunk_size - 1) / :etl_chunk_size)"  # ceil, in SQL
         # Identifiers only, validated by Source and quoted; values are bound.
         statement = (
@@ -384,6 +378,14 @@ class SqlSource:
             f"{clause} ORDER BY {self._key}"
         )
         return query, {"etl_key_lo": key_lo, "etl_key_hi": key_hi, **params}
+
+    def _keyed_filter(self, window: ReadScope | None) -> tuple[str, dict[str, Any]]:
+        """The window's filter with the rows that have a key only (the plan's rows)."""
+        where, params = self._window_filter(window)
+        keyed = f" WHERE {self._key} IS NOT NULL" + (
+            " AND " + where[len(" WHERE ") :] if where else ""
+        )
+        return keyed, params
 
     def _window_filter(self, window: ReadScope | None) -> tuple[str, dict[str, Any]]:
         # The rows of a run's scope (" WHERE ..." or ""), and every value its SQL binds:

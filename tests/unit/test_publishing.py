@@ -178,11 +178,17 @@ def test_a_transport_without_confirms_publishes_and_returns() -> None:
     assert not connection.channel_.confirming
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """publishing's time.monotonic, moved on by the test: ``clock[0] += seconds``."""
+    now = [1000.0]
+    monkeypatch.setattr(publishing.time, "monotonic", lambda: now[0])
+    return now
+
+
 def test_a_kept_connection_serves_the_batches_that_come_within_its_idle_limit_and_no_later(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(publishing.time, "monotonic", lambda: clock[0])
     broker = Broker(ack_at_once)
     batches = broker.batches(keep_open_s=20.0)
 
@@ -198,10 +204,8 @@ def test_a_kept_connection_serves_the_batches_that_come_within_its_idle_limit_an
 
 
 def test_without_an_idle_limit_the_connection_serves_every_batch_until_it_is_closed(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: list[float],
 ) -> None:
-    clock = [1000.0]
-    monkeypatch.setattr(publishing.time, "monotonic", lambda: clock[0])
     broker = Broker(ack_at_once)
     with broker.batches() as batches:
         batches.publish([1])
