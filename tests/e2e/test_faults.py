@@ -621,7 +621,9 @@ def test_replaying_a_dead_letter_retries_its_run_once(rig: FaultRig) -> None:
 
 
 def test_cancel_skips_pending_chunks_and_commits_nothing(rig: FaultRig) -> None:
-    rig.start_worker(concurrency=1)
+    # Chunks of 3 s: `etl cancel` is a new process, and on a loaded machine its start
+    # outran two 1-s chunks and started a third (5 never started, not 6).
+    rig.start_worker(concurrency=1, ETL_TEST_SLOW_BATCH_S="3")
     run = rig.start("slow_orders", 2_500)  # 8 chunks, one at a time
     wait_running(rig.services, run.id)
 
