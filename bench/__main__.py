@@ -1,11 +1,11 @@
 """``python -m bench [--rows N] [--scale-rows M] [--big-chunks K] [--profile]``: measure,
 in one process tree and one run,
 
-a. the naive script: one Python process, a server-side cursor, csv + gzip (level 6, as
+a. the naive script: one Python process, a server-side cursor, csv + gzip (level 5, as
    the pipeline's jsonl.gz), one PUT;
 b. the honest limit of each format: the source's rows in that format with no Python per
    row and no transform, in two processes (one per core) each taking half the keys:
-   PostgreSQL's row_to_json through COPY, gzip 6 by zlib-ng in 8 MiB blocks (b1,
+   PostgreSQL's row_to_json through COPY, gzip 5 by zlib-ng in 8 MiB blocks (b1,
    jsonl.gz); COPY's CSV read by Arrow in the columns' types and written as Parquet,
    zstd 3 (b2, parquet); one PUT a process (bench/baselines.py);
 p. the best peer: a plain multiprocessing.Pool(2) script doing the pipeline's job (its
@@ -196,7 +196,8 @@ def naive(settings: Settings, client: Any, rows: int) -> Measurement:
     connection = psycopg2.connect(**where.dsn)
     try:
         with tempfile.TemporaryFile() as spool:
-            with gzip.GzipFile(fileobj=spool, mode="wb", compresslevel=6, mtime=0) as gz:
+            level = baselines.GZIP_LEVEL
+            with gzip.GzipFile(fileobj=spool, mode="wb", compresslevel=level, mtime=0) as gz:
                 text_out = io.TextIOWrapper(gz, encoding="utf-8", newline="")
                 writer = csv.writer(text_out)
                 with connection.cursor(name="naive") as cursor:

@@ -160,7 +160,7 @@ class Pipeline:
     columnar_transform: ColumnarTransform | None = None
     chunk_size: int = 50_000
     output_format: str = "jsonl.gz"
-    # None: the format's default (gzip 6; zstd 3 inside parquet).
+    # None: the format's default (gzip 5; zstd 3 inside parquet).
     compression_level: int | None = None
     # When Beat starts runs (None: only by hand); see etl.domain.schedules.
     schedule: Schedule | None = field(default_factory=Cron)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from etl.domain.schedules import Cron
 from etl.domain.transform import BatchResult, Record, Row, RowRejected, map_rows
-from etl.formats.columnar import iso_utc_text
+from etl.formats.columnar import utc_timestamps
 from etl.pipelines.base import Pipeline, Source
 
 if TYPE_CHECKING:
@@ -155,8 +155,8 @@ def transform_orders_columnar(table: pa.Table) -> tuple[pa.Table, pa.Array]:
     status_index = pc.index_in(
         pc.ascii_lower(pc.ascii_trim(table["status"], " ")), value_set=pa.array(list(STATUSES))
     )
-    created_at, has_created = iso_utc_text(table["created_at"])
-    updated_at, has_updated = iso_utc_text(table["updated_at"])
+    created_at, has_created = utc_timestamps(table["created_at"])
+    updated_at, has_updated = utc_timestamps(table["updated_at"])
     plain = pc.fill_null(
         _all_of(
             pc.is_valid(email),

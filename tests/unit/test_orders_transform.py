@@ -6,19 +6,23 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 import pytest
 
 from etl.adapters.sample_orders import sample_orders
 from etl.domain.schema import utc_text
 from etl.domain.transform import RowRejected
+from etl.formats.columnar import transform_table, utc_timestamps
 from etl.pipelines.orders import (
     ORDERS_COLUMNS,
+    ORDERS_DAILY,
     mask_email,
     normalise_currency,
     normalise_status,
     to_cents,
     to_utc,
     transform_orders,
+    transform_orders_columnar,
 )
 
 ALL_REASONS = {
@@ -247,3 +251,54 @@ def test_about_two_percent_of_sample_orders_are_rejected_for_every_kind_of_reaso
     written_ids = {record["order_id"] for record in result.records}
     assert not rejected_ids & written_ids
     assert rejected_ids | written_ids == set(range(1, 20_001))
+
+
+# COPY's text of a timestamptz in a UTC session, and text a text column could hold.
+PLAIN_TIMES = [
+    "2026-01-01 00:00:07+00",
+    "2026-01-01 00:00:07.5+00",
+    "1969-07-20 20:17:00.000007+00",
+]
+OTHER_TIMES = [
+    "0000-01-01 00:00:00+00",  # year 0: Arrow reads it, a Python datetime cannot hold it
+    "2026-01-01T00:00:07+00",
+    "2026-01-01 02:00:07+02",
+    "2026-01-01 00:00:07",
+    "2026-01-01 00:00:07.1234567+00",
+    "2026-01-01",
+    None,
+]
+
+
+def test_utc_timestamps_reads_copys_utc_text_and_leaves_every_other_form() -> None:
+    timestamps, plain = utc_timestamps(pa.array(PLAIN_TIMES + OTHER_TIMES))
+
+    assert plain.to_pylist() == [True] * len(PLAIN_TIMES) + [False] * len(OTHER_TIMES)
+    assert timestamps.type == pa.timestamp("us", tz="UTC")
+    assert timestamps.to_pylist()[: len(PLAIN_TIMES)] == [to_utc(t) for t in PLAIN_TIMES]
+    assert timestamps.null_count == len(OTHER_TIMES)
+
+
+def test_a_batch_with_text_of_no_time_goes_to_the_row_transform_whole() -> None:
+    """Hour 24 and 30 February have COPY's form; Arrow's cast refuses the whole column for
+    either, so no row of the batch is taken as plain, and the row path rejects just those."""
+    times = [*PLAIN_TIMES, "2026-01-01 24:00:00+00", "2026-02-30 00:00:00+00"]
+
+    _, plain = utc_timestamps(pa.array(times))
+    rows = [
+        order(index + 1, created_at=moment, updated_at=moment) for index, moment in enumerate(times)
+    ]
+    table = pa.Table.from_pylist([{k: _copy_text(v) for k, v in row.items()} for row in rows])
+    records, rejected = transform_table(
+        table, transform_orders_columnar, transform_orders, ORDERS_DAILY.record_schema
+    )
+
+    assert plain.to_pylist() == [False] * len(times)
+    assert rejected == Counter({"invalid_timestamp": 2})
+    assert records["order_id"].to_pylist() == [1, 2, 3]
+    assert records["created_at"].to_pylist() == [to_utc(t) for t in PLAIN_TIMES]
+
+
+def _copy_text(value: Any) -> Any:
+    """A value as COPY's CSV text reaches a columnar transform (the key stays an integer)."""
+    return value if value is None or isinstance(value, int) else str(value)
