@@ -9,6 +9,13 @@ key_max``, ``key_max`` fixed at planning time. The ranges are contiguous and dis
 they partition the window's rows exactly whatever the keys' spacing; a key repeated
 across a boundary keeps all its rows in one chunk (that chunk is larger, never empty).
 
+A table whose key is a unique integer with few gaps (its primary key, say) is planned
+from its ends instead, as Sqoop and Spark split a table: chunks of ``chunk_size`` keys
+from ``key_min`` to ``key_max``, with no count. A unique key puts at most ``chunk_size``
+rows in each; the keys' few gaps make some chunks a little smaller. The span then counts
+keys, not rows (``KeySpan.counted`` is false), and the adapter decides whether a key is
+such a key (etl.adapters.db.SqlSource.plan_keys).
+
 Keys are kept as JSON scalars (``ChunkKey``): an integer key stays an int; text, UUID,
 decimal and time keys become strings the database compares with the column's own type.
 The order of keys is the database's (collations included), never Python's: nothing here
@@ -48,11 +55,14 @@ def as_chunk_key(value: object) -> ChunkKey:
 @dataclass(frozen=True)
 class KeySpan:
     """The rows of a run's window with a key, and their smallest and largest key (both
-    None when there is none)."""
+    None when there is none). Not ``counted``: a span read from a unique integer key's
+    ends alone, whose ``rows`` is the number of keys from ``key_min`` to ``key_max``, as
+    many as its rows at most."""
 
     rows: int
     key_min: ChunkKey | None = None
     key_max: ChunkKey | None = None
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,23 @@ def consecutive_key_boundaries(span: KeySpan, chunk_size: int) -> list[ChunkKey]
     if not (isinstance(low, int) and isinstance(high, int)) or high - low + 1 != span.rows:
         return None
     return [low + row for row in chunk_starts(span.rows, chunk_size)]
+
+
+# A unique integer key is planned from its ends when it spans at most this many times the
+# rows the database estimates: the plan then has at most 25% more chunks than one that
+# counted the rows (all the more smaller ones), and no count. Sparser, the rows are counted.
+DENSE_KEY_SPAN = 1.25
+
+
+def plan_from_key_ends(key_min: int, key_max: int, estimated_rows: float | None) -> KeySpan | None:
+    """The span of a unique integer key planned from its ends (``counted`` false: every
+    integer from ``key_min`` to ``key_max`` taken as a row, so consecutive_key_boundaries
+    makes chunks of ``chunk_size`` keys), or None when the key is too sparse for that,
+    or the database has no estimate of its rows (a table never analysed)."""
+    keys = key_max - key_min + 1
+    if not estimated_rows or estimated_rows <= 0 or keys > DENSE_KEY_SPAN * estimated_rows:
+        return None
+    return KeySpan(rows=keys, key_min=key_min, key_max=key_max, counted=False)
 
 
 def pick_boundaries(sorted_keys: Sequence[ChunkKey], chunk_size: int) -> list[ChunkKey]:

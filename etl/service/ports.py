@@ -288,7 +288,9 @@ class SourceReader(Protocol):
         """The span of the keys (in the window), and the first key of each chunk when
         ``ceil(rows / chunk_size)`` chunks share the rows evenly, in key order, once each
         (etl.domain.chunks.chunk_starts); no boundaries when those would be more than
-        ``max_chunks`` chunks."""
+        ``max_chunks`` chunks. A source that knows its key to be a unique integer with
+        few gaps may plan it from its ends instead: a span not ``counted``, in chunks of
+        ``chunk_size`` keys (etl.domain.chunks.plan_from_key_ends)."""
         ...
 
     def cursor_upper_bound(self, lag_s: int) -> datetime:

@@ -6,10 +6,11 @@ The pure rules are unit tested in tests/unit/test_chunks.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -29,14 +30,17 @@ from key_pipelines import (
     seed_uuid_keys,
     uuid_keys,
 )
-from sqlalchemy import Engine, Table
+from sqlalchemy import BigInteger, Column, DateTime, Engine, MetaData, Table, text
 
+from etl.adapters.db import SqlSource, replace_table
 from etl.bootstrap import Services
+from etl.domain.chunks import KeySpan
 from etl.domain.runs import Chunk, RunState
-from etl.pipelines import PIPELINES, Pipeline
+from etl.domain.windows import ReadScope
+from etl.pipelines import PIPELINES, Pipeline, Source
 from etl.service import execution as steps
 
-from builders import new_run, read_json_lines_gzip
+from builders import new_run, read_json_lines_gzip, utc_day
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +210,107 @@ def test_a_query_is_planned_in_one_pass_as_in_two(
 
     span, boundaries = source.plan_keys(1_000, max_chunks=2)  # more than 2 chunks: refused
     assert span == source.key_span() and boundaries == []
+
+
+# -- a unique integer key planned from its ends, with no count -----------------------------
+
+DENSE_METADATA = MetaData()
+DENSE_IDS = Table(
+    "etl_test_dense_ids", DENSE_METADATA,
+    Column("id", BigInteger, primary_key=True), Column("row_no", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+REPEATED_IDS = Table(
+    "etl_test_repeated_ids", DENSE_METADATA,
+    Column("id", BigInteger, index=True), Column("row_no", BigInteger, nullable=False),
+)  # fmt: skip
+DENSE_PIPELINE = dataclasses.replace(  # the sparse pipeline's records, from this table
+    SPARSE_PIPELINE,
+    name="dense_ids",
+    source=Source(table=DENSE_IDS.name, key_column="id", columns=("id", "row_no")),
+)
+
+
+def ids_without_every_tenth(top: int) -> list[int]:
+    """1..top less 10, 20, 30...: a key with a few gaps (a tenth of its keys deleted)."""
+    return [key for key in range(1, top + 1) if key % 10]
+
+
+def seed_ids(engine: Engine, table: Table, ids: list[int], analyse: bool = True) -> int:
+    """Fill ``table`` with ``ids`` (row_no in key order), ANALYZEd as autovacuum would."""
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [(key, n, moment)[: len(table.columns)] for n, key in enumerate(ids)]
+    count = replace_table(engine, table, rows)
+    if analyse:
+        with engine.begin() as conn:
+            conn.execute(text(f"ANALYZE {table.name}"))  # nosec B608
+    return count
+
+
+@pytest.fixture
+def dense_tables(services: Services) -> Iterator[None]:
+    yield
+    for table in (DENSE_IDS, REPEATED_IDS):
+        table.drop(services.source_engine, checkfirst=True)
+
+
+def test_a_unique_integer_key_with_few_gaps_is_planned_from_its_ends(
+    services: Services, dense_tables: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of chunk_size keys, not rows (no count): the tenth of the keys that are
+    gaps make each chunk a tenth smaller; and the run reads every row once."""
+    ids = ids_without_every_tenth(2_000)
+    rows = seed_ids(services.source_engine, DENSE_IDS, ids)
+    source = SqlSource(services.source_engine, DENSE_PIPELINE.source)
+
+    span, boundaries = source.plan_keys(200, max_chunks=100)
+
+    assert span == KeySpan(rows=1_999, key_min=1, key_max=1_999, counted=False)
+    assert boundaries == list(range(1, 2_000, 200))  # 10 chunks; counted, they were 9
+    monkeypatch.setitem(PIPELINES, DENSE_PIPELINE.name, DENSE_PIPELINE)
+    run_id, chunks = run_to_the_end(services, DENSE_PIPELINE.name, 200)
+    assert [chunk.rows for chunk in chunks] == [180] * 10
+    assert_every_row_once(output_rows(services, run_id), rows)
+
+
+@pytest.mark.parametrize(
+    ("table", "ids", "analyse"),
+    [
+        (DENSE_IDS, list(range(1, 4_001, 2)), True),  # every other key a gap: too sparse
+        (DENSE_IDS, ids_without_every_tenth(2_000), False),  # never analysed: no estimate
+        (REPEATED_IDS, ids_without_every_tenth(2_000), True),  # an index, but not unique
+    ],
+    ids=["sparse", "no statistics", "not unique"],
+)
+def test_any_other_integer_key_is_counted_and_shared_evenly_in_rows(
+    services: Services, dense_tables: None, table: Table, ids: list[int], analyse: bool
+) -> None:
+    rows = seed_ids(services.source_engine, table, ids, analyse)
+    source = SqlSource(
+        services.source_engine, Source(table=table.name, key_column="id", columns=("id",))
+    )
+
+    span, boundaries = source.plan_keys(200, max_chunks=100)
+
+    assert span == KeySpan(rows=rows, key_min=ids[0], key_max=ids[-1], counted=True)
+    assert len(boundaries) == -(-rows // 200)
+
+
+def test_a_window_or_a_plan_of_too_many_chunks_from_the_ends_is_counted(
+    services: Services, dense_tables: None
+) -> None:
+    """A window's keys are not the table's (its rows are counted), and a plan from the
+    ends over max_chunks is left to the count, which decides as it always did."""
+    ids = ids_without_every_tenth(2_000)
+    rows = seed_ids(services.source_engine, DENSE_IDS, ids)
+    source = SqlSource(
+        services.source_engine,
+        Source(table=DENSE_IDS.name, key_column="id", columns=("id",), time_column="at"),
+    )
+    day = ReadScope(utc_day(date(2026, 1, 1)), date(2026, 1, 1), time_column="at")
+
+    windowed, _ = source.plan_keys(200, max_chunks=100, window=day)
+    assert windowed == KeySpan(rows=rows, key_min=1, key_max=1_999, counted=True)
+    # 1,999 keys make 10 chunks of 200, the 1,800 rows 9: only the count allows it.
+    span, boundaries = source.plan_keys(200, max_chunks=9)
+    assert span.counted and len(boundaries) == 9

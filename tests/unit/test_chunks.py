@@ -29,6 +29,7 @@ from etl.domain.chunks import (
     describe_key_range,
     pick_boundaries,
     plan_chunks,
+    plan_from_key_ends,
 )
 
 
@@ -281,3 +282,30 @@ def test_a_plan_at_the_limit_is_allowed_and_an_empty_window_always_is() -> None:
 def test_a_runaway_plan_is_refused_from_its_row_count_alone() -> None:
     with pytest.raises(PlanTooLarge, match="1,000,000,000,000,000 chunks"):
         check_chunk_count("orders_daily", 10**15, 1, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("key_min", "key_max", "estimated_rows", "planned"),
+    [
+        (1, 1_000, 1_000.0, True),
+        (1, 1_250, 1_000.0, True),  # a fifth of the keys gaps: at most 25% more chunks
+        (1, 1_251, 1_000.0, False),
+        (1, 1_000, None, False),  # never analysed
+        (1, 1_000, 0.0, False),
+        (-500, 499, 1_000.0, True),
+    ],
+)
+def test_a_unique_integer_key_is_planned_from_its_ends_only_when_dense(
+    key_min: int, key_max: int, estimated_rows: float | None, planned: bool
+) -> None:
+    span = plan_from_key_ends(key_min, key_max, estimated_rows)
+
+    if not planned:
+        assert span is None
+        return
+    assert span == KeySpan(key_max - key_min + 1, key_min, key_max, counted=False)
+    # chunks of at most chunk_size keys, as for a key with no gaps
+    boundaries = consecutive_key_boundaries(span, 100)
+    assert boundaries is not None and boundaries[0] == key_min
+    assert len(boundaries) == count_chunks(span.rows, 100)
+    assert all(high - low <= 100 for low, high in pairwise([*boundaries, key_max + 1]))
