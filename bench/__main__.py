@@ -11,9 +11,9 @@ b. the honest limit of each format: the source's rows in that format with no Pyt
 p. the best peer: a plain multiprocessing.Pool(2) script doing the pipeline's job (its
    chunks, its row transform, jsonl.gz, one PUT a chunk, a manifest);
 c. the pipeline, trigger to committed manifest, with a real ``etl worker`` over RabbitMQ,
-   a fresh one per format, for jsonl.gz and parquet: its first run on the fresh worker
-   and a warm second run (the table's row); with ``--scale-rows`` again on a table of that
-   many rows, to see how time and memory grow;
+   a fresh one per format, for jsonl.gz and parquet: its first run on the fresh worker,
+   then ``--repeats`` warm runs, the median of which is the table's row; with
+   ``--scale-rows`` again on a table of that many rows, to see how time and memory grow;
 d. the same records made by a SQL-only pipeline (``orders_sql``: the transform in its
    source query, no Python transform), COPY to Arrow to the part, likewise;
 e. orders_daily without its columnar transform (``orders_rows``: the row path, a dict a
@@ -21,7 +21,11 @@ e. orders_daily without its columnar transform (``orders_rows``: the row path, a
 f. orders_daily in ``--big-chunks`` chunks (10,000 by default) on a fresh worker: how
    long planning, dispatch and the commit take;
 
-then print one table and each target of issue 16 with its measured value, write
+Every job of a, b and p is run ``--repeats`` times too (3 by default), and the median
+run is its row: this machine's speed swings by a fifth from one run to the next, and each
+ratio is of two jobs. Then print one table, where each pipeline's orchestration goes
+(before its first chunk, between chunks, after its last chunk, and the idle tail of the
+process that finished first) and each target of issue 16 with its measured value, write
 ``bench/results/bench-<rows>.json`` and ``.png``, and exit 1 if a target was missed.
 ``--profile`` prints where one chunk's time goes instead. Each row count has a database
 of its own (``etl_bench_<rows>``), seeded once and reused; the vhost is made anew.
@@ -40,7 +44,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -323,6 +327,48 @@ def run_wall(run: Run) -> float:
     return (run.finished_at - run.created_at).total_seconds()
 
 
+def median_of(runs: list[Measurement]) -> Measurement:
+    """The run whose wall time is the median (the lower middle of an even number), with
+    every run's wall time in its details."""
+    ordered = sorted(runs, key=lambda m: m.wall_s)
+    middle = ordered[(len(ordered) - 1) // 2]
+    middle.details["walls_s"] = [round(m.wall_s, 3) for m in runs]
+    return middle
+
+
+def repeated(job: Callable[[], Measurement], repeats: int) -> Measurement:
+    """``job`` run ``repeats`` times, one after the other: the median run."""
+    return median_of([job() for _ in range(repeats)])
+
+
+def orchestration_parts(run: Run, chunks: list[Chunk]) -> dict[str, float]:
+    """Where a run's time around its chunks went, in ms, from the ledger's stamps: from
+    the trigger to the first chunk's start; between one chunk and the next of the same
+    worker process (their average over the processes); from the last chunk's finish to
+    the commit; and the tail, how long the process that finished its last chunk first
+    then sat idle while another still worked."""
+    spans = [(c.worker or "?", c.started_at, c.finished_at) for c in chunks]
+    timed = [(who, start, end) for who, start, end in spans if start and end]
+    if not timed or run.finished_at is None:
+        return {}
+    by_process: dict[str, list[tuple[datetime, datetime]]] = {}
+    for who, start, end in timed:
+        by_process.setdefault(who, []).append((start, end))
+    gaps, last_finishes = [], []
+    for own in by_process.values():
+        first, last = min(start for start, _ in own), max(end for _, end in own)
+        work = sum((end - start).total_seconds() for start, end in own)
+        gaps.append((last - first).total_seconds() - work)
+        last_finishes.append(last)
+    started = min(start for _, start, _ in timed)
+    return {
+        "before_first_chunk_ms": (started - run.created_at).total_seconds() * 1000,
+        "between_chunks_ms": sum(gaps) / len(gaps) * 1000,
+        "after_last_chunk_ms": (run.finished_at - max(last_finishes)).total_seconds() * 1000,
+        "idle_tail_ms": (max(last_finishes) - min(last_finishes)).total_seconds() * 1000,
+    }
+
+
 def overhead_ms_per_chunk(run: Run, chunks: list[Chunk], concurrency: int) -> float | None:
     """What the chunks' own work, shared by the worker processes, does not explain, per
     chunk: planning, dispatch, queueing, the commit."""
@@ -341,33 +387,51 @@ def pipeline_run(
     concurrency: int,
     output_format: str,
     kind: str = "pipeline",
+    repeats: int = 1,
 ) -> Measurement:
-    """Two runs of a pipeline (or its SQL-only or row-only twin), trigger to commit, on a
+    """Runs of a pipeline (or its SQL-only or row-only twin), trigger to commit, on a
     fresh worker: the first (what the pool processes load and connect on their first
-    chunk is in it) and a warm second one, the measurement."""
+    chunk is in it), then ``repeats`` warm ones. The measurement is the median warm run;
+    its orchestration the median of theirs (with the parts of that run)."""
     label, pipelines = RUN_KINDS[kind]
     pipeline = pipelines[output_format]
     with fresh_worker(settings, concurrency) as (worker, service, services):
         first, first_chunks = run_once(service, services, worker, pipeline, chunk_size)
-        warm, chunks = run_once(service, services, worker, pipeline, chunk_size)
+        warm_runs = [
+            run_once(service, services, worker, pipeline, chunk_size) for _ in range(repeats)
+        ]
         rss = peak_rss_mb(worker.process.pid)
-    return Measurement(
-        f"{label}, {output_format}",
-        kind,
-        run_wall(warm),
-        rows,
-        output_format=output_format,
-        records=warm.rows_written,
-        bytes_out=sum(c.bytes or 0 for c in chunks),
-        chunks=len(chunks),
-        overhead_ms_per_chunk=overhead_ms_per_chunk(warm, chunks, concurrency),
-        first_wall_s=run_wall(first),
-        worker_peak_rss_mb=rss,
-        details={
-            "pipeline": pipeline,
-            "first_overhead_ms_per_chunk": overhead_ms_per_chunk(first, first_chunks, concurrency),
-        },
-    )
+    measured = []
+    for warm, chunks in warm_runs:
+        overhead = overhead_ms_per_chunk(warm, chunks, concurrency)
+        measured.append(
+            Measurement(
+                f"{label}, {output_format}",
+                kind,
+                run_wall(warm),
+                rows,
+                output_format=output_format,
+                records=warm.rows_written,
+                bytes_out=sum(c.bytes or 0 for c in chunks),
+                chunks=len(chunks),
+                overhead_ms_per_chunk=overhead,
+                first_wall_s=run_wall(first),
+                worker_peak_rss_mb=rss,
+                details={"parts_ms": orchestration_parts(warm, chunks)},
+            )
+        )
+    by_overhead = sorted(measured, key=lambda m: m.overhead_ms_per_chunk or 0.0)
+    middle_overhead = by_overhead[(len(by_overhead) - 1) // 2]
+    median = median_of(measured)
+    median.details = {
+        "pipeline": pipeline,
+        "walls_s": median.details["walls_s"],
+        "overheads_ms_per_chunk": [m.overhead_ms_per_chunk for m in measured],
+        "parts_ms": middle_overhead.details["parts_ms"],
+        "first_overhead_ms_per_chunk": overhead_ms_per_chunk(first, first_chunks, concurrency),
+    }
+    median.overhead_ms_per_chunk = middle_overhead.overhead_ms_per_chunk
+    return median
 
 
 def _logged_at(log: str, pattern: str, after: datetime | None = None) -> datetime | None:
@@ -591,6 +655,15 @@ def table(results: list[Measurement], checked: list[Target]) -> str:
                 f"bytes   {m.name.split(' (')[0]:52} {m.records or 0:>9,} records, {raw}"
                 f"{(m.bytes_out or 0) / 1e6:.1f} MB stored"
             )
+    for m in results:
+        if parts := m.details.get("parts_ms"):
+            lines.append(
+                f"orchestration  {m.name.split(' (')[0]:44} "
+                f"before the first chunk {parts['before_first_chunk_ms']:5.0f} ms, "
+                f"between chunks {parts['between_chunks_ms']:4.0f} ms a process, "
+                f"after the last {parts['after_last_chunk_ms']:4.0f} ms, "
+                f"idle tail {parts['idle_tail_ms']:4.0f} ms"
+            )
     if big_one := _one(results, "big"):
         stages = big_one.details
         lines += [
@@ -641,7 +714,9 @@ def chart(results: list[Measurement], path: Path) -> bool:
 def progress(done: Measurement) -> Measurement:
     """Say a job is done, as it is (the table comes at the end)."""
     first = f", first run {done.first_wall_s:.2f} s" if done.first_wall_s else ""
-    print(f"{done.name}: {done.wall_s:.2f} s{first}", flush=True)
+    walls = done.details.get("walls_s") or []
+    each = f" (median of {', '.join(f'{wall:.2f}' for wall in walls)})" if len(walls) > 1 else ""
+    print(f"{done.name}: {done.wall_s:.2f} s{each}{first}", flush=True)
     return done
 
 
@@ -666,6 +741,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--scale-rows", type=int, default=0, help="also run the pipelines on this many rows"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each job (warm runs of a pipeline)"
     )
     parser.add_argument("--profile", action="store_true", help="profile one chunk and stop")
     args = parser.parse_args()
@@ -697,10 +775,17 @@ def main() -> int:
         build_services(settings).parts.ensure_bucket()
         seeded_s = ensure_seeded(settings, args.rows)
         print(f"load average before: {load_before}", flush=True)
-        results = [progress(naive(settings, client, args.rows))]
+        repeats = max(1, args.repeats)
+        results = [progress(repeated(lambda: naive(settings, client, args.rows), repeats))]
         for fmt in ("jsonl.gz", "parquet"):
-            results.append(progress(limit_run(settings, args.rows, fmt)))
-        results.append(progress(peer_run(settings, args.rows, args.chunk_size)))
+            results.append(
+                progress(
+                    repeated(lambda fmt=fmt: limit_run(settings, args.rows, fmt), repeats)  # type: ignore[misc]
+                )
+            )
+        results.append(
+            progress(repeated(lambda: peer_run(settings, args.rows, args.chunk_size), repeats))
+        )
         runs = (
             [(fmt, "pipeline") for fmt in formats]
             + [(fmt, "sql") for fmt in sql_formats]
@@ -709,7 +794,9 @@ def main() -> int:
         for fmt, kind in runs:
             results.append(
                 progress(
-                    pipeline_run(settings, args.rows, args.chunk_size, args.concurrency, fmt, kind)
+                    pipeline_run(
+                        settings, args.rows, args.chunk_size, args.concurrency, fmt, kind, repeats
+                    )
                 )
             )
         if args.big_chunks:
@@ -731,7 +818,13 @@ def main() -> int:
                 scaled.append(
                     progress(
                         pipeline_run(
-                            big, args.scale_rows, args.chunk_size, args.concurrency, fmt, kind
+                            big,
+                            args.scale_rows,
+                            args.chunk_size,
+                            args.concurrency,
+                            fmt,
+                            kind,
+                            repeats,
                         )
                     )
                 )
@@ -751,6 +844,7 @@ def main() -> int:
         "chunk_size": args.chunk_size,
         "big_chunks": args.big_chunks or None,
         "concurrency": args.concurrency,
+        "repeats": args.repeats,
         "seed_s": round(seeded_s, 2),
         "load_average_before": load_before,
         "load_average_after": load_after,
