@@ -8,6 +8,7 @@ gives up ends its run through the run lifecycle (``give_up``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -93,6 +94,11 @@ def _load_before_forking(sender: Any = None, **_: Any) -> None:
         # boto3's default session keeps the model it loads for a client; a client
         # opens no connection, and each pool process builds its own.
         make_s3_client(settings.s3_endpoint_url, settings.s3_region)
+    # Out of the collector's sight from now on: what was loaded above lives as long as
+    # the process. A pool process would otherwise write to every page of it as its first
+    # collections walk the objects, copying the pages the fork shared, all through a
+    # fresh worker's first run.
+    gc.freeze()
 
 
 @worker_process_init.connect
