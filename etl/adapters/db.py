@@ -213,7 +213,7 @@ class SqlSource:
         )
         # Identifiers only, validated by Source and quoted; values are bound.
         statement = (
-            f"SELECT ({first} LIMIT 1) AS etl_low, ({first} DESC LIMIT 1) AS etl_high, "
+            f"SELECT ({first} LIMIT 1) AS etl_low, ({first} DESC LIMIT 1) AS etl_high, "  # nosec B608
             "(SELECT CASE WHEN c.reltuples > 0 AND c.relpages > 0 THEN c.reltuples "
             "/ c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::float8) "
             "END FROM pg_class c WHERE c.oid = to_regclass(:etl_relation)) AS etl_estimate, "
