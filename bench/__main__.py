@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -327,18 +328,26 @@ def run_wall(run: Run) -> float:
     return (run.finished_at - run.created_at).total_seconds()
 
 
-def median_of(runs: list[Measurement]) -> Measurement:
-    """The run whose wall time is the median (the lower middle of an even number), with
-    every run's wall time in its details."""
-    ordered = sorted(runs, key=lambda m: m.wall_s)
-    middle = ordered[(len(ordered) - 1) // 2]
-    middle.details["walls_s"] = [round(m.wall_s, 3) for m in runs]
-    return middle
+def median_run(
+    runs: list[Measurement], key: Callable[[Measurement], float] = lambda m: m.wall_s
+) -> Measurement:
+    """The run at the median of ``key`` (its wall time unless said): the lower middle of
+    an even number."""
+    return sorted(runs, key=key)[(len(runs) - 1) // 2]
+
+
+def walls_s(runs: list[Measurement]) -> list[float]:
+    """Every run's wall time, in the order run: what the median was taken of."""
+    return [round(m.wall_s, 3) for m in runs]
 
 
 def repeated(job: Callable[[], Measurement], repeats: int) -> Measurement:
-    """``job`` run ``repeats`` times, one after the other: the median run."""
-    return median_of([job() for _ in range(repeats)])
+    """``job`` run ``repeats`` times, one after the other: the median run, with every
+    run's wall time in its details."""
+    runs = [job() for _ in range(repeats)]
+    median = median_run(runs)
+    median.details["walls_s"] = walls_s(runs)
+    return median
 
 
 def orchestration_parts(run: Run, chunks: list[Chunk]) -> dict[str, float]:
@@ -420,12 +429,11 @@ def pipeline_run(
                 details={"parts_ms": orchestration_parts(warm, chunks)},
             )
         )
-    by_overhead = sorted(measured, key=lambda m: m.overhead_ms_per_chunk or 0.0)
-    middle_overhead = by_overhead[(len(by_overhead) - 1) // 2]
-    median = median_of(measured)
+    middle_overhead = median_run(measured, key=lambda m: m.overhead_ms_per_chunk or 0.0)
+    median = median_run(measured)
     median.details = {
         "pipeline": pipeline,
-        "walls_s": median.details["walls_s"],
+        "walls_s": walls_s(measured),
         "overheads_ms_per_chunk": [m.overhead_ms_per_chunk for m in measured],
         "parts_ms": middle_overhead.details["parts_ms"],
         "first_overhead_ms_per_chunk": overhead_ms_per_chunk(first, first_chunks, concurrency),
@@ -776,15 +784,12 @@ def main() -> int:
         seeded_s = ensure_seeded(settings, args.rows)
         print(f"load average before: {load_before}", flush=True)
         repeats = max(1, args.repeats)
-        results = [progress(repeated(lambda: naive(settings, client, args.rows), repeats))]
+        results = [progress(repeated(partial(naive, settings, client, args.rows), repeats))]
         for fmt in ("jsonl.gz", "parquet"):
-            results.append(
-                progress(
-                    repeated(lambda fmt=fmt: limit_run(settings, args.rows, fmt), repeats)  # type: ignore[misc]
-                )
-            )
+            limit = partial(limit_run, settings, args.rows, fmt)
+            results.append(progress(repeated(limit, repeats)))
         results.append(
-            progress(repeated(lambda: peer_run(settings, args.rows, args.chunk_size), repeats))
+            progress(repeated(partial(peer_run, settings, args.rows, args.chunk_size), repeats))
         )
         runs = (
             [(fmt, "pipeline") for fmt in formats]

@@ -118,10 +118,9 @@ class SqlSource:
                 f"({first} DESC LIMIT 1)"
             )
         else:  # a table: the key's index answers the ends, and the count scans it
-            first = f"SELECT {self._key} FROM {self._from}{keyed} ORDER BY {self._key}"  # nosec B608
             statement = (
                 f"SELECT (SELECT COUNT(*) FROM {self._from}{keyed}), "  # nosec B608
-                f"({first} LIMIT 1), ({first} DESC LIMIT 1)"
+                f"{self._table_key_ends(keyed)}"
             )
         with self._engine.connect() as conn:
             count, low, high = conn.execute(text(statement), params).one()
@@ -207,13 +206,10 @@ class SqlSource:
         One round trip: the ends from the key's index, the estimate from the catalog (the
         rows per page at the last VACUUM or ANALYZE, times the pages now, as the planner
         estimates it, so a table that grew since is not taken for a sparse one)."""
-        first = (
-            f"SELECT {self._key} FROM {self._from} "  # nosec B608
-            f"WHERE {self._key} IS NOT NULL ORDER BY {self._key}"
-        )
+        keyed, _ = self._keyed_filter(None)
         # Identifiers only, validated by Source and quoted; values are bound.
         statement = (
-            f"SELECT ({first} LIMIT 1) AS etl_low, ({first} DESC LIMIT 1) AS etl_high, "  # nosec B608
+            f"SELECT {self._table_key_ends(keyed)}, "  # nosec B608
             "(SELECT CASE WHEN c.reltuples > 0 AND c.relpages > 0 THEN c.reltuples "
             "/ c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::float8) "
             "END FROM pg_class c WHERE c.oid = to_regclass(:etl_relation)) AS etl_estimate, "
@@ -421,6 +417,12 @@ class SqlSource:
             f"{clause} ORDER BY {self._key}"
         )
         return query, {"etl_key_lo": key_lo, "etl_key_hi": key_hi, **params}
+
+    def _table_key_ends(self, keyed: str) -> str:
+        """The smallest and largest key of the table's rows in ``keyed`` (a _keyed_filter),
+        as two columns, etl_low and etl_high: each one step of the key's index."""
+        first = f"SELECT {self._key} FROM {self._from}{keyed} ORDER BY {self._key}"  # nosec B608
+        return f"({first} LIMIT 1) AS etl_low, ({first} DESC LIMIT 1) AS etl_high"
 
     def _keyed_filter(self, window: ReadScope | None) -> tuple[str, dict[str, Any]]:
         """The window's filter with the rows that have a key only (the plan's rows)."""
